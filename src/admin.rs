@@ -1,0 +1,407 @@
+//! Account administration for the `riegel user ...` commands. Each command
+//! is an [`AdminRequest`] executed against the store by [`execute`]. The CLI
+//! opens the store directly when it can; while `riegel serve` holds the
+//! store (sled allows one process), the CLI sends the request over a unix
+//! socket (mode 0600, beside the store) and the server executes it.
+//! Passwords are hashed in the CLI process; only hashes cross the socket.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Clock;
+use crate::store::{NewUser, Store, StoreError, Update, User};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum AdminRequest {
+    Add { user: NewUserSpec },
+    Import { users: Vec<NewUserSpec> },
+    List,
+    Show { user: String },
+    Disable { user: String },
+    Enable { user: String },
+    SetPassword { user: String, password_hash: String },
+    SetEmail { user: String, email: Option<String> },
+    ResetTotp { user: String },
+    Unban { user: String },
+    Delete { user: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NewUserSpec {
+    pub username: String,
+    pub email: Option<String>,
+    pub display_name: String,
+    pub password_hash: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AdminResponse {
+    pub ok: bool,
+    pub message: String,
+}
+
+impl AdminResponse {
+    fn ok(m: impl Into<String>) -> Self {
+        Self { ok: true, message: m.into() }
+    }
+    fn err(m: impl Into<String>) -> Self {
+        Self { ok: false, message: m.into() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("admin socket {path}: {source}")]
+    Socket { path: String, source: std::io::Error },
+    #[error("admin socket: bad answer: {0}")]
+    Protocol(String),
+}
+
+/// Checks a new user's fields; returns every problem.
+pub fn validate_user(u: &NewUserSpec) -> Vec<String> {
+    let mut errs = Vec::new();
+    if u.username.is_empty() {
+        errs.push("username is empty".to_string());
+    }
+    if u.username.contains('@') {
+        errs.push(format!("username '{}' contains '@' (usernames and e-mail addresses must be told apart)", u.username));
+    }
+    if u.username.chars().any(|c| c.is_whitespace() || c.is_control()) || u.username.len() > 128 {
+        errs.push(format!("username '{}' has spaces or control characters or is longer than 128 bytes", u.username));
+    }
+    if let Some(e) = &u.email {
+        if !crate::config::valid_email(e) {
+            errs.push(format!("'{e}' is not an e-mail address"));
+        }
+    }
+    if u.display_name.chars().any(|c| c.is_control()) || u.display_name.len() > 256 {
+        errs.push("display name has control characters or is longer than 256 bytes".to_string());
+    }
+    if let Some(h) = &u.password_hash {
+        if !crate::auth::password::hash_is_supported(h) {
+            errs.push("password hash is not an argon2 (PHC) or bcrypt ($2a$/$2b$/$2y$) hash".to_string());
+        }
+    }
+    errs
+}
+
+fn to_new(u: &NewUserSpec) -> NewUser {
+    NewUser {
+        username: u.username.clone(),
+        email: u.email.clone().filter(|e| !e.is_empty()),
+        display_name: if u.display_name.is_empty() { u.username.clone() } else { u.display_name.clone() },
+        password_hash: u.password_hash.clone().filter(|h| !h.is_empty()),
+    }
+}
+
+fn describe(u: &User) -> String {
+    format!(
+        "{}\t{}\t{}\t{}\t{}\t{}",
+        u.username,
+        u.email.as_deref().unwrap_or("-"),
+        u.display_name,
+        if u.disabled { "disabled" } else { "enabled" },
+        if u.totp.is_some() { "totp" } else { "no-totp" },
+        if u.password_hash.is_some() { "password" } else { "no-password" },
+    )
+}
+
+/// Runs one admin request. Every change that affects access ends the
+/// user's sessions; every change is flushed before the answer.
+pub fn execute(store: &dyn Store, clock: &dyn Clock, req: AdminRequest) -> AdminResponse {
+    match run(store, clock, req) {
+        Ok(r) => r,
+        Err(e) => AdminResponse::err(e.to_string()),
+    }
+}
+
+fn find(store: &dyn Store, login: &str) -> Result<User, StoreError> {
+    store.find_user(login)?.ok_or(StoreError::NoSuchUser)
+}
+
+fn change(store: &dyn Store, login: &str, f: &mut dyn FnMut(&mut User)) -> Result<User, StoreError> {
+    let u = find(store, login)?;
+    let updated = store
+        .update_user(u.id, &mut |u| {
+            f(u);
+            Update::Commit
+        })?
+        .ok_or(StoreError::NoSuchUser)?;
+    Ok(updated)
+}
+
+fn run(store: &dyn Store, clock: &dyn Clock, req: AdminRequest) -> Result<AdminResponse, StoreError> {
+    let now = clock.now();
+    let resp = match req {
+        AdminRequest::Add { user } => {
+            let errs = validate_user(&user);
+            if !errs.is_empty() {
+                return Ok(AdminResponse::err(errs.join("; ")));
+            }
+            let u = store.insert_user(to_new(&user), now)?;
+            AdminResponse::ok(format!("added user {}", u.username))
+        }
+        AdminRequest::Import { users } => {
+            let mut errs = Vec::new();
+            for (i, u) in users.iter().enumerate() {
+                for e in validate_user(u) {
+                    errs.push(format!("row {}: {e}", i + 1));
+                }
+            }
+            if !errs.is_empty() {
+                return Ok(AdminResponse::err(format!("nothing imported:\n{}", errs.join("\n"))));
+            }
+            let n = store.insert_users(users.iter().map(to_new).collect(), now)?.len();
+            AdminResponse::ok(format!("imported {n} users"))
+        }
+        AdminRequest::List => {
+            let mut users = store.users()?;
+            users.sort_by(|a, b| a.username.cmp(&b.username));
+            let lines: Vec<String> = users.iter().map(describe).collect();
+            return Ok(AdminResponse::ok(lines.join("\n")));
+        }
+        AdminRequest::Show { user } => {
+            let u = find(store, &user)?;
+            let c = store.counter(&format!("u:{}", u.id))?;
+            return Ok(AdminResponse::ok(format!(
+                "username: {}\ne-mail: {}\nname: {}\nstatus: {}\nauthenticator: {}\nrecovery codes left: {}\npassword: {}\nfailures in a row: {}\nbanned until: {}",
+                u.username,
+                u.email.as_deref().unwrap_or("-"),
+                u.display_name,
+                if u.disabled { "disabled" } else { "enabled" },
+                if u.totp.is_some() { "confirmed" } else if u.pending_totp.is_some() { "enrolment pending" } else { "none" },
+                u.recovery_codes.len(),
+                match &u.password_hash {
+                    Some(h) if h.starts_with("$2") => "set (bcrypt, upgraded at next login)",
+                    Some(_) => "set",
+                    None => "not set (use the reset link)",
+                },
+                c.consecutive,
+                if c.banned_until == crate::auth::regulation::LOCKED {
+                    "locked (riegel user unban)".to_string()
+                } else if c.banned_until > now {
+                    format!("in {} min", (c.banned_until - now + 59) / 60)
+                } else {
+                    "-".to_string()
+                },
+            )));
+        }
+        AdminRequest::Disable { user } => {
+            let u = change(store, &user, &mut |u| {
+                u.disabled = true;
+                u.updated_at = now;
+            })?;
+            let n = store.delete_sessions_of(u.id, None)?;
+            AdminResponse::ok(format!("disabled {}; ended {n} sessions", u.username))
+        }
+        AdminRequest::Enable { user } => {
+            let u = change(store, &user, &mut |u| {
+                u.disabled = false;
+                u.updated_at = now;
+            })?;
+            AdminResponse::ok(format!("enabled {}", u.username))
+        }
+        AdminRequest::SetPassword { user, password_hash } => {
+            if !crate::auth::password::hash_is_supported(&password_hash) {
+                return Ok(AdminResponse::err("not a supported password hash"));
+            }
+            let u = change(store, &user, &mut |u| {
+                u.password_hash = Some(password_hash.clone());
+                u.reset = None;
+                u.updated_at = now;
+            })?;
+            let n = store.delete_sessions_of(u.id, None)?;
+            store.delete_counters(&format!("u:{}", u.id))?;
+            AdminResponse::ok(format!("password of {} set; ended {n} sessions", u.username))
+        }
+        AdminRequest::SetEmail { user, email } => {
+            let email = email.filter(|e| !e.is_empty());
+            if let Some(e) = &email {
+                if !crate::config::valid_email(e) {
+                    return Ok(AdminResponse::err(format!("'{e}' is not an e-mail address")));
+                }
+            }
+            let u = change(store, &user, &mut |u| {
+                u.email = email.clone();
+                u.reset = None;
+                u.updated_at = now;
+            })?;
+            let n = store.delete_sessions_of(u.id, None)?;
+            AdminResponse::ok(format!("e-mail of {} set to {}; ended {n} sessions", u.username, u.email.as_deref().unwrap_or("-")))
+        }
+        AdminRequest::ResetTotp { user } => {
+            let u = change(store, &user, &mut |u| {
+                u.totp = None;
+                u.pending_totp = None;
+                u.recovery_codes.clear();
+                u.updated_at = now;
+            })?;
+            let n = store.delete_sessions_of(u.id, None)?;
+            tracing::info!(target: "audit", event = "totp_reset", user = %u.username, "authenticator removed by an operator");
+            AdminResponse::ok(format!("authenticator of {} removed; the next login enrols again; ended {n} sessions", u.username))
+        }
+        AdminRequest::Unban { user } => {
+            let u = find(store, &user)?;
+            let n = store.delete_counters(&format!("u:{}", u.id))? + store.delete_counters(&format!("n:{}", crate::store::login_key(&user)))?;
+            AdminResponse::ok(format!("unbanned {} ({n} counters cleared)", u.username))
+        }
+        AdminRequest::Delete { user } => {
+            let u = find(store, &user)?;
+            store.delete_user(u.id)?;
+            store.delete_counters(&format!("u:{}", u.id))?;
+            AdminResponse::ok(format!("deleted {}", u.username))
+        }
+    };
+    store.flush()?;
+    Ok(resp)
+}
+
+/// Serves admin requests on a unix socket (mode 0600) in a background
+/// thread, one JSON line in, one JSON line out per connection.
+pub fn serve_socket(path: &Path, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Result<(), AdminError> {
+    let sock_err = |source| AdminError::Socket { path: path.display().to_string(), source };
+    if path.exists() {
+        // A stale socket from an earlier run (we hold the store lock, so no
+        // other server is using it).
+        std::fs::remove_file(path).map_err(sock_err)?;
+    }
+    let old = unsafe_umask(0o177);
+    let listener = UnixListener::bind(path);
+    unsafe_umask(old);
+    let listener = listener.map_err(sock_err)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(sock_err)?;
+    }
+    std::thread::Builder::new()
+        .name("riegel-admin".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                if let Err(e) = handle_conn(conn, store.as_ref(), clock.as_ref()) {
+                    tracing::warn!(error = %e, "admin socket request failed");
+                }
+            }
+        })
+        .map_err(sock_err)?;
+    Ok(())
+}
+
+fn unsafe_umask(mask: u32) -> u32 {
+    // SAFETY: umask only swaps the process file-creation mask.
+    unsafe { libc_umask(mask) }
+}
+
+extern "C" {
+    #[link_name = "umask"]
+    fn libc_umask(mask: u32) -> u32;
+}
+
+fn handle_conn(conn: UnixStream, store: &dyn Store, clock: &dyn Clock) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut line = String::new();
+    reader.by_ref().take(64 * 1024 * 1024).read_line(&mut line)?;
+    let resp = match serde_json::from_str::<AdminRequest>(&line) {
+        Ok(req) => execute(store, clock, req),
+        Err(e) => AdminResponse::err(format!("bad request: {e}")),
+    };
+    let mut w = conn;
+    let mut out = serde_json::to_vec(&resp).unwrap_or_default();
+    out.push(b'\n');
+    w.write_all(&out)
+}
+
+use std::io::Read as _;
+
+/// Sends one request to a running server.
+pub fn send(path: &Path, req: &AdminRequest) -> Result<AdminResponse, AdminError> {
+    let sock_err = |source| AdminError::Socket { path: path.display().to_string(), source };
+    let mut conn = UnixStream::connect(path).map_err(sock_err)?;
+    let mut line = serde_json::to_vec(req).map_err(|e| AdminError::Protocol(e.to_string()))?;
+    line.push(b'\n');
+    conn.write_all(&line).map_err(sock_err)?;
+    let mut answer = String::new();
+    BufReader::new(conn).read_line(&mut answer).map_err(sock_err)?;
+    serde_json::from_str(&answer).map_err(|e| AdminError::Protocol(e.to_string()))
+}
+
+/// Parses the import CSV: `username,email,display_name,password_hash`
+/// (a header row with these names is skipped). Every bad row is reported
+/// with its line number.
+pub fn parse_csv(text: &str) -> Result<Vec<NewUserSpec>, Vec<String>> {
+    let mut rdr = csv::ReaderBuilder::new().has_headers(false).flexible(true).trim(csv::Trim::All).from_reader(text.as_bytes());
+    let mut out = Vec::new();
+    let mut errs = Vec::new();
+    for (i, rec) in rdr.records().enumerate() {
+        let line = i + 1;
+        let rec = match rec {
+            Ok(r) => r,
+            Err(e) => {
+                errs.push(format!("line {line}: {e}"));
+                continue;
+            }
+        };
+        if line == 1 && rec.get(0).is_some_and(|f| f.eq_ignore_ascii_case("username")) {
+            continue;
+        }
+        if rec.iter().all(str::is_empty) {
+            continue;
+        }
+        if rec.len() < 3 || rec.len() > 4 {
+            errs.push(format!("line {line}: expected 3 or 4 fields (username,email,display_name[,password_hash]), found {}", rec.len()));
+            continue;
+        }
+        let spec = NewUserSpec {
+            username: rec[0].to_string(),
+            email: Some(rec[1].to_string()).filter(|e| !e.is_empty()),
+            display_name: rec[2].to_string(),
+            password_hash: rec.get(3).map(str::to_string).filter(|h| !h.is_empty()),
+        };
+        for e in validate_user(&spec) {
+            errs.push(format!("line {line}: {e}"));
+        }
+        out.push(spec);
+    }
+    let mut seen = std::collections::HashMap::new();
+    for (i, u) in out.iter().enumerate() {
+        for key in std::iter::once(u.username.to_lowercase()).chain(u.email.iter().map(|e| e.to_lowercase())) {
+            if let Some(prev) = seen.insert(key.clone(), i) {
+                errs.push(format!("'{key}' appears twice (records {} and {})", prev + 1, i + 1));
+            }
+        }
+    }
+    if errs.is_empty() {
+        Ok(out)
+    } else {
+        Err(errs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_good_and_bad_rows() {
+        let good = "username,email,display_name,password_hash\nanna,anna@example.at,Anna Huber,\nbob,,Bob,\n";
+        let users = parse_csv(good).expect("valid");
+        assert_eq!(users.len(), 2);
+        assert_eq!(users[1].email, None);
+        let bad = "anna,anna@example.at,Anna\nbad@name,x@y.at,X\ncarl,not-an-email,Carl\ndora,d@x.at,Dora,plaintext\nanna,a2@x.at,Dup\n";
+        let errs = parse_csv(bad).expect_err("invalid");
+        let joined = errs.join("\n");
+        assert!(joined.contains("line 2"), "{joined}");
+        assert!(joined.contains("line 3"), "{joined}");
+        assert!(joined.contains("line 4"), "{joined}");
+        assert!(joined.contains("appears twice"), "{joined}");
+        assert!(!joined.contains("line 1:"), "{joined}");
+    }
+}

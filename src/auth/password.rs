@@ -1,0 +1,233 @@
+//! Password hashing (argon2id) and the password policy. Verification also
+//! accepts argon2i/argon2d and bcrypt hashes, so users imported from the
+//! portal keep their passwords; such hashes are flagged for an upgrade.
+//! These functions are CPU-heavy and blocking: callers run them off the
+//! async executor.
+
+use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+
+use super::crypto::{random_array, Random};
+use crate::config::Argon2Params;
+
+/// Longer passwords are refused before any hashing.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PasswordError {
+    #[error("the stored hash is not a supported argon2 or bcrypt hash")]
+    UnsupportedHash,
+    #[error("argon2 parameters are invalid: {0}")]
+    Params(String),
+    #[error("password is longer than {MAX_PASSWORD_BYTES} bytes")]
+    TooLong,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verified {
+    Wrong,
+    /// Right; `upgrade` asks the caller to store a fresh argon2id hash.
+    Right { upgrade: bool },
+}
+
+#[derive(Clone)]
+pub struct Hasher {
+    argon: Argon2<'static>,
+    params: Argon2Params,
+}
+
+impl std::fmt::Debug for Hasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Hasher({:?})", self.params)
+    }
+}
+
+impl Hasher {
+    pub fn new(p: &Argon2Params) -> Result<Self, PasswordError> {
+        let params = Params::new(p.memory_kib, p.iterations, p.parallelism, None)
+            .map_err(|e| PasswordError::Params(e.to_string()))?;
+        Ok(Self { argon: Argon2::new(Algorithm::Argon2id, Version::V0x13, params), params: p.clone() })
+    }
+
+    pub fn hash(&self, password: &str, rng: &dyn Random) -> Result<String, PasswordError> {
+        if password.len() > MAX_PASSWORD_BYTES {
+            return Err(PasswordError::TooLong);
+        }
+        let salt_bytes = random_array::<16>(rng);
+        let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| PasswordError::Params(e.to_string()))?;
+        self.argon
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| PasswordError::Params(e.to_string()))
+    }
+
+    /// Checks a password against a stored argon2 or bcrypt hash. Passwords
+    /// are compared exactly as typed.
+    pub fn verify(&self, stored: &str, password: &str) -> Result<Verified, PasswordError> {
+        if password.len() > MAX_PASSWORD_BYTES {
+            return Err(PasswordError::TooLong);
+        }
+        if is_bcrypt(stored) {
+            return match bcrypt::verify(password.as_bytes(), stored) {
+                Ok(true) => Ok(Verified::Right { upgrade: true }),
+                Ok(false) => Ok(Verified::Wrong),
+                Err(_) => Err(PasswordError::UnsupportedHash),
+            };
+        }
+        let parsed = PasswordHash::new(stored).map_err(|_| PasswordError::UnsupportedHash)?;
+        if !parsed.algorithm.as_str().starts_with("argon2") {
+            return Err(PasswordError::UnsupportedHash);
+        }
+        // Verify with the parameters recorded in the hash itself.
+        match Argon2::default().verify_password(password.as_bytes(), &parsed) {
+            Ok(()) => Ok(Verified::Right { upgrade: self.weaker_than_configured(&parsed) }),
+            Err(argon2::password_hash::Error::Password) => Ok(Verified::Wrong),
+            Err(_) => Err(PasswordError::UnsupportedHash),
+        }
+    }
+
+    fn weaker_than_configured(&self, h: &PasswordHash<'_>) -> bool {
+        if h.algorithm.as_str() != "argon2id" {
+            return true;
+        }
+        let get = |k: &str| h.params.get_decimal(k).unwrap_or(0);
+        get("m") < self.params.memory_kib || get("t") < self.params.iterations || get("p") < self.params.parallelism
+    }
+
+    /// A hash of a random password, verified against when the user is unknown
+    /// so that unknown users cost the same time as wrong passwords.
+    pub fn dummy_hash(&self, rng: &dyn Random) -> Result<String, PasswordError> {
+        let pw = super::crypto::random_token::<24>(rng);
+        self.hash(&pw, rng)
+    }
+}
+
+fn is_bcrypt(s: &str) -> bool {
+    ["$2a$", "$2b$", "$2y$", "$2x$"].iter().any(|p| s.starts_with(p))
+}
+
+/// Checks that a stored hash is something `verify` understands (import).
+pub fn hash_is_supported(s: &str) -> bool {
+    if is_bcrypt(s) {
+        return s.len() == 60;
+    }
+    PasswordHash::new(s).is_ok_and(|h| h.algorithm.as_str().starts_with("argon2") && h.hash.is_some())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyError {
+    Required,
+    TooShort,
+    TooLong,
+    Mismatch,
+    IsName,
+}
+
+impl PolicyError {
+    /// The i18n key of the message shown on the form.
+    pub fn text_key(self) -> &'static str {
+        match self {
+            PolicyError::Required => "err_required",
+            PolicyError::TooShort => "err_password_short",
+            PolicyError::TooLong => "err_password_long",
+            PolicyError::Mismatch => "err_password_mismatch",
+            PolicyError::IsName => "err_password_is_name",
+        }
+    }
+}
+
+/// The policy for a new password. Length counts characters, not bytes.
+pub fn check_policy(
+    password: &str,
+    repeated: &str,
+    min_chars: usize,
+    username: &str,
+    email: Option<&str>,
+) -> Result<(), PolicyError> {
+    if password.is_empty() {
+        return Err(PolicyError::Required);
+    }
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(PolicyError::TooLong);
+    }
+    if password.chars().count() < min_chars {
+        return Err(PolicyError::TooShort);
+    }
+    if password != repeated {
+        return Err(PolicyError::Mismatch);
+    }
+    let lower = password.to_lowercase();
+    if lower == username.to_lowercase() || email.is_some_and(|e| lower == e.to_lowercase()) {
+        return Err(PolicyError::IsName);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::crypto::TestRandom;
+
+    fn fast() -> Hasher {
+        // Smallest parameters to keep unit tests quick; defaults are tested in benches.
+        Hasher::new(&Argon2Params { memory_kib: 1024, iterations: 1, parallelism: 1 }).expect("params")
+    }
+
+    #[test]
+    fn hash_and_verify_exactly_as_typed() {
+        let h = fast();
+        let r = TestRandom::default();
+        let stored = h.hash("Sommer 2024!", &r).expect("hash");
+        assert!(stored.starts_with("$argon2id$v=19$m=1024,t=1,p=1$"));
+        assert_eq!(h.verify(&stored, "Sommer 2024!"), Ok(Verified::Right { upgrade: false }));
+        assert_eq!(h.verify(&stored, "sommer 2024!"), Ok(Verified::Wrong));
+        assert_eq!(h.verify(&stored, "Sommer 2024! "), Ok(Verified::Wrong));
+        assert_eq!(h.verify(&stored, " Sommer 2024!"), Ok(Verified::Wrong));
+    }
+
+    #[test]
+    fn too_long_is_refused_before_hashing() {
+        let h = fast();
+        let long = "x".repeat(MAX_PASSWORD_BYTES + 1);
+        assert_eq!(h.verify("$argon2id$garbage", &long), Err(PasswordError::TooLong));
+        assert_eq!(h.hash(&long, &TestRandom::default()), Err(PasswordError::TooLong));
+    }
+
+    #[test]
+    fn bcrypt_verifies_and_asks_for_upgrade() {
+        let stored = bcrypt::hash_with_salt("alt-passwort", 4, [1u8; 16]).expect("bcrypt").format_for_version(bcrypt::Version::TwoB);
+        assert!(hash_is_supported(&stored));
+        let h = fast();
+        assert_eq!(h.verify(&stored, "alt-passwort"), Ok(Verified::Right { upgrade: true }));
+        assert_eq!(h.verify(&stored, "falsch"), Ok(Verified::Wrong));
+    }
+
+    #[test]
+    fn weaker_argon2_asks_for_upgrade() {
+        let weak = fast().hash("pw-1234567", &TestRandom::default()).expect("hash");
+        let strong = Hasher::new(&Argon2Params { memory_kib: 2048, iterations: 2, parallelism: 1 }).expect("params");
+        assert_eq!(strong.verify(&weak, "pw-1234567"), Ok(Verified::Right { upgrade: true }));
+    }
+
+    #[test]
+    fn unsupported_hashes() {
+        assert!(!hash_is_supported("plaintext"));
+        assert!(!hash_is_supported("$1$md5$hash"));
+        assert_eq!(fast().verify("$1$abc$def", "x"), Err(PasswordError::UnsupportedHash));
+    }
+
+    #[test]
+    fn policy() {
+        assert_eq!(check_policy("", "", 10, "anna", None), Err(PolicyError::Required));
+        assert_eq!(check_policy("kurz", "kurz", 10, "anna", None), Err(PolicyError::TooShort));
+        assert_eq!(check_policy("äöüäöüäöüä", "äöüäöüäöüä", 10, "anna", None), Ok(()));
+        assert_eq!(check_policy("lang-genug-1", "lang-genug-2", 10, "anna", None), Err(PolicyError::Mismatch));
+        assert_eq!(check_policy("AnnaMueller", "AnnaMueller", 10, "annamueller", None), Err(PolicyError::IsName));
+        assert_eq!(
+            check_policy("anna@example.at", "anna@example.at", 10, "anna", Some("Anna@Example.at")),
+            Err(PolicyError::IsName)
+        );
+        let long = "x".repeat(MAX_PASSWORD_BYTES + 1);
+        assert_eq!(check_policy(&long, &long, 10, "anna", None), Err(PolicyError::TooLong));
+    }
+}

@@ -1,0 +1,1204 @@
+//! Configuration: one YAML file, parsed and validated in one step into a
+//! typed [`Config`]. Every problem is collected with its key path, so an
+//! operator sees all of them at once (`riegel check-config`).
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_yaml::{Mapping, Value};
+
+/// One problem in the configuration, with the key path it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// All problems found in one configuration file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Language {
+    De,
+    En,
+}
+
+impl Language {
+    pub fn code(self) -> &'static str {
+        match self {
+            Language::De => "de",
+            Language::En => "en",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    None,
+    StartTls,
+    Tls,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    /// Value for SNI / Host verification when `tls` is set.
+    pub sni: String,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub idle_timeout: Duration,
+    pub max_lifetime: Duration,
+    /// Time a user has between the password and the second factor.
+    pub login_timeout: Duration,
+    pub cookie_name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct HeaderNames {
+    pub user: String,
+    pub email: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub threads: usize,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub max_connections: usize,
+    pub max_form_bytes: usize,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Argon2Params {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct PasswordConfig {
+    pub argon2: Argon2Params,
+    pub min_length: usize,
+    pub max_concurrent_hashes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct RegulationConfig {
+    /// Failures within `find_time` that lead to a ban.
+    pub max_failures: u32,
+    pub find_time: Duration,
+    pub ban_time: Duration,
+    /// Failures after which each further attempt is slowed down.
+    pub delay_after: u32,
+    pub delay_step: Duration,
+    /// Hard ceiling of consecutive failures per account before a ban,
+    /// whatever the window (NIST 800-63B: at most 100).
+    pub max_consecutive: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResetConfig {
+    pub token_lifetime: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: SmtpTls,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum MailTransport {
+    Smtp(SmtpConfig),
+    Outbox(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct MailConfig {
+    pub from: String,
+    pub transport: MailTransport,
+    pub queue_size: usize,
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct BrandingConfig {
+    pub company: String,
+    pub portal_name: String,
+    pub language: Language,
+    pub logo_file: Option<PathBuf>,
+    pub primary_color: String,
+    pub imprint_url: Option<String>,
+    pub privacy_url: Option<String>,
+    /// Directory with templates, CSS, images and translation files that
+    /// replace the built-in ones.
+    pub pages_dir: Option<PathBuf>,
+    /// Per-key overrides of the UI texts, by language.
+    pub texts: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TotpConfig {
+    pub issuer: String,
+    pub enrollment_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub level: String,
+    pub json: bool,
+}
+
+/// The secrets, loaded. `Debug` never prints them.
+#[derive(Clone)]
+pub struct Secrets {
+    /// The first key signs; all verify.
+    pub session_keys: Vec<Vec<u8>>,
+    pub storage_key: Vec<u8>,
+}
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secrets({} session keys, storage key: [redacted])", self.session_keys.len())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub tls: Option<TlsConfig>,
+    pub public_url: url::Url,
+    /// True when `public_url` is plain http: cookies lose `Secure` and the
+    /// `__Host-` prefix. For local use only.
+    pub plain_http: bool,
+    pub prefix: String,
+    pub public_paths: Vec<String>,
+    pub upstream: UpstreamConfig,
+    pub store_path: PathBuf,
+    pub admin_socket: PathBuf,
+    pub secrets: Secrets,
+    pub session: SessionConfig,
+    pub headers: HeaderNames,
+    pub server: ServerConfig,
+    pub password: PasswordConfig,
+    pub regulation: RegulationConfig,
+    pub reset: ResetConfig,
+    pub mail: MailConfig,
+    pub branding: BrandingConfig,
+    pub totp: TotpConfig,
+    pub log: LogConfig,
+}
+
+/// Where the environment comes from; tests inject their own.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                path: String::new(),
+                message: format!("cannot read {}: {e}", path.display()),
+            }])
+        })?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        Config::parse(&text, base, &ProcessEnv)
+    }
+
+    /// Parses YAML text. Relative paths are taken relative to `base`.
+    pub fn parse(text: &str, base: &Path, env: &dyn Env) -> Result<Config, ConfigErrors> {
+        let root: Value = serde_yaml::from_str(text).map_err(|e| {
+            let loc = e.location().map(|l| format!(" (line {}, column {})", l.line(), l.column()));
+            ConfigErrors(vec![ConfigError {
+                path: String::new(),
+                message: format!("not valid YAML: {e}{}", loc.unwrap_or_default()),
+            }])
+        })?;
+        let mut errs = Vec::new();
+        let empty = Mapping::new();
+        let map = match &root {
+            Value::Mapping(m) => m,
+            Value::Null => &empty,
+            _ => {
+                return Err(ConfigErrors(vec![ConfigError {
+                    path: String::new(),
+                    message: "the configuration must be a mapping of keys".into(),
+                }]))
+            }
+        };
+        let cfg = {
+            let mut s = Section::new(map, String::new(), &mut errs, base);
+            build(&mut s, env)
+        };
+        match cfg {
+            Some(c) if errs.is_empty() => Ok(c),
+            _ => {
+                if errs.is_empty() {
+                    errs.push(ConfigError { path: String::new(), message: "invalid configuration".into() });
+                }
+                Err(ConfigErrors(errs))
+            }
+        }
+    }
+
+    pub fn cookie_name(&self) -> String {
+        if self.plain_http {
+            self.session.cookie_name.clone()
+        } else {
+            format!("__Host-{}", self.session.cookie_name)
+        }
+    }
+
+    pub fn csrf_cookie_name(&self) -> String {
+        if self.plain_http {
+            format!("{}_csrf", self.session.cookie_name)
+        } else {
+            format!("__Host-{}_csrf", self.session.cookie_name)
+        }
+    }
+}
+
+fn build(s: &mut Section<'_, '_>, env: &dyn Env) -> Option<Config> {
+    let listen = s.parse_req::<SocketAddr>("listen", "an address such as 127.0.0.1:8080");
+    let tls = s.opt_section("tls").and_then(|mut t| {
+        let cert_file = t.existing_file_req("cert_file");
+        let key_file = t.existing_file_req("key_file");
+        t.finish();
+        Some(TlsConfig { cert_file: cert_file?, key_file: key_file? })
+    });
+    let public_url = s.url_req("public_url", &["http", "https"]);
+    if let Some(u) = &public_url {
+        if u.path() != "/" || u.query().is_some() || u.fragment().is_some() {
+            s.error("public_url", "must be an origin only (scheme, host, optional port), without a path");
+        }
+    }
+    let plain_http = public_url.as_ref().map(|u| u.scheme() == "http").unwrap_or(false);
+    let prefix = s.string_or("prefix", "/_riegel");
+    if !prefix.starts_with('/') || prefix.ends_with('/') || prefix.len() < 2 || prefix.contains(['?', '#', ' ']) {
+        s.error("prefix", "must start with '/', not end with '/', and contain no spaces, '?' or '#'");
+    }
+    let public_paths = s.string_list_or("public_paths", &["/favicon.ico"]);
+    for (i, p) in public_paths.iter().enumerate() {
+        if !p.starts_with('/') {
+            s.error(&format!("public_paths[{i}]"), "must start with '/'");
+        }
+        if p.starts_with(&prefix) {
+            s.error(&format!("public_paths[{i}]"), "must not be under the riegel prefix");
+        }
+    }
+
+    let upstream = s.req_section("upstream").and_then(|mut u| {
+        let url = u.url_req("url", &["http", "https"]);
+        let connect_timeout = u.duration_or("connect_timeout", Duration::from_secs(5));
+        let read_timeout = u.duration_or("read_timeout", Duration::from_secs(60));
+        let write_timeout = u.duration_or("write_timeout", Duration::from_secs(60));
+        let idle_timeout = u.duration_or("idle_timeout", Duration::from_secs(60));
+        let sni = u.opt_string("tls_server_name");
+        u.finish();
+        let url = url?;
+        if url.path() != "/" {
+            u_path_error(&mut u, "upstream.url");
+        }
+        let host = url.host_str()?.trim_start_matches('[').trim_end_matches(']').to_string();
+        let tls = url.scheme() == "https";
+        let port = url.port_or_known_default()?;
+        Some(UpstreamConfig {
+            sni: sni.unwrap_or_else(|| host.clone()),
+            host,
+            port,
+            tls,
+            connect_timeout,
+            read_timeout,
+            write_timeout,
+            idle_timeout,
+        })
+    });
+
+    let store_path;
+    let admin_socket;
+    {
+        let st = s.req_section("store");
+        match st {
+            Some(mut st) => {
+                store_path = st.path_req("path");
+                admin_socket = st.opt_path("admin_socket");
+                st.finish();
+            }
+            None => {
+                store_path = None;
+                admin_socket = None;
+            }
+        }
+    }
+    let admin_socket = admin_socket.or_else(|| store_path.as_ref().map(|p| p.join("admin.sock")));
+
+    let secrets = s.req_section("secrets").and_then(|mut k| {
+        let session = k.secret_keys("session_key_file", "RIEGEL_SESSION_KEY", env);
+        let storage = k.secret_keys("storage_key_file", "RIEGEL_STORAGE_KEY", env);
+        k.finish();
+        let storage = storage?;
+        if storage.len() > 1 {
+            k_error(&mut k, "secrets.storage_key_file", "holds several keys; the storage key cannot be rotated this way");
+        }
+        Some(Secrets { session_keys: session?, storage_key: storage.into_iter().next()? })
+    });
+
+    let session = {
+        let mut ss = s.section("session");
+        let idle_timeout = ss.duration_or("idle_timeout", Duration::from_secs(30 * 60));
+        let max_lifetime = ss.duration_or("max_lifetime", Duration::from_secs(12 * 3600));
+        let login_timeout = ss.duration_or("login_timeout", Duration::from_secs(10 * 60));
+        let cookie_name = ss.string_or("cookie_name", "riegel_session");
+        if cookie_name.is_empty() || !cookie_name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            ss.error("cookie_name", "may only contain letters, digits, '_' and '-'");
+        }
+        if idle_timeout > max_lifetime {
+            ss.error("idle_timeout", "must not be longer than session.max_lifetime");
+        }
+        ss.finish();
+        SessionConfig { idle_timeout, max_lifetime, login_timeout, cookie_name }
+    };
+
+    let headers = {
+        let mut h = s.section("headers");
+        let user = h.header_name_or("user", "Remote-User");
+        let email = h.header_name_or("email", "Remote-Email");
+        let name = h.header_name_or("name", "Remote-Name");
+        h.finish();
+        HeaderNames { user, email, name }
+    };
+
+    let server = {
+        let mut sv = s.section("server");
+        let threads = sv.uint_or("threads", default_threads() as u64, 1, 256) as usize;
+        let header_timeout = sv.duration_or("header_timeout", Duration::from_secs(10));
+        let body_timeout = sv.duration_or("body_timeout", Duration::from_secs(10));
+        let max_connections = sv.uint_or("max_connections", 10_000, 1, 1_000_000) as usize;
+        let max_form_bytes = sv.uint_or("max_form_bytes", 16 * 1024, 1024, 1024 * 1024) as usize;
+        let list = sv.string_list_or("trusted_proxies", &[]);
+        let mut trusted_proxies = Vec::new();
+        for (i, p) in list.iter().enumerate() {
+            let parsed = p
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(n) => trusted_proxies.push(n),
+                Err(_) => sv.error(&format!("trusted_proxies[{i}]"), "not an IP address or CIDR network"),
+            }
+        }
+        sv.finish();
+        ServerConfig { threads, header_timeout, body_timeout, max_connections, max_form_bytes, trusted_proxies }
+    };
+
+    let password = {
+        let mut p = s.section("password");
+        let argon2 = {
+            let mut a = p.section("argon2");
+            let memory_kib = a.uint_or("memory_kib", 19 * 1024, 19 * 1024, 4 * 1024 * 1024) as u32;
+            let iterations = a.uint_or("iterations", 2, 2, 100) as u32;
+            let parallelism = a.uint_or("parallelism", 1, 1, 64) as u32;
+            a.finish();
+            Argon2Params { memory_kib, iterations, parallelism }
+        };
+        let min_length = p.uint_or("min_length", 10, 8, 1024) as usize;
+        let max_concurrent_hashes = p.uint_or("max_concurrent_hashes", 2, 1, 256) as usize;
+        p.finish();
+        PasswordConfig { argon2, min_length, max_concurrent_hashes }
+    };
+
+    let regulation = {
+        let mut r = s.section("regulation");
+        let max_failures = r.uint_or("max_failures", 5, 1, 100) as u32;
+        let find_time = r.duration_or("find_time", Duration::from_secs(10 * 60));
+        let ban_time = r.duration_or("ban_time", Duration::from_secs(15 * 60));
+        let delay_after = r.uint_or("delay_after", 3, 1, 100) as u32;
+        let delay_step = r.duration_or("delay_step", Duration::from_millis(500));
+        let max_consecutive = r.uint_or("max_consecutive", 100, 1, 100) as u32;
+        if delay_step > Duration::from_secs(5) {
+            r.error("delay_step", "must be at most 5s");
+        }
+        r.finish();
+        RegulationConfig { max_failures, find_time, ban_time, delay_after, delay_step, max_consecutive }
+    };
+
+    let reset = {
+        let mut r = s.section("reset");
+        let token_lifetime = r.duration_or("token_lifetime", Duration::from_secs(30 * 60));
+        if token_lifetime > Duration::from_secs(24 * 3600) {
+            r.error("token_lifetime", "must be at most 24h");
+        }
+        r.finish();
+        ResetConfig { token_lifetime }
+    };
+
+    let mail = s.req_section("mail").and_then(|mut m| {
+        let from = m.string_req("from");
+        if let Some(f) = &from {
+            if f.parse::<lettre_free_mailbox::Mailbox>().is_err() {
+                m.error("from", "not a mail address such as \"Portal <portal@example.at>\"");
+            }
+        }
+        let smtp = m.opt_section("smtp").and_then(|mut sm| {
+            let host = sm.string_req("host");
+            let port = sm.uint_or("port", 25, 1, 65535) as u16;
+            let tls = match sm.string_or("tls", "starttls").as_str() {
+                "none" => Some(SmtpTls::None),
+                "starttls" => Some(SmtpTls::StartTls),
+                "tls" => Some(SmtpTls::Tls),
+                _ => {
+                    sm.error("tls", "must be one of none, starttls, tls");
+                    None
+                }
+            };
+            let username = sm.opt_string("username");
+            let password = sm.secret_string("password_file", "RIEGEL_SMTP_PASSWORD", env);
+            let timeout = sm.duration_or("timeout", Duration::from_secs(10));
+            if username.is_some() != password.is_some() {
+                sm.error("username", "username and password_file (or RIEGEL_SMTP_PASSWORD) go together");
+            }
+            sm.finish();
+            Some(SmtpConfig { host: host?, port, tls: tls?, username, password, timeout })
+        });
+        let outbox = m.opt_path("outbox");
+        let queue_size = m.uint_or("queue_size", 1000, 1, 1_000_000) as usize;
+        let max_attempts = m.uint_or("max_attempts", 5, 1, 100) as u32;
+        let had_smtp = m.has("smtp");
+        let transport = match (smtp, outbox) {
+            (Some(_), Some(_)) => {
+                m.error("outbox", "set either mail.smtp or mail.outbox, not both");
+                None
+            }
+            (Some(s), None) => Some(MailTransport::Smtp(s)),
+            (None, Some(o)) => Some(MailTransport::Outbox(o)),
+            (None, None) => {
+                if !had_smtp {
+                    m.error("smtp", "missing: set mail.smtp or mail.outbox");
+                }
+                None
+            }
+        };
+        m.finish();
+        Some(MailConfig { from: from?, transport: transport?, queue_size, max_attempts })
+    });
+
+    let branding = {
+        let mut b = s.section("branding");
+        let company = b.string_or("company", "riegel");
+        let portal_name = b.string_or("portal_name", "Portal");
+        let language = match b.string_or("language", "de").as_str() {
+            "de" => Language::De,
+            "en" => Language::En,
+            _ => {
+                b.error("language", "must be de or en");
+                Language::De
+            }
+        };
+        let logo_file = b.opt_existing_file("logo_file");
+        if let Some(l) = &logo_file {
+            let ok = matches!(
+                l.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref(),
+                Some("png" | "svg" | "jpg" | "jpeg" | "webp" | "gif")
+            );
+            if !ok {
+                b.error("logo_file", "must be a .png, .svg, .jpg, .webp or .gif file");
+            }
+        }
+        let primary_color = b.string_or("primary_color", "#5a9e1b");
+        let hex = primary_color.strip_prefix('#').unwrap_or("");
+        if !(hex.len() == 6 || hex.len() == 3) || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+            b.error("primary_color", "must be a hex colour such as #5a9e1b");
+        }
+        let imprint_url = b.opt_url_string("imprint_url");
+        let privacy_url = b.opt_url_string("privacy_url");
+        let pages_dir = b.opt_path("pages_dir");
+        if let Some(d) = &pages_dir {
+            if !d.is_dir() {
+                b.error("pages_dir", &format!("{} is not a directory", d.display()));
+            }
+        }
+        let mut texts = BTreeMap::new();
+        if let Some(mut t) = b.opt_section("texts") {
+            for lang in ["de", "en"] {
+                if let Some(mut l) = t.opt_section(lang) {
+                    let mut m = BTreeMap::new();
+                    for k in l.keys() {
+                        if let Some(v) = l.string_req(&k) {
+                            m.insert(k, v);
+                        }
+                    }
+                    l.finish();
+                    texts.insert(lang.to_string(), m);
+                }
+            }
+            t.finish();
+        }
+        b.finish();
+        BrandingConfig {
+            company,
+            portal_name,
+            language,
+            logo_file,
+            primary_color,
+            imprint_url,
+            privacy_url,
+            pages_dir,
+            texts,
+        }
+    };
+
+    let totp = {
+        let mut t = s.section("totp");
+        let issuer = t.string_or("issuer", &branding.company);
+        if issuer.contains(':') {
+            t.error("issuer", "must not contain ':'");
+        }
+        let enrollment_timeout = t.duration_or("enrollment_timeout", Duration::from_secs(3600));
+        t.finish();
+        TotpConfig { issuer, enrollment_timeout }
+    };
+
+    let log = {
+        let mut l = s.section("log");
+        let level = l.string_or("level", "info");
+        if !["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {
+            l.error("level", "must be one of error, warn, info, debug, trace");
+        }
+        let json = match l.string_or("format", "text").as_str() {
+            "text" => false,
+            "json" => true,
+            _ => {
+                l.error("format", "must be text or json");
+                false
+            }
+        };
+        l.finish();
+        LogConfig { level, json }
+    };
+
+    s.finish();
+    Some(Config {
+        listen: listen?,
+        tls,
+        public_url: public_url?,
+        plain_http,
+        prefix,
+        public_paths,
+        upstream: upstream?,
+        store_path: store_path?,
+        admin_socket: admin_socket?,
+        secrets: secrets?,
+        session,
+        headers,
+        server,
+        password,
+        regulation,
+        reset,
+        mail: mail?,
+        branding,
+        totp,
+        log,
+    })
+}
+
+fn u_path_error(u: &mut Section<'_, '_>, path: &str) {
+    u.errs.push(ConfigError { path: path.into(), message: "must not have a path; riegel forwards the request path as it is".into() });
+}
+
+fn k_error(k: &mut Section<'_, '_>, path: &str, msg: &str) {
+    k.errs.push(ConfigError { path: path.into(), message: msg.into() });
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+}
+
+/// Minimal mailbox syntax check that does not pull lettre into config.
+mod lettre_free_mailbox {
+    pub struct Mailbox;
+    impl std::str::FromStr for Mailbox {
+        type Err = ();
+        fn from_str(s: &str) -> Result<Self, ()> {
+            let addr = match (s.rfind('<'), s.rfind('>')) {
+                (Some(a), Some(b)) if a < b && b == s.len() - 1 => &s[a + 1..b],
+                (None, None) => s.trim(),
+                _ => return Err(()),
+            };
+            crate::config::valid_email(addr).then_some(Mailbox).ok_or(())
+        }
+    }
+}
+
+/// A pragmatic e-mail syntax check: one '@', a non-empty local part, a
+/// dotted or local domain, no spaces or control characters.
+pub fn valid_email(s: &str) -> bool {
+    let Some((local, domain)) = s.split_once('@') else { return false };
+    !local.is_empty()
+        && !domain.is_empty()
+        && !domain.contains('@')
+        && s.len() <= 254
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>' || c == ',')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+}
+
+/// Parses `30s`, `15m`, `12h`, `7d`, `500ms`, or combinations like `1h30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err("empty duration".into());
+    }
+    if t.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("'{t}' has no unit; write e.g. {t}s or {t}m"));
+    }
+    humantime::parse_duration(t).map_err(|e| format!("'{t}' is not a duration such as 30s, 15m or 12h ({e})"))
+}
+
+/// A walker over one YAML mapping that records which keys it read, so
+/// unknown keys are reported, and collects every error with its path.
+pub(crate) struct Section<'a, 'e> {
+    map: &'a Mapping,
+    path: String,
+    used: HashSet<String>,
+    errs: &'e mut Vec<ConfigError>,
+    base: &'a Path,
+}
+
+static EMPTY: std::sync::OnceLock<Mapping> = std::sync::OnceLock::new();
+
+impl<'a, 'e> Section<'a, 'e> {
+    fn new(map: &'a Mapping, path: String, errs: &'e mut Vec<ConfigError>, base: &'a Path) -> Self {
+        Self { map, path, used: HashSet::new(), errs, base }
+    }
+
+    fn key_path(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    fn error(&mut self, key: &str, msg: &str) {
+        let path = self.key_path(key);
+        self.errs.push(ConfigError { path, message: msg.to_string() });
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.map.get(key).is_some_and(|v| !v.is_null())
+    }
+
+    fn get(&mut self, key: &str) -> Option<&'a Value> {
+        self.used.insert(key.to_string());
+        match self.map.get(key) {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v),
+        }
+    }
+
+    fn keys(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        for k in self.map.keys() {
+            match k.as_str() {
+                Some(s) => out.push(s.to_string()),
+                None => {
+                    let p = self.path.clone();
+                    self.errs.push(ConfigError { path: p, message: format!("key {k:?} is not a string") });
+                }
+            }
+        }
+        out
+    }
+
+    fn finish(&mut self) {
+        let mut unknown = Vec::new();
+        for k in self.map.keys() {
+            let name = match k {
+                Value::String(s) => s.clone(),
+                other => format!("{other:?}"),
+            };
+            if !self.used.contains(&name) {
+                unknown.push(name);
+            }
+        }
+        for name in unknown {
+            let path = self.key_path(&name);
+            self.errs.push(ConfigError { path, message: "unknown key".into() });
+        }
+        self.used.clear();
+        self.used.extend(self.map.keys().filter_map(|k| k.as_str().map(str::to_string)));
+    }
+
+    /// An optional section; absent means all defaults.
+    fn section(&mut self, key: &str) -> Section<'a, '_> {
+        let path = self.key_path(key);
+        let map = match self.get(key) {
+            Some(Value::Mapping(m)) => m,
+            Some(_) => {
+                self.error(key, "must be a mapping of keys");
+                EMPTY.get_or_init(Mapping::new)
+            }
+            None => EMPTY.get_or_init(Mapping::new),
+        };
+        Section::new(map, path, self.errs, self.base)
+    }
+
+    fn opt_section(&mut self, key: &str) -> Option<Section<'a, '_>> {
+        let v = self.get(key)?;
+        match v {
+            Value::Mapping(m) => {
+                let path = self.key_path(key);
+                Some(Section::new(m, path, self.errs, self.base))
+            }
+            _ => {
+                self.error(key, "must be a mapping of keys");
+                None
+            }
+        }
+    }
+
+    fn req_section(&mut self, key: &str) -> Option<Section<'a, '_>> {
+        if self.map.get(key).is_none_or(|v| v.is_null()) {
+            self.used.insert(key.to_string());
+            self.error(key, "missing");
+            return None;
+        }
+        self.opt_section(key)
+    }
+
+    fn opt_string(&mut self, key: &str) -> Option<String> {
+        let v = self.get(key)?;
+        match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            _ => {
+                self.error(key, "must be a string");
+                None
+            }
+        }
+    }
+
+    fn string_req(&mut self, key: &str) -> Option<String> {
+        let v = self.opt_string(key);
+        if v.is_none() && !self.errs.iter().any(|e| e.path == self.key_path(key)) {
+            self.error(key, "missing");
+        }
+        v
+    }
+
+    fn string_or(&mut self, key: &str, default: &str) -> String {
+        self.opt_string(key).unwrap_or_else(|| default.to_string())
+    }
+
+    fn string_list_or(&mut self, key: &str, default: &[&str]) -> Vec<String> {
+        let Some(v) = self.get(key) else {
+            return default.iter().map(|s| s.to_string()).collect();
+        };
+        match v {
+            Value::Sequence(items) => {
+                let mut out = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    match item.as_str() {
+                        Some(s) => out.push(s.to_string()),
+                        None => self.error(&format!("{key}[{i}]"), "must be a string"),
+                    }
+                }
+                out
+            }
+            _ => {
+                self.error(key, "must be a list");
+                Vec::new()
+            }
+        }
+    }
+
+    fn parse_req<T: std::str::FromStr>(&mut self, key: &str, what: &str) -> Option<T> {
+        let s = self.string_req(key)?;
+        match s.parse::<T>() {
+            Ok(v) => Some(v),
+            Err(_) => {
+                self.error(key, &format!("'{s}' is not {what}"));
+                None
+            }
+        }
+    }
+
+    fn uint_or(&mut self, key: &str, default: u64, min: u64, max: u64) -> u64 {
+        let Some(v) = self.get(key) else { return default };
+        match v.as_u64() {
+            Some(n) if (min..=max).contains(&n) => n,
+            Some(n) => {
+                self.error(key, &format!("{n} is out of range ({min}..={max})"));
+                default
+            }
+            None => {
+                self.error(key, "must be a whole number");
+                default
+            }
+        }
+    }
+
+    fn duration_or(&mut self, key: &str, default: Duration) -> Duration {
+        let Some(s) = self.opt_string(key) else { return default };
+        match parse_duration(&s) {
+            Ok(d) if d.is_zero() => {
+                self.error(key, "must be longer than zero");
+                default
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.error(key, &e);
+                default
+            }
+        }
+    }
+
+    fn url_req(&mut self, key: &str, schemes: &[&str]) -> Option<url::Url> {
+        let s = self.string_req(key)?;
+        match url::Url::parse(&s) {
+            Ok(u) if schemes.contains(&u.scheme()) && u.host_str().is_some_and(|h| !h.is_empty()) => Some(u),
+            Ok(_) => {
+                self.error(key, &format!("'{s}' must be an {} URL with a host", schemes.join(" or ")));
+                None
+            }
+            Err(e) => {
+                self.error(key, &format!("'{s}' is not a URL ({e})"));
+                None
+            }
+        }
+    }
+
+    fn opt_url_string(&mut self, key: &str) -> Option<String> {
+        let s = self.opt_string(key)?;
+        let ok = s.starts_with('/') && !s.starts_with("//")
+            || url::Url::parse(&s).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+        if !ok {
+            self.error(key, &format!("'{s}' is not an http(s) URL or an absolute path"));
+            return None;
+        }
+        Some(s)
+    }
+
+    fn resolve(&self, p: &str) -> PathBuf {
+        let path = PathBuf::from(p);
+        if path.is_absolute() {
+            path
+        } else {
+            self.base.join(path)
+        }
+    }
+
+    fn opt_path(&mut self, key: &str) -> Option<PathBuf> {
+        let s = self.opt_string(key)?;
+        if s.is_empty() {
+            self.error(key, "must not be empty");
+            return None;
+        }
+        Some(self.resolve(&s))
+    }
+
+    fn path_req(&mut self, key: &str) -> Option<PathBuf> {
+        let s = self.string_req(key)?;
+        if s.is_empty() {
+            self.error(key, "must not be empty");
+            return None;
+        }
+        Some(self.resolve(&s))
+    }
+
+    fn opt_existing_file(&mut self, key: &str) -> Option<PathBuf> {
+        let p = self.opt_path(key)?;
+        if !p.is_file() {
+            self.error(key, &format!("{} does not exist or is not a file", p.display()));
+            return None;
+        }
+        Some(p)
+    }
+
+    fn existing_file_req(&mut self, key: &str) -> Option<PathBuf> {
+        let p = self.path_req(key)?;
+        if !p.is_file() {
+            self.error(key, &format!("{} does not exist or is not a file", p.display()));
+            return None;
+        }
+        Some(p)
+    }
+
+    fn header_name_or(&mut self, key: &str, default: &str) -> String {
+        let name = self.string_or(key, default);
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            self.error(key, &format!("'{name}' is not a header name (letters, digits and '-')"));
+        }
+        name
+    }
+
+    /// A secret from a file (`key`) or an environment variable. Files must
+    /// not be readable by group or others. Each non-empty line is one key
+    /// of at least 32 bytes.
+    fn secret_keys(&mut self, key: &str, env_name: &str, env: &dyn Env) -> Option<Vec<Vec<u8>>> {
+        let (text, origin) = match (self.opt_path(key), env.var(env_name)) {
+            (Some(p), _) => match read_secret_file(&p) {
+                Ok(t) => (t, p.display().to_string()),
+                Err(e) => {
+                    self.error(key, &e);
+                    return None;
+                }
+            },
+            (None, Some(v)) => (v, env_name.to_string()),
+            (None, None) => {
+                self.error(key, &format!("missing (or set the environment variable {env_name})"));
+                return None;
+            }
+        };
+        let keys: Vec<Vec<u8>> = text
+            .split(['\n', ','])
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(|l| l.as_bytes().to_vec())
+            .collect();
+        if keys.is_empty() {
+            self.error(key, &format!("{origin} holds no key; create one with `openssl rand -hex 32`"));
+            return None;
+        }
+        for (i, k) in keys.iter().enumerate() {
+            if k.len() < 32 {
+                self.error(
+                    key,
+                    &format!("key {} in {origin} is {} bytes; at least 32 are needed (`openssl rand -hex 32`)", i + 1, k.len()),
+                );
+                return None;
+            }
+        }
+        Some(keys)
+    }
+
+    fn secret_string(&mut self, key: &str, env_name: &str, env: &dyn Env) -> Option<String> {
+        match (self.opt_path(key), env.var(env_name)) {
+            (Some(p), _) => match read_secret_file(&p) {
+                Ok(t) => Some(t.trim_end_matches(['\n', '\r']).to_string()),
+                Err(e) => {
+                    self.error(key, &e);
+                    None
+                }
+            },
+            (None, v) => v,
+        }
+    }
+}
+
+fn read_secret_file(p: &Path) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!(
+            "{} is readable by group or others (mode {:o}); run `chmod 600 {}`",
+            p.display(),
+            meta.permissions().mode() & 0o777,
+            p.display()
+        ));
+    }
+    std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct MapEnv(HashMap<String, String>);
+    impl Env for MapEnv {
+        fn var(&self, name: &str) -> Option<String> {
+            self.0.get(name).cloned()
+        }
+    }
+
+    fn env_with_keys() -> MapEnv {
+        MapEnv(HashMap::from([
+            ("RIEGEL_SESSION_KEY".to_string(), "a".repeat(64)),
+            ("RIEGEL_STORAGE_KEY".to_string(), "b".repeat(64)),
+        ]))
+    }
+
+    const MINIMAL: &str = r#"
+listen: "127.0.0.1:8080"
+public_url: "https://portal.example.at"
+upstream: { url: "http://127.0.0.1:9000" }
+store: { path: "/tmp/riegel-test" }
+secrets: {}
+mail: { from: "Portal <portal@example.at>", outbox: "/tmp/outbox" }
+"#;
+
+    #[test]
+    fn minimal_config_parses_with_defaults() {
+        let c = Config::parse(MINIMAL, Path::new("/"), &env_with_keys()).expect("valid");
+        assert_eq!(c.listen.port(), 8080);
+        assert_eq!(c.session.idle_timeout, Duration::from_secs(1800));
+        assert_eq!(c.headers.user, "Remote-User");
+        assert!(!c.plain_http);
+        assert_eq!(c.cookie_name(), "__Host-riegel_session");
+        assert_eq!(c.secrets.session_keys.len(), 1);
+        assert_eq!(c.password.argon2.memory_kib, 19456);
+        assert_eq!(c.regulation.max_consecutive, 100);
+    }
+
+    #[test]
+    fn three_mistakes_are_all_reported_with_paths() {
+        let text = r#"
+listen: "127.0.0.1:8080"
+public_url: "https://portal.example.at"
+upstream: { url: "not a url" }
+store: { path: "/tmp/x" }
+secrets: {}
+session: { idle_timeout: "soon" }
+mail: { from: "Portal <portal@example.at>", outbox: "/tmp/o", colour: red }
+"#;
+        let errs = Config::parse(text, Path::new("/"), &env_with_keys()).expect_err("invalid").0;
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert!(paths.contains(&"upstream.url"), "{errs:?}");
+        assert!(paths.contains(&"session.idle_timeout"), "{errs:?}");
+        assert!(paths.contains(&"mail.colour"), "{errs:?}");
+        assert_eq!(errs.len(), 3, "{errs:?}");
+    }
+
+    #[test]
+    fn missing_sections_and_secrets_are_reported() {
+        let errs = Config::parse("listen: x", Path::new("/"), &MapEnv(HashMap::new())).expect_err("invalid").0;
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        for p in ["listen", "public_url", "upstream", "store", "secrets", "mail"] {
+            assert!(paths.contains(&p), "{p} missing in {errs:?}");
+        }
+    }
+
+    #[test]
+    fn short_and_world_readable_key_files_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("riegel-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let short = dir.join("short.key");
+        std::fs::write(&short, "tooshort\n").expect("write");
+        std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let open = dir.join("open.key");
+        std::fs::write(&open, "c".repeat(64)).expect("write");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let text = MINIMAL.replace(
+            "secrets: {}",
+            &format!("secrets: {{ session_key_file: {:?}, storage_key_file: {:?} }}", short, open),
+        );
+        let errs = Config::parse(&text, Path::new("/"), &MapEnv(HashMap::new())).expect_err("invalid").0;
+        assert!(errs.iter().any(|e| e.path == "secrets.session_key_file" && e.message.contains("at least 32")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.path == "secrets.storage_key_file" && e.message.contains("chmod 600")), "{errs:?}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn key_rotation_reads_several_keys_first_signs() {
+        let env = MapEnv(HashMap::from([
+            ("RIEGEL_SESSION_KEY".to_string(), format!("{}\n{}\n", "n".repeat(40), "o".repeat(40))),
+            ("RIEGEL_STORAGE_KEY".to_string(), "b".repeat(64)),
+        ]));
+        let c = Config::parse(MINIMAL, Path::new("/"), &env).expect("valid");
+        assert_eq!(c.secrets.session_keys, vec![b"n".repeat(40), b"o".repeat(40)]);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(43200)));
+        assert!(parse_duration("30").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn plain_http_mode_drops_host_prefix() {
+        let text = MINIMAL.replace("https://portal.example.at", "http://127.0.0.1:8080");
+        let c = Config::parse(&text, Path::new("/"), &env_with_keys()).expect("valid");
+        assert!(c.plain_http);
+        assert_eq!(c.cookie_name(), "riegel_session");
+    }
+
+    #[test]
+    fn public_url_with_path_is_refused() {
+        let text = MINIMAL.replace("https://portal.example.at", "https://portal.example.at/app");
+        let errs = Config::parse(&text, Path::new("/"), &env_with_keys()).expect_err("invalid").0;
+        assert!(errs.iter().any(|e| e.path == "public_url"), "{errs:?}");
+    }
+
+    #[test]
+    fn example_config_parses() {
+        // The example names /etc paths for the key files; point them at real
+        // files so the whole example is checked, keys and all.
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("riegel-example-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        for k in ["session.key", "storage.key"] {
+            let p = dir.join(k);
+            std::fs::write(&p, "d".repeat(64)).expect("write");
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        }
+        let text = include_str!("../config/riegel.example.yaml")
+            .replace("/etc/riegel/session.key", &dir.join("session.key").display().to_string())
+            .replace("/etc/riegel/storage.key", &dir.join("storage.key").display().to_string());
+        let c = Config::parse(&text, &dir, &MapEnv(HashMap::new())).expect("example config is valid");
+        assert_eq!(c.branding.company, "IMMO PRO Immobilien GmbH");
+        assert_eq!(c.totp.issuer, "IMMO PRO");
+        assert!(matches!(c.mail.transport, MailTransport::Smtp(_)));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

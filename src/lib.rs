@@ -1,0 +1,14 @@
+//! riegel bolts two-factor login onto an existing web portal. See
+//! ARCHITECTURE.md for the module map and its invariants.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod admin;
+pub mod app;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod mail;
+pub mod proxy;
+pub mod store;
+pub mod web;

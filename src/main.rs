@@ -1,0 +1,291 @@
+//! The `riegel` command line.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use riegel::admin::{self, AdminRequest, NewUserSpec};
+use riegel::auth::password::{check_policy, Hasher};
+use riegel::auth::OsRandom;
+use riegel::clock::{Clock, SystemClock};
+use riegel::config::Config;
+use riegel::store::{SledStore, StoreError};
+
+#[derive(Parser)]
+#[command(name = "riegel", version, about = "Two-factor login in front of an existing web portal")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Start riegel in front of a demo portal, with a demo user; no set-up needed.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Data directory (default: a new one under the system temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Check a configuration file; prints every problem and exits 2 if there are any.
+    CheckConfig {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Manage accounts (works while `riegel serve` is running).
+    User {
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        cmd: UserCmd,
+    },
+    /// Read a password from stdin and print its argon2id hash.
+    HashPassword {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Add a user; the password is read from stdin (one line) unless --no-password.
+    Add {
+        username: String,
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        /// No password: the user sets one through "Sie können nicht auf Ihr Konto zugreifen?".
+        #[arg(long)]
+        no_password: bool,
+    },
+    /// Import users from CSV: username,email,display_name[,password_hash] (argon2 or bcrypt).
+    Import { file: PathBuf },
+    List,
+    Show { user: String },
+    Disable { user: String },
+    Enable { user: String },
+    /// Set a password, read from stdin (one line).
+    SetPassword { user: String },
+    /// Set (or with an empty value, remove) the e-mail address.
+    SetEmail { user: String, email: String },
+    /// Remove the authenticator and recovery codes; the next login enrols again.
+    ResetTotp { user: String },
+    /// Lift a ban or lock after failed logins.
+    Unban { user: String },
+    Delete { user: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("riegel: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(level: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RIEGEL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},pingora=warn,pingora_core=warn,pingora_proxy=warn,sled=warn")));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json { b.json().try_init() } else { b.try_init() };
+}
+
+fn load_config(path: &Path) -> Result<Config> {
+    Config::load(path).map_err(|e| anyhow::anyhow!("{}: configuration has errors:\n{e}", path.display()))
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::CheckConfig { config } => Ok(check_config(&config)),
+        Cmd::Serve { config } => {
+            let cfg = load_config(&config)?;
+            init_logging(&cfg.log.level, cfg.log.json);
+            serve(cfg)
+        }
+        Cmd::Demo { listen, dir } => demo(listen, dir),
+        Cmd::HashPassword { config } => {
+            let params = match config {
+                Some(c) => load_config(&c)?.password.argon2,
+                None => riegel::config::Argon2Params { memory_kib: 19 * 1024, iterations: 2, parallelism: 1 },
+            };
+            let pw = read_password("Password: ")?;
+            let h = Hasher::new(&params)?.hash(&pw, &OsRandom)?;
+            println!("{h}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::User { config, cmd } => {
+            let config = config.context("--config FILE is required")?;
+            let cfg = load_config(&config)?;
+            init_logging("warn", false);
+            user(&cfg, cmd)
+        }
+    }
+}
+
+fn check_config(path: &Path) -> ExitCode {
+    match Config::load(path) {
+        Err(errs) => {
+            eprintln!("{}: {} problem(s):", path.display(), errs.0.len());
+            for e in &errs.0 {
+                eprintln!("  {e}");
+            }
+            ExitCode::from(2)
+        }
+        Ok(cfg) => match riegel::app::load_pages(&cfg) {
+            Err(e) => {
+                eprintln!("{}: {e}", path.display());
+                ExitCode::from(2)
+            }
+            Ok(_) => {
+                println!("{}: ok", path.display());
+                ExitCode::SUCCESS
+            }
+        },
+    }
+}
+
+fn serve(cfg: Config) -> Result<ExitCode> {
+    let listen = cfg.listen;
+    let upstream = cfg.upstream.clone();
+    let services = riegel::app::build(cfg, Arc::new(SystemClock), None).context("cannot start")?;
+    tracing::info!(%listen, upstream = %format!("{}:{}", upstream.host, upstream.port), "riegel is listening");
+    riegel::proxy::run(services, None)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn demo(listen: SocketAddr, dir: Option<PathBuf>) -> Result<ExitCode> {
+    init_logging("info", false);
+    let dir = match dir {
+        Some(d) => d,
+        None => std::env::temp_dir().join(format!("riegel-demo-{}-{}", std::process::id(), SystemClock.now())),
+    };
+    if dir.join("riegel.yaml").exists() {
+        bail!("{} already holds a demo; pass another --dir", dir.display());
+    }
+    let portal = riegel::demo::start_portal("127.0.0.1:0".parse()?).context("demo portal")?;
+    let files = riegel::demo::write_demo_config(&dir, listen, portal)?;
+    let cfg = load_config(&files.config)?;
+    // The demo user, created through the same code as `riegel user add`.
+    let password = riegel::auth::crypto::random_token::<9>(&OsRandom);
+    let hash = Hasher::new(&cfg.password.argon2)?.hash(&password, &OsRandom)?;
+    {
+        let store = SledStore::open(&cfg.store_path)?;
+        let r = admin::execute(
+            &store,
+            &SystemClock,
+            AdminRequest::Add {
+                user: NewUserSpec {
+                    username: "demo".into(),
+                    email: Some("demo@example.invalid".into()),
+                    display_name: "Demo Mieterin".into(),
+                    password_hash: Some(hash),
+                },
+            },
+        );
+        if !r.ok {
+            bail!("demo user: {}", r.message);
+        }
+    }
+    println!();
+    println!("  riegel demo is running.");
+    println!();
+    println!("  Open:       http://{listen}/");
+    println!("  Username:   demo   (or demo@example.invalid)");
+    println!("  Password:   {password}");
+    println!("  Mail goes to the outbox folder: {}", files.outbox.display());
+    println!("  Data and config: {}", files.dir.display());
+    println!("  Admin:      riegel user list --config {}", files.config.display());
+    println!();
+    println!("  You need an authenticator app (or: oathtool --totp -b KEY). Ctrl-C stops.");
+    println!();
+    std::io::stdout().flush()?;
+    serve(cfg)
+}
+
+/// One line from stdin, without its line ending; a prompt on a terminal.
+fn read_password(prompt: &str) -> Result<String> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("{prompt}");
+        std::io::stderr().flush()?;
+    }
+    let mut line = String::new();
+    stdin.lock().read_line(&mut line)?;
+    let pw = line.strip_suffix('\n').unwrap_or(&line);
+    let pw = pw.strip_suffix('\r').unwrap_or(pw).to_string();
+    if pw.is_empty() {
+        bail!("no password on stdin");
+    }
+    Ok(pw)
+}
+
+fn user(cfg: &Config, cmd: UserCmd) -> Result<ExitCode> {
+    let hasher = Hasher::new(&cfg.password.argon2)?;
+    let new_password = |username: &str, email: Option<&str>| -> Result<String> {
+        let pw = read_password("New password: ")?;
+        if let Err(e) = check_policy(&pw, &pw, cfg.password.min_length, username, email) {
+            bail!("password refused: {e:?} (at least {} characters, not the username or e-mail)", cfg.password.min_length);
+        }
+        Ok(hasher.hash(&pw, &OsRandom)?)
+    };
+    let req = match cmd {
+        UserCmd::Add { username, email, name, no_password } => {
+            let password_hash = if no_password { None } else { Some(new_password(&username, email.as_deref())?) };
+            AdminRequest::Add {
+                user: NewUserSpec { display_name: name.unwrap_or_else(|| username.clone()), username, email, password_hash },
+            }
+        }
+        UserCmd::Import { file } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            match admin::parse_csv(&text) {
+                Ok(users) => AdminRequest::Import { users },
+                Err(errs) => {
+                    eprintln!("{}: nothing imported, {} problem(s):", file.display(), errs.len());
+                    for e in errs {
+                        eprintln!("  {e}");
+                    }
+                    return Ok(ExitCode::from(2));
+                }
+            }
+        }
+        UserCmd::List => AdminRequest::List,
+        UserCmd::Show { user } => AdminRequest::Show { user },
+        UserCmd::Disable { user } => AdminRequest::Disable { user },
+        UserCmd::Enable { user } => AdminRequest::Enable { user },
+        UserCmd::SetPassword { user } => AdminRequest::SetPassword { password_hash: new_password(&user, None)?, user },
+        UserCmd::SetEmail { user, email } => AdminRequest::SetEmail { user, email: Some(email) },
+        UserCmd::ResetTotp { user } => AdminRequest::ResetTotp { user },
+        UserCmd::Unban { user } => AdminRequest::Unban { user },
+        UserCmd::Delete { user } => AdminRequest::Delete { user },
+    };
+    let resp = match SledStore::open(&cfg.store_path) {
+        Ok(store) => admin::execute(&store, &SystemClock, req),
+        Err(StoreError::Locked { .. }) => admin::send(&cfg.admin_socket, &req)
+            .with_context(|| format!("the store is in use; could not reach the running server at {}", cfg.admin_socket.display()))?,
+        Err(e) => return Err(e.into()),
+    };
+    if resp.ok {
+        if !resp.message.is_empty() {
+            println!("{}", resp.message);
+        }
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("riegel: {}", resp.message);
+        Ok(ExitCode::FAILURE)
+    }
+}

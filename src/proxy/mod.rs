@@ -1,0 +1,455 @@
+//! The Pingora glue, and the only module that knows Pingora. Each request
+//! becomes a [`web::Request`]; [`web::handle`] decides; this module writes
+//! riegel's own replies, or forwards to the portal with the identity headers
+//! after removing every client-sent copy of them.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::apps::ServerApp;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::Stream;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::services::listening::Service;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType, Result};
+
+use crate::auth::session::strip_cookie;
+use crate::web::headers::{client_ip, headers_to_strip};
+use crate::web::{self, Identity, Method, Outcome, Reply, Services};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("cannot resolve upstream {0}: {1}")]
+    Resolve(String, String),
+    #[error("TLS listener: {0}")]
+    Tls(String),
+}
+
+/// Per-request state.
+pub struct Ctx {
+    identity: Option<Arc<Identity>>,
+    client_ip: Option<IpAddr>,
+}
+
+pub struct Gateway {
+    services: Arc<Services>,
+    upstream: SocketAddr,
+    identity_headers: [String; 3],
+    strip_cookies: [String; 2],
+    tls_listener: bool,
+}
+
+impl Gateway {
+    pub fn new(services: Arc<Services>, tls_listener: bool) -> std::result::Result<Self, ProxyError> {
+        let u = &services.cfg.upstream;
+        let upstream = (u.host.as_str(), u.port)
+            .to_socket_addrs()
+            .map_err(|e| ProxyError::Resolve(u.host.clone(), e.to_string()))?
+            .next()
+            .ok_or_else(|| ProxyError::Resolve(u.host.clone(), "no address".into()))?;
+        let h = &services.cfg.headers;
+        Ok(Self {
+            identity_headers: [h.user.clone(), h.email.clone(), h.name.clone()],
+            strip_cookies: [services.cookie_name.clone(), services.csrf_cookie_name.clone()],
+            upstream,
+            tls_listener,
+            services,
+        })
+    }
+
+    fn peer_ip(session: &Session) -> IpAddr {
+        session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+    }
+
+    fn resolve_client_ip(&self, session: &Session) -> IpAddr {
+        let peer = Self::peer_ip(session);
+        let trusted = &self.services.cfg.server.trusted_proxies;
+        if trusted.is_empty() {
+            return peer;
+        }
+        let xff: Vec<&str> = session
+            .req_header()
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        client_ip(peer, &xff, trusted)
+    }
+
+    /// Reads a form body, at most `max` bytes, within the body timeout.
+    async fn read_body(&self, session: &mut Session) -> std::result::Result<Bytes, u16> {
+        let max = self.services.cfg.server.max_form_bytes;
+        if let Some(len) = session.req_header().headers.get("content-length").and_then(|v| v.to_str().ok()?.parse::<usize>().ok()) {
+            if len > max {
+                return Err(413);
+            }
+        }
+        if session
+            .req_header()
+            .headers
+            .get("expect")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+        {
+            if session.as_downstream_mut().write_continue_response().await.is_err() {
+                return Err(400);
+            }
+        }
+        let deadline = self.services.cfg.server.body_timeout;
+        let read = async {
+            let mut buf = BytesMut::new();
+            loop {
+                match session.read_request_body().await {
+                    Ok(Some(chunk)) => {
+                        if buf.len() + chunk.len() > max {
+                            return Err(413);
+                        }
+                        buf.extend_from_slice(&chunk);
+                    }
+                    Ok(None) => return Ok(buf.freeze()),
+                    Err(_) => return Err(400),
+                }
+            }
+        };
+        match tokio::time::timeout(deadline, read).await {
+            Ok(r) => r,
+            Err(_) => Err(408),
+        }
+    }
+}
+
+fn method_of(m: &http::Method) -> Method {
+    match *m {
+        http::Method::GET => Method::Get,
+        http::Method::HEAD => Method::Head,
+        http::Method::POST => Method::Post,
+        _ => Method::Other,
+    }
+}
+
+fn header_str<'a>(h: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    h.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn write_reply(session: &mut Session, reply: Reply, head_only: bool) -> Result<()> {
+    let mut h = ResponseHeader::build(reply.status, Some(reply.headers.len() + 1))?;
+    for (name, value) in &reply.headers {
+        h.append_header(*name, value.as_str())?;
+    }
+    h.insert_header("content-length", reply.body.len().to_string())?;
+    session.write_response_header(Box::new(h), false).await?;
+    let body = if head_only { Bytes::new() } else { reply.body };
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
+}
+
+tokio::task_local! {
+    /// Set once a request on this connection reached riegel's filters; the
+    /// header-timeout watchdog of [`Capped`] stands down then.
+    static REQUEST_SEEN: Arc<AtomicBool>;
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx { identity: None, client_ip: None }
+    }
+
+    async fn early_request_filter(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        let _ = REQUEST_SEEN.try_with(|f| f.store(true, Ordering::Relaxed));
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // Keep-alive connections wait at most the header timeout for the next request.
+        session.set_keepalive(Some(self.services.cfg.server.header_timeout.as_secs().max(1)));
+        let ip = self.resolve_client_ip(session);
+        ctx.client_ip = Some(ip);
+        let method = method_of(&session.req_header().method);
+        let ours = {
+            let path = session.req_header().uri.path();
+            path.strip_prefix(self.services.prefix.as_str()).is_some_and(|r| r.is_empty() || r.starts_with('/'))
+        };
+        let body = if ours && method == Method::Post {
+            match self.read_body(session).await {
+                Ok(b) => b,
+                Err(status) => {
+                    let key = match status {
+                        413 => "error_413",
+                        _ => "error_400",
+                    };
+                    let reply = web::error_page(&self.services, status, key);
+                    write_reply(session, reply, false).await?;
+                    return Ok(true);
+                }
+            }
+        } else {
+            Bytes::new()
+        };
+        let outcome = {
+            let h = session.req_header();
+            let req = web::Request {
+                method,
+                path: h.uri.path(),
+                query: h.uri.query(),
+                cookie: header_str(h, "cookie"),
+                origin: header_str(h, "origin"),
+                sec_fetch_site: header_str(h, "sec-fetch-site"),
+                content_type: header_str(h, "content-type"),
+                client_ip: ip,
+                body: &body,
+            };
+            web::handle(&req, &self.services).await
+        };
+        match outcome {
+            Outcome::Reply(reply) => {
+                write_reply(session, reply, method == Method::Head).await?;
+                Ok(true)
+            }
+            Outcome::Forward(identity) => {
+                ctx.identity = identity;
+                Ok(false)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let u = &self.services.cfg.upstream;
+        let mut peer = HttpPeer::new(self.upstream, u.tls, u.sni.clone());
+        peer.options.connection_timeout = Some(u.connect_timeout);
+        peer.options.total_connection_timeout = Some(u.connect_timeout);
+        peer.options.read_timeout = Some(u.read_timeout);
+        peer.options.write_timeout = Some(u.write_timeout);
+        peer.options.idle_timeout = Some(u.idle_timeout);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(&self, session: &mut Session, req: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+        // 1. Remove every client-sent copy of the identity headers, in any
+        //    spelling, and whatever the client names in Connection.
+        let ids: [&str; 3] = [&self.identity_headers[0], &self.identity_headers[1], &self.identity_headers[2]];
+        let strip = {
+            let present: Vec<&str> = req.headers.keys().map(|k| k.as_str()).collect();
+            let conn = req.headers.get_all("connection").iter().filter_map(|v| v.to_str().ok());
+            headers_to_strip(present.iter().copied(), conn, &ids)
+        };
+        for name in &strip {
+            req.remove_header(name.as_str());
+        }
+        // 2. riegel's own cookies never reach the portal.
+        let cookies: Vec<String> = req
+            .headers
+            .get_all("cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_string)
+            .collect();
+        if !cookies.is_empty() {
+            req.remove_header("cookie");
+            let names = [self.strip_cookies[0].as_str(), self.strip_cookies[1].as_str()];
+            let kept: Vec<String> = cookies.iter().filter_map(|c| strip_cookie(c, &names)).collect();
+            if !kept.is_empty() {
+                req.insert_header("cookie", kept.join("; "))?;
+            }
+        }
+        // 3. The identity.
+        if let Some(id) = &ctx.identity {
+            req.insert_header(ids[0].to_string(), id.user.as_str())?;
+            req.insert_header(ids[1].to_string(), id.email.as_str())?;
+            req.insert_header(ids[2].to_string(), id.name.as_str())?;
+        }
+        // 4. X-Forwarded-*: trusted proxies' values are kept and extended,
+        //    anyone else's are replaced.
+        let peer = Self::peer_ip(session);
+        let trusted = self.services.cfg.server.trusted_proxies.iter().any(|n| n.contains(&peer));
+        let client = ctx.client_ip.unwrap_or(peer);
+        let xff = if trusted {
+            let prev: Vec<String> = req.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).map(str::to_string).collect();
+            if prev.is_empty() {
+                client.to_string()
+            } else {
+                format!("{}, {peer}", prev.join(", "))
+            }
+        } else {
+            client.to_string()
+        };
+        req.insert_header("x-forwarded-for", xff)?;
+        let proto_in = header_str(req, "x-forwarded-proto").map(str::to_string);
+        let proto = match (trusted, proto_in) {
+            (true, Some(p)) if p == "http" || p == "https" => p,
+            _ => if self.tls_listener { "https".into() } else { "http".into() },
+        };
+        req.insert_header("x-forwarded-proto", proto)?;
+        let host_in = if trusted { header_str(req, "x-forwarded-host").map(str::to_string) } else { None };
+        let host = host_in.or_else(|| header_str(req, "host").map(str::to_string)).or_else(|| req.uri.host().map(str::to_string));
+        match host {
+            Some(h) => req.insert_header("x-forwarded-host", h)?,
+            None => {
+                req.remove_header("x-forwarded-host");
+            }
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, _ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+        // One upstream: a failed connect is answered at once, never retried.
+        e.set_retry(false);
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(c) => *c,
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
+            ErrorType::ConnectTimedout | ErrorType::ConnectRefused | ErrorType::ConnectNoRoute | ErrorType::ConnectError => 502,
+            _ => match e.esource() {
+                pingora::ErrorSource::Upstream => 502,
+                pingora::ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                _ => 500,
+            },
+        };
+        if code > 0 && session.response_written().is_none() {
+            let reply = match code {
+                502 | 504 => web::upstream_error_page(&self.services, code),
+                400 => web::error_page(&self.services, 400, "error_400"),
+                _ => web::error_page(&self.services, 500, "error_500"),
+            };
+            if let Err(we) = write_reply(session, reply, false).await {
+                tracing::debug!(error = %we, "could not send the error page");
+            }
+        }
+        if code >= 500 {
+            tracing::warn!(status = code, error = %e, "portal request failed");
+        }
+        FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, _ctx: &mut Ctx) {
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+            // Path only: queries may carry tokens; cookies are never logged.
+            tracing::debug!(method = %session.req_header().method, path = %session.req_header().uri.path(), status, error = ?e.map(|e| e.etype().as_str()), "request");
+        }
+    }
+}
+
+/// Wraps the proxy app: caps open connections, and closes a connection
+/// whose client does not finish its request headers within the header
+/// timeout (slowloris).
+pub struct Capped<A> {
+    inner: Arc<A>,
+    open: Arc<AtomicUsize>,
+    max: usize,
+    header_timeout: Duration,
+}
+
+struct OpenGuard(Arc<AtomicUsize>);
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Capped<A> {
+    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        if self.open.fetch_add(1, Ordering::Relaxed) >= self.max {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!(max = self.max, "connection cap reached; connection refused");
+            return None;
+        }
+        let _guard = OpenGuard(self.open.clone());
+        let seen = Arc::new(AtomicBool::new(false));
+        let watch = seen.clone();
+        let timeout = self.header_timeout;
+        let inner = self.inner.clone();
+        REQUEST_SEEN
+            .scope(seen, async move {
+                tokio::select! {
+                    r = A::process_new(&inner, stream, shutdown) => r,
+                    _ = async {
+                        tokio::time::sleep(timeout).await;
+                        if watch.load(Ordering::Relaxed) {
+                            std::future::pending::<()>().await;
+                        }
+                    } => None,
+                }
+            })
+            .await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}
+
+/// A shutdown signal for embedding riegel (tests): fires when the sender
+/// says so.
+pub struct ChannelShutdown(pub tokio::sync::Mutex<tokio::sync::oneshot::Receiver<()>>);
+
+#[async_trait]
+impl ShutdownSignalWatch for ChannelShutdown {
+    async fn recv(&self) -> ShutdownSignal {
+        let mut rx = self.0.lock().await;
+        let _ = (&mut *rx).await;
+        ShutdownSignal::FastShutdown
+    }
+}
+
+/// Builds the Pingora server for `services` and runs it until `shutdown`
+/// fires (SIGTERM/SIGINT in `riegel serve`).
+pub fn run(services: Arc<Services>, shutdown: Option<Box<dyn ShutdownSignalWatch>>) -> std::result::Result<(), ProxyError> {
+    let cfg = services.cfg.clone();
+    let conf = ServerConf {
+        threads: cfg.server.threads,
+        grace_period_seconds: Some(5),
+        graceful_shutdown_timeout_seconds: Some(5),
+        upstream_keepalive_pool_size: 256,
+        max_retries: 0,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let gateway = Gateway::new(services.clone(), cfg.tls.is_some())?;
+    let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
+    let mut opts = pingora::apps::HttpServerOptions::default();
+    opts.keepalive_request_limit = Some(10_000);
+    proxy.server_options = Some(opts);
+    let capped = Capped {
+        inner: Arc::new(proxy),
+        open: Arc::new(AtomicUsize::new(0)),
+        max: cfg.server.max_connections,
+        header_timeout: cfg.server.header_timeout,
+    };
+    let mut service = Service::new("riegel".to_string(), capped);
+    let addr = cfg.listen.to_string();
+    match &cfg.tls {
+        None => service.add_tcp(&addr),
+        Some(t) => service
+            .add_tls(&addr, &t.cert_file.display().to_string(), &t.key_file.display().to_string())
+            .map_err(|e| ProxyError::Tls(e.to_string()))?,
+    }
+    server.add_service(service);
+    let args = match shutdown {
+        Some(s) => RunArgs { shutdown_signal: s },
+        None => RunArgs::default(),
+    };
+    server.run(args);
+    Ok(())
+}

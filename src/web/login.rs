@@ -1,0 +1,209 @@
+//! The first factor (`/login`) and logout.
+
+use minijinja::context;
+
+use super::forms::{check_post, csrf, Form, PostCheck};
+use super::{
+    account_key, address_key, clear_session_cookie, error_page, page, rd_param, redirect, regulation_check,
+    regulation_fail, session, session_cookie, Reply, Request, Services, WebError,
+};
+use crate::auth::password::{Verified, MAX_PASSWORD_BYTES};
+use crate::auth::session::{SessionClaims, SessionCodec, Stage};
+use crate::store::{SessionRecord, Update, User};
+
+pub(super) fn get(req: &Request<'_>, s: &Services) -> Result<Reply, WebError> {
+    let rd = rd_param(req);
+    if let Some((claims, rec)) = session(req, s) {
+        // Already signed in: go on; half-way through: continue the second factor.
+        if claims.stage == Stage::Full {
+            return Ok(redirect(rd.as_deref().unwrap_or("/")));
+        }
+        let _ = rec;
+    }
+    let notice = req.query.and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "notice").and_then(|(_, v)| match v.as_ref() {
+            "logged_out" => Some("notice_logged_out"),
+            "password_changed" => Some("notice_password_changed"),
+            "login_expired" => Some("notice_login_expired"),
+            _ => None,
+        })
+    });
+    render_login(req, s, 200, rd.as_deref(), "", None, notice, 0)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn render_login(
+    req: &Request<'_>,
+    s: &Services,
+    status: u16,
+    rd: Option<&str>,
+    username: &str,
+    error: Option<&str>,
+    notice: Option<&str>,
+    minutes: i64,
+) -> Result<Reply, WebError> {
+    let c = csrf(req, s);
+    let ctx = context! {
+        action => s.route_rd("login", rd),
+        forgot_url => s.route("forgot"),
+        username => username,
+        error => error,
+        notice => notice,
+        minutes => minutes,
+        csrf => c.token,
+    };
+    let mut r = page(s, status, "login", ctx)?;
+    if let Some(sc) = c.set_cookie {
+        r.headers.push(("set-cookie", sc));
+    }
+    Ok(r)
+}
+
+pub(super) async fn post(req: &Request<'_>, s: &Services) -> Result<Reply, WebError> {
+    let rd = rd_param(req);
+    let form = Form::parse(req.body);
+    let login = form.get("username").trim().to_string();
+    let password = form.get("password").to_string();
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Ok(error_page(s, 413, "error_413"));
+    }
+    match check_post(req, s, &form) {
+        PostCheck::CrossSite => return Ok(error_page(s, 403, "error_403")),
+        PostCheck::BadToken => return render_login(req, s, 403, rd.as_deref(), &login, Some("err_csrf"), None, 0),
+        PostCheck::Ok => {}
+    }
+    if login.is_empty() || password.is_empty() {
+        return render_login(req, s, 200, rd.as_deref(), &login, Some("err_required"), None, 0);
+    }
+    let user = s.store.find_user(&login)?;
+    let akey = account_key(user.as_ref().map(|u| u.id), &login);
+    let ikey = address_key(req.client_ip);
+    let keys = [(akey.as_str(), &s.account_limits), (ikey.as_str(), &s.address_limits)];
+    if let Some(minutes) = regulation_check(s, &keys)? {
+        tracing::warn!(target: "audit", event = "login", outcome = "banned", ip = %req.client_ip, "login refused: too many failures");
+        return render_login(req, s, 429, rd.as_deref(), &login, Some("err_banned"), None, minutes);
+    }
+
+    // Always run one argon2 verification, whether the user exists or not.
+    let usable = user.as_ref().filter(|u| !u.disabled).and_then(|u| u.password_hash.clone());
+    let stored = usable.clone().unwrap_or_else(|| s.dummy_hash.clone());
+    let pw = password.clone();
+    let verdict = s.blocking_hash(move |h| h.verify(&stored, &pw)).await?;
+    let ok_user = match (verdict, usable.is_some(), user) {
+        (Ok(Verified::Right { upgrade }), true, Some(u)) => Some((u, upgrade)),
+        (Err(e), true, Some(u)) => {
+            tracing::error!(error = %e, user = %u.username, "stored password hash is unusable");
+            None
+        }
+        _ => None,
+    };
+    let Some((user, upgrade)) = ok_user else {
+        let delay = regulation_fail(s, &keys)?;
+        tracing::info!(target: "audit", event = "login", outcome = "failure", ip = %req.client_ip, "password login failed");
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        return render_login(req, s, 200, rd.as_deref(), &login, Some("err_login_failed"), None, 0);
+    };
+
+    s.store.update_counter(&akey, &|c| c.succeed())?;
+    if upgrade {
+        upgrade_hash(s, &user, password).await;
+    }
+    let (cookie, _) = start_session(s, &user, Stage::Password, rd.clone(), None).await?;
+    tracing::info!(target: "audit", event = "login", outcome = "password_ok", user = %user.username, ip = %req.client_ip, "password accepted");
+    let next = if user.totp.is_some() { "verify" } else { "setup" };
+    let mut r = redirect(&s.route(next));
+    r.headers.push(("set-cookie", cookie));
+    Ok(r)
+}
+
+/// Re-hashes an imported (bcrypt) or weaker hash with argon2id after a
+/// successful login. A failure here never fails the login.
+async fn upgrade_hash(s: &Services, user: &User, password: String) {
+    let rng = s.rng.clone();
+    let old = user.password_hash.clone();
+    let new = match s.blocking_hash(move |h| h.hash(&password, rng.as_ref())).await {
+        Ok(Ok(h)) => h,
+        _ => return,
+    };
+    let r = s.store.update_user(user.id, &mut |u| {
+        if u.password_hash != old {
+            return Update::Abort;
+        }
+        u.password_hash = Some(new.clone());
+        Update::Commit
+    });
+    match r {
+        Ok(Some(_)) => tracing::info!(user = %user.username, "password hash upgraded to argon2id"),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "password hash upgrade failed"),
+    }
+}
+
+/// Issues a new session id at `stage` (never reusing the old one), stores
+/// its record, ends `replaces`, flushes, and returns the cookie header.
+pub(super) async fn start_session(
+    s: &Services,
+    user: &User,
+    stage: Stage,
+    rd: Option<String>,
+    replaces: Option<&SessionClaims>,
+) -> Result<(String, SessionRecord), WebError> {
+    let now = s.now();
+    let sid = SessionCodec::new_session_id(s.rng.as_ref());
+    let lifetime = match stage {
+        Stage::Password => s.cfg.session.login_timeout,
+        Stage::Full => s.cfg.session.max_lifetime,
+    };
+    let expires_at = now + lifetime.as_secs() as i64;
+    let rec = SessionRecord {
+        uid: user.id,
+        sid: sid.to_vec(),
+        stage,
+        created_at: now,
+        last_seen: now,
+        expires_at,
+        username: user.username.clone(),
+        email: user.email.clone(),
+        display_name: user.display_name.clone(),
+        rd,
+    };
+    s.store.put_session(&rec)?;
+    if let Some(old) = replaces {
+        s.store.delete_session(old.uid, &old.sid)?;
+    }
+    s.flush().await?;
+    let value = s.codec.encode(&SessionClaims { sid, uid: user.id, stage, issued_at: now, expires_at });
+    Ok((session_cookie(s, &value), rec))
+}
+
+pub(super) fn logout_get(req: &Request<'_>, s: &Services) -> Result<Reply, WebError> {
+    let c = csrf(req, s);
+    let mut r = page(s, 200, "logout", context! { action => s.route("logout"), csrf => c.token })?;
+    if let Some(sc) = c.set_cookie {
+        r.headers.push(("set-cookie", sc));
+    }
+    Ok(r)
+}
+
+/// Ends the session server-side, so a copied cookie stops working too.
+/// Accepted with a valid CSRF token, or from a same-origin page without one
+/// (so the portal's own logout link or form can point here).
+pub(super) async fn logout_post(req: &Request<'_>, s: &Services) -> Result<Reply, WebError> {
+    let form = Form::parse(req.body);
+    let same_origin = req.sec_fetch_site == Some("same-origin") || req.origin == Some(s.origin.as_str());
+    match check_post(req, s, &form) {
+        PostCheck::CrossSite => return Ok(error_page(s, 403, "error_403")),
+        PostCheck::BadToken if !same_origin => return Ok(error_page(s, 403, "error_403")),
+        _ => {}
+    }
+    if let Some((claims, rec)) = session(req, s) {
+        s.store.delete_session(claims.uid, &claims.sid)?;
+        s.flush().await?;
+        tracing::info!(target: "audit", event = "logout", user = %rec.username, ip = %req.client_ip, "logged out");
+    }
+    let mut r = page(s, 200, "logged_out", context! { login_url => s.route("login") })?;
+    r.headers.push(("set-cookie", clear_session_cookie(s)));
+    Ok(r)
+}

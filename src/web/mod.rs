@@ -1,0 +1,513 @@
+//! riegel's routes and pages, without sockets: the proxy turns each HTTP
+//! request into a [`Request`] and calls [`handle`], which answers with an
+//! [`Outcome`]: a [`Reply`] to send, or [`Outcome::Forward`] to pass the
+//! request on to the portal with an identity.
+//!
+//! `web` does no network I/O and never reads the system clock: time,
+//! randomness, the store and the mail queue come in through [`Services`].
+//! Blocking work (argon2, store flushes) goes through
+//! [`Services::blocking_hash`] and [`Services::flush`], which run it off the
+//! async executor.
+
+pub mod headers;
+pub mod pages;
+
+mod forms;
+mod login;
+mod reset;
+mod second;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use minijinja::context;
+use tokio::sync::Semaphore;
+
+use crate::auth::crypto::{derive_key, SecretBox};
+use crate::auth::password::Hasher;
+use crate::auth::redirect::{encode_rd, safe_redirect};
+use crate::auth::regulation::{minutes_left, Decision, Limits};
+use crate::auth::session::{find_cookie, SessionClaims, SessionCodec, Stage};
+use crate::auth::Random;
+use crate::clock::{Clock, UnixTime};
+use crate::config::Config;
+use crate::mail::MailQueue;
+use crate::store::{SessionRecord, Store, StoreError};
+
+pub use pages::Pages;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+    Other,
+}
+
+/// One request, as the proxy saw it. Borrowed: building it allocates nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub method: Method,
+    /// The raw path, not decoded.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub cookie: Option<&'a str>,
+    pub origin: Option<&'a str>,
+    pub sec_fetch_site: Option<&'a str>,
+    pub content_type: Option<&'a str>,
+    /// The client address after the trusted-proxy rules.
+    pub client_ip: IpAddr,
+    /// The form body (POST to riegel's own routes only).
+    pub body: &'a [u8],
+}
+
+/// Who the portal is told the user is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user: String,
+    pub email: String,
+    pub name: String,
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    Reply(Reply),
+    /// Forward to the portal; `None` for public paths.
+    Forward(Option<Arc<Identity>>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Failures inside a handler; they become the 500 page.
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("page: {0}")]
+    Page(#[from] pages::PagesError),
+    #[error("background task failed: {0}")]
+    Task(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Everything the handlers need, injected.
+pub struct Services {
+    pub cfg: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub rng: Arc<dyn Random>,
+    pub mail: Arc<dyn MailQueue>,
+    pub pages: Pages,
+    pub codec: SessionCodec,
+    pub hasher: Hasher,
+    pub dummy_hash: String,
+    pub secret_box: SecretBox,
+    pub recovery_pepper: [u8; 32],
+    hash_slots: Arc<Semaphore>,
+    flush_slots: Arc<Semaphore>,
+    pub cookie_name: String,
+    pub csrf_cookie_name: String,
+    pub account_limits: Limits,
+    pub address_limits: Limits,
+    /// Where riegel's own routes live, e.g. `/_riegel`.
+    pub prefix: String,
+    origin: String,
+}
+
+impl Services {
+    pub fn new(
+        cfg: Arc<Config>,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        rng: Arc<dyn Random>,
+        mail: Arc<dyn MailQueue>,
+        pages: Pages,
+    ) -> Result<Self, WebError> {
+        let hasher = Hasher::new(&cfg.password.argon2).map_err(|e| WebError::Internal(e.to_string()))?;
+        let dummy_hash = hasher.dummy_hash(rng.as_ref()).map_err(|e| WebError::Internal(e.to_string()))?;
+        let origin = cfg.public_url.origin().ascii_serialization();
+        Ok(Self {
+            codec: SessionCodec::new(&cfg.secrets.session_keys),
+            secret_box: SecretBox::new(&cfg.secrets.storage_key),
+            recovery_pepper: derive_key(&cfg.secrets.storage_key, "riegel/recovery-codes/v1"),
+            hash_slots: Arc::new(Semaphore::new(cfg.password.max_concurrent_hashes)),
+            flush_slots: Arc::new(Semaphore::new(4)),
+            cookie_name: cfg.cookie_name(),
+            csrf_cookie_name: cfg.csrf_cookie_name(),
+            account_limits: Limits::account(&cfg.regulation),
+            address_limits: Limits::address(&cfg.regulation),
+            prefix: cfg.prefix.clone(),
+            origin,
+            hasher,
+            dummy_hash,
+            cfg,
+            store,
+            clock,
+            rng,
+            mail,
+            pages,
+        })
+    }
+
+    pub fn now(&self) -> UnixTime {
+        self.clock.now()
+    }
+
+    /// Runs password hashing off the executor, at most
+    /// `max_concurrent_hashes` at once; further logins wait their turn.
+    pub async fn blocking_hash<T, F>(&self, f: F) -> Result<T, WebError>
+    where
+        F: FnOnce(&Hasher) -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let _permit = self.hash_slots.acquire().await.map_err(|e| WebError::Task(e.to_string()))?;
+        let h = self.hasher.clone();
+        tokio::task::spawn_blocking(move || f(&h)).await.map_err(|e| WebError::Task(e.to_string()))
+    }
+
+    /// Flushes the store off the executor. Called before acknowledging a write.
+    pub async fn flush(&self) -> Result<(), WebError> {
+        let _permit = self.flush_slots.acquire().await.map_err(|e| WebError::Task(e.to_string()))?;
+        let s = self.store.clone();
+        tokio::task::spawn_blocking(move || s.flush()).await.map_err(|e| WebError::Task(e.to_string()))??;
+        Ok(())
+    }
+
+    fn route(&self, name: &str) -> String {
+        format!("{}/{name}", self.prefix)
+    }
+
+    fn route_rd(&self, name: &str, rd: Option<&str>) -> String {
+        match rd {
+            Some(rd) if rd != "/" => format!("{}/{name}?rd={}", self.prefix, encode_rd(rd)),
+            _ => self.route(name),
+        }
+    }
+}
+
+/// The answer to one request.
+pub async fn handle(req: &Request<'_>, s: &Arc<Services>) -> Outcome {
+    let Some(rest) = req.path.strip_prefix(s.prefix.as_str()) else {
+        return portal_request(req, s);
+    };
+    if !(rest.is_empty() || rest.starts_with('/')) {
+        // e.g. /_riegelx is a portal path.
+        return portal_request(req, s);
+    }
+    let result = route(req, rest, s).await;
+    Outcome::Reply(match result {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, path = %req.path, "request failed");
+            error_page(s, 500, "error_500")
+        }
+    })
+}
+
+async fn route(req: &Request<'_>, rest: &str, s: &Arc<Services>) -> Result<Reply, WebError> {
+    use Method::*;
+    let m = if req.method == Head { Get } else { req.method };
+    match (m, rest) {
+        (Get, "/login") => login::get(req, s),
+        (Post, "/login") => login::post(req, s).await,
+        (Get, "/logout") => login::logout_get(req, s),
+        (Post, "/logout") => login::logout_post(req, s).await,
+        (Get, "/setup") => second::setup_get(req, s).await,
+        (Get, "/setup/confirm") => second::confirm_get(req, s),
+        (Post, "/setup/confirm") => second::confirm_post(req, s).await,
+        (Get, "/verify") => second::verify_get(req, s),
+        (Post, "/verify") => second::verify_post(req, s).await,
+        (Get, "/recovery") => second::recovery_get(req, s),
+        (Post, "/recovery") => second::recovery_post(req, s).await,
+        (Get, "/forgot") => reset::forgot_get(req, s),
+        (Post, "/forgot") => reset::forgot_post(req, s).await,
+        (Get, "/healthz") => Ok(healthz(s)),
+        (Get, "/auth") => Ok(forward_auth(req, s)),
+        (Get, p) if p.starts_with("/static/") => Ok(static_asset(s, &p["/static/".len()..])),
+        (Get, p) if p.starts_with("/reset/") => reset::reset_get(req, s, &p["/reset/".len()..]),
+        (Post, p) if p.starts_with("/reset/") => reset::reset_post(req, s, &p["/reset/".len()..]).await,
+        (Get, "" | "/") => Ok(redirect(&s.route("login"))),
+        (Other, _) | (Post, _) if known_route(rest) => Ok(error_page(s, 405, "error_400")),
+        _ => Ok(error_page(s, 404, "error_404")),
+    }
+}
+
+fn known_route(rest: &str) -> bool {
+    matches!(
+        rest,
+        "/login" | "/logout" | "/setup" | "/setup/confirm" | "/verify" | "/recovery" | "/forgot" | "/healthz" | "/auth"
+    ) || rest.starts_with("/reset/")
+        || rest.starts_with("/static/")
+}
+
+/// A request for the portal: forward it with an identity, pass it if
+/// public, or send the user to the login page.
+fn portal_request(req: &Request<'_>, s: &Services) -> Outcome {
+    if is_public(&s.cfg.public_paths, req.path) {
+        return Outcome::Forward(None);
+    }
+    match full_session(req, s) {
+        Some(id) => Outcome::Forward(Some(id)),
+        None => {
+            let mut target = req.path.to_string();
+            if let Some(q) = req.query {
+                target.push('?');
+                target.push_str(q);
+            }
+            let rd = safe_redirect(&target).unwrap_or("/");
+            Outcome::Reply(redirect(&s.route_rd("login", Some(rd))))
+        }
+    }
+}
+
+pub fn is_public(public: &[String], path: &str) -> bool {
+    public.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => path.starts_with(prefix),
+        None => path == p,
+    })
+}
+
+/// The identity of a valid, fully authenticated session, if any.
+pub fn full_session(req: &Request<'_>, s: &Services) -> Option<Arc<Identity>> {
+    let (claims, rec) = session(req, s)?;
+    if claims.stage != Stage::Full {
+        return None;
+    }
+    let now = s.now();
+    if now - rec.last_seen >= 60 {
+        // Keep idle tracking coarse: at most one write a minute per session.
+        let mut touched = rec.clone();
+        touched.last_seen = now;
+        if let Err(e) = s.store.put_session(&touched) {
+            tracing::warn!(error = %e, "could not record session activity");
+        }
+    }
+    Some(Arc::new(Identity {
+        user: rec.username,
+        email: rec.email.unwrap_or_default(),
+        name: rec.display_name,
+    }))
+}
+
+/// A session whose cookie verifies and whose record still exists, matches
+/// the cookie's stage and is neither idle too long nor past its lifetime.
+fn session(req: &Request<'_>, s: &Services) -> Option<(SessionClaims, SessionRecord)> {
+    let value = find_cookie(req.cookie?, &s.cookie_name)?;
+    let now = s.now();
+    let claims = s.codec.decode(value, now).ok()?;
+    let rec = match s.store.session(claims.uid, &claims.sid) {
+        Ok(Some(r)) => r,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::error!(error = %e, "session lookup failed");
+            return None;
+        }
+    };
+    let idle = s.cfg.session.idle_timeout.as_secs() as i64;
+    if rec.stage != claims.stage || now >= rec.expires_at || now - rec.last_seen > idle {
+        return None;
+    }
+    Some((claims, rec))
+}
+
+fn healthz(s: &Services) -> Reply {
+    match s.store.counter("health") {
+        Ok(_) => plain(200, "ok\n"),
+        Err(_) => plain(503, "store unavailable\n"),
+    }
+}
+
+/// `GET /_riegel/auth` for nginx `auth_request`, Traefik and Caddy
+/// forward auth: 200 with the identity headers, or 401.
+fn forward_auth(req: &Request<'_>, s: &Services) -> Reply {
+    match full_session(req, s) {
+        Some(id) => {
+            let mut r = plain(200, "");
+            r.headers.push(("x-riegel-user", id.user.clone()));
+            r.headers.push(("x-riegel-email", id.email.clone()));
+            r.headers.push(("x-riegel-name", id.name.clone()));
+            r
+        }
+        None => plain(401, ""),
+    }
+}
+
+fn static_asset(s: &Services, name: &str) -> Reply {
+    match s.pages.static_asset(name) {
+        Some(a) => Reply {
+            status: 200,
+            headers: vec![
+                ("content-type", a.content_type.to_string()),
+                ("cache-control", "public, max-age=3600".to_string()),
+                ("etag", a.etag.clone()),
+                ("x-content-type-options", "nosniff".to_string()),
+            ],
+            body: Bytes::copy_from_slice(&a.body),
+        },
+        None => error_page(s, 404, "error_404"),
+    }
+}
+
+pub fn plain(status: u16, body: &str) -> Reply {
+    Reply {
+        status,
+        headers: vec![
+            ("content-type", "text/plain; charset=utf-8".to_string()),
+            ("cache-control", "no-store".to_string()),
+            ("x-content-type-options", "nosniff".to_string()),
+        ],
+        body: Bytes::copy_from_slice(body.as_bytes()),
+    }
+}
+
+pub fn redirect(location: &str) -> Reply {
+    Reply {
+        status: 303,
+        headers: vec![("location", location.to_string()), ("cache-control", "no-store".to_string())],
+        body: Bytes::new(),
+    }
+}
+
+/// Security headers on every page riegel renders.
+fn page_headers(s: &Services) -> Vec<(&'static str, String)> {
+    let mut h = vec![
+        ("content-type", "text/html; charset=utf-8".to_string()),
+        (
+            "content-security-policy",
+            "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'"
+                .to_string(),
+        ),
+        ("x-content-type-options", "nosniff".to_string()),
+        ("x-frame-options", "DENY".to_string()),
+        ("referrer-policy", "same-origin".to_string()),
+        ("cache-control", "no-store".to_string()),
+    ];
+    if !s.cfg.plain_http {
+        h.push(("strict-transport-security", "max-age=31536000".to_string()));
+    }
+    h
+}
+
+pub fn page(s: &Services, status: u16, name: &str, ctx: minijinja::Value) -> Result<Reply, WebError> {
+    let html = s.pages.render(name, ctx)?;
+    Ok(Reply { status, headers: page_headers(s), body: Bytes::from(html) })
+}
+
+/// The error page; never fails (falls back to plain text).
+pub fn error_page(s: &Services, status: u16, key: &str) -> Reply {
+    error_page_with(s, status, key, 0)
+}
+
+pub fn error_page_with(s: &Services, status: u16, key: &str, minutes: i64) -> Reply {
+    let ctx = context! {
+        status => status,
+        title_key => format!("{key}_title"),
+        message_key => format!("{key}_text"),
+        minutes => minutes,
+        home_url => "/",
+        retry_url => s.route("login"),
+    };
+    match page(s, status, "error", ctx) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "error page failed to render");
+            plain(status, "error\n")
+        }
+    }
+}
+
+/// The branded 502/504 pages the proxy shows when the portal fails.
+pub fn upstream_error_page(s: &Services, status: u16) -> Reply {
+    let key = if status == 504 { "error_504" } else { "error_502" };
+    error_page(s, status, key)
+}
+
+/// A `Set-Cookie` value with the attributes riegel always uses.
+fn cookie_header(s: &Services, name: &str, value: &str, max_age: Option<i64>, same_site: &str) -> String {
+    let mut c = format!("{name}={value}; Path=/; HttpOnly; SameSite={same_site}");
+    if !s.cfg.plain_http {
+        c.push_str("; Secure");
+    }
+    if let Some(a) = max_age {
+        c.push_str(&format!("; Max-Age={a}"));
+    }
+    c
+}
+
+fn session_cookie(s: &Services, value: &str) -> String {
+    cookie_header(s, &s.cookie_name, value, None, "Lax")
+}
+
+fn clear_session_cookie(s: &Services) -> String {
+    cookie_header(s, &s.cookie_name, "", Some(0), "Lax")
+}
+
+/// The state of the regulation for a login attempt.
+fn regulation_check(s: &Services, keys: &[(&str, &Limits)]) -> Result<Option<i64>, WebError> {
+    let now = s.now();
+    let mut until: Option<UnixTime> = None;
+    for (key, _) in keys {
+        if let Decision::Banned { until: u } = s.store.counter(key)?.check(now) {
+            until = Some(until.map_or(u, |x: UnixTime| x.max(u)));
+        }
+    }
+    Ok(until.map(|u| minutes_left(u, now)))
+}
+
+/// Records a failure on every key; returns the delay to apply.
+fn regulation_fail(s: &Services, keys: &[(&str, &Limits)]) -> Result<std::time::Duration, WebError> {
+    let now = s.now();
+    let mut delay = std::time::Duration::ZERO;
+    for (key, limits) in keys {
+        let l: Limits = **limits;
+        let c = s.store.update_counter(key, &move |c| c.fail(now, &l))?;
+        delay = delay.max(c.delay(&l));
+    }
+    Ok(delay)
+}
+
+fn account_key(uid: Option<u64>, login: &str) -> String {
+    match uid {
+        Some(id) => format!("u:{id}"),
+        None => format!("n:{}", crate::store::login_key(login)),
+    }
+}
+
+fn address_key(ip: IpAddr) -> String {
+    format!("ip:{ip}")
+}
+
+/// Validated `rd` from the query, if any.
+fn rd_param<'a>(req: &Request<'a>) -> Option<String> {
+    let q = req.query?;
+    url::form_urlencoded::parse(q.as_bytes())
+        .find(|(k, _)| k == "rd")
+        .and_then(|(_, v)| safe_redirect(&v).map(str::to_string))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_paths() {
+        let p = vec!["/favicon.ico".to_string(), "/assets/*".to_string()];
+        assert!(is_public(&p, "/favicon.ico"));
+        assert!(is_public(&p, "/assets/app.css"));
+        assert!(!is_public(&p, "/favicon.ico/x"));
+        assert!(!is_public(&p, "/"));
+    }
+}

@@ -1,0 +1,222 @@
+//! Forgotten password: `/forgot` asks for a mail, `/reset/<token>` sets a
+//! new password. The answer to `/forgot` is the same page at once whatever
+//! the account: the lookup, the token and the mail happen afterwards in the
+//! background. `GET /reset/<token>` never consumes the token (mail scanners
+//! prefetch links); only the POST does.
+
+use std::sync::Arc;
+
+use minijinja::context;
+
+use super::forms::{check_post, csrf, Form, PostCheck};
+use super::{
+    account_key, address_key, error_page, error_page_with, page, regulation_check, regulation_fail, Reply, Request, Services,
+    WebError,
+};
+use crate::auth::crypto::{random_token, sha256};
+use crate::auth::password::check_policy;
+use crate::auth::regulation::Limits;
+use crate::mail::Mail;
+use crate::store::{ResetState, Update, User};
+
+fn render_forgot(req: &Request<'_>, s: &Services, status: u16, username: &str, error: Option<&str>) -> Result<Reply, WebError> {
+    let c = csrf(req, s);
+    let ctx = context! {
+        action => s.route("forgot"),
+        back_url => s.route("login"),
+        username => username,
+        error => error,
+        csrf => c.token,
+    };
+    let mut r = page(s, status, "forgot", ctx)?;
+    if let Some(sc) = c.set_cookie {
+        r.headers.push(("set-cookie", sc));
+    }
+    Ok(r)
+}
+
+pub(super) fn forgot_get(req: &Request<'_>, s: &Services) -> Result<Reply, WebError> {
+    render_forgot(req, s, 200, "", None)
+}
+
+/// Reset requests count against their own counters, per address and per
+/// account, with the regulation's limits.
+fn reset_keys(ip: std::net::IpAddr) -> String {
+    format!("reset-{}", address_key(ip))
+}
+
+pub(super) async fn forgot_post(req: &Request<'_>, s: &Arc<Services>) -> Result<Reply, WebError> {
+    let form = Form::parse(req.body);
+    let login = form.get("username").trim().to_string();
+    match check_post(req, s, &form) {
+        PostCheck::CrossSite => return Ok(error_page(s, 403, "error_403")),
+        PostCheck::BadToken => return render_forgot(req, s, 403, &login, Some("err_csrf")),
+        PostCheck::Ok => {}
+    }
+    if login.is_empty() || login.len() > 320 {
+        return render_forgot(req, s, 200, "", Some("err_required"));
+    }
+    let ikey = reset_keys(req.client_ip);
+    if let Some(minutes) = regulation_check(s, &[(ikey.as_str(), &s.address_limits)])? {
+        return Ok(error_page_with(s, 429, "error_429", minutes));
+    }
+    regulation_fail(s, &[(ikey.as_str(), &s.address_limits)])?;
+    let bg = s.clone();
+    let ip = req.client_ip;
+    tokio::spawn(async move {
+        if let Err(e) = send_reset_mail(&bg, &login, ip).await {
+            tracing::error!(error = %e, "reset request failed");
+        }
+    });
+    let minutes = s.cfg.reset.token_lifetime.as_secs().div_ceil(60);
+    page(s, 200, "forgot_sent", context! { back_url => s.route("login"), minutes => minutes })
+}
+
+async fn send_reset_mail(s: &Services, login: &str, ip: std::net::IpAddr) -> Result<(), WebError> {
+    let user = s.store.find_user(login)?;
+    let Some(user) = user.filter(|u| !u.disabled && u.email.is_some()) else {
+        tracing::info!(target: "audit", event = "reset_request", outcome = "no_mail", %ip, "reset requested for an unknown, disabled or mail-less account");
+        return Ok(());
+    };
+    let akey = format!("reset-{}", account_key(Some(user.id), ""));
+    let limits: Limits = s.account_limits;
+    if regulation_check(s, &[(akey.as_str(), &limits)])?.is_some() {
+        tracing::warn!(target: "audit", event = "reset_request", outcome = "rate_limited", user = %user.username, %ip, "reset mail not sent: too many requests");
+        return Ok(());
+    }
+    regulation_fail(s, &[(akey.as_str(), &limits)])?;
+    let token = random_token::<32>(s.rng.as_ref());
+    let hash = data_encoding::HEXLOWER.encode(&sha256(token.as_bytes()));
+    let expires_at = s.now() + s.cfg.reset.token_lifetime.as_secs() as i64;
+    let mut previous: Option<String> = None;
+    let updated = s.store.update_user(user.id, &mut |u| {
+        // A newer token cancels the older one.
+        previous = u.reset.as_ref().map(|r| r.token_hash.clone());
+        u.reset = Some(ResetState { token_hash: hash.clone(), expires_at });
+        Update::Commit
+    })?;
+    let Some(updated) = updated else { return Ok(()) };
+    if let Some(p) = previous {
+        s.store.delete_reset_index(&p)?;
+    }
+    s.store.put_reset_index(&hash, user.id)?;
+    s.flush().await?;
+    let link = format!("{}{}/reset/{token}", s.cfg.public_url.as_str().trim_end_matches('/'), s.prefix);
+    let minutes = s.cfg.reset.token_lifetime.as_secs().div_ceil(60);
+    notify(s, &updated, "reset", context! { link => link, minutes => minutes });
+    tracing::info!(target: "audit", event = "reset_request", outcome = "mail_queued", user = %user.username, %ip, "reset mail queued");
+    Ok(())
+}
+
+/// Renders and queues a mail to the user, if the user has an address.
+/// Failures are logged; they never fail the request.
+pub(super) fn notify(s: &Services, user: &User, template: &str, extra: minijinja::Value) {
+    let Some(to) = user.email.clone() else { return };
+    let time = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(s.now()).unwrap_or(0)),
+    )
+    .to_string()
+    .replace('T', " ")
+    .replace('Z', " UTC");
+    let name = if user.display_name.is_empty() { user.username.clone() } else { user.display_name.clone() };
+    let ctx = context! { ..extra, ..context! { name => name, time => time } };
+    match s.pages.render_mail(template, ctx) {
+        Ok((subject, text, html)) => {
+            if let Err(e) = s.mail.send(Mail { to, subject, text, html: Some(html) }) {
+                tracing::error!(error = %e, template, "mail not queued");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, template, "mail template failed"),
+    }
+}
+
+/// The user a reset token belongs to, if the token is the newest, unused
+/// and unexpired one of that user.
+fn token_user(s: &Services, token: &str) -> Result<Option<(User, String)>, WebError> {
+    if token.len() != 43 || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return Ok(None);
+    }
+    let hash = data_encoding::HEXLOWER.encode(&sha256(token.as_bytes()));
+    let Some(uid) = s.store.reset_index(&hash)? else { return Ok(None) };
+    let Some(user) = s.store.user(uid)? else { return Ok(None) };
+    let valid = !user.disabled
+        && user.reset.as_ref().is_some_and(|r| crate::auth::crypto::ct_eq(r.token_hash.as_bytes(), hash.as_bytes()) && s.now() < r.expires_at);
+    Ok(valid.then_some((user, hash)))
+}
+
+fn no_referrer(mut r: Reply) -> Reply {
+    for h in r.headers.iter_mut() {
+        if h.0 == "referrer-policy" {
+            h.1 = "no-referrer".into();
+        }
+    }
+    if !r.headers.iter().any(|h| h.0 == "referrer-policy") {
+        r.headers.push(("referrer-policy", "no-referrer".into()));
+    }
+    r
+}
+
+fn render_reset(req: &Request<'_>, s: &Services, token: &str, status: u16, error: Option<&str>) -> Result<Reply, WebError> {
+    let c = csrf(req, s);
+    let ctx = context! {
+        action => format!("{}/reset/{token}", s.prefix),
+        error => error,
+        min_length => s.cfg.password.min_length,
+        csrf => c.token,
+    };
+    let mut r = page(s, status, "reset", ctx)?;
+    if let Some(sc) = c.set_cookie {
+        r.headers.push(("set-cookie", sc));
+    }
+    Ok(no_referrer(r))
+}
+
+pub(super) fn reset_get(req: &Request<'_>, s: &Services, token: &str) -> Result<Reply, WebError> {
+    if token_user(s, token)?.is_none() {
+        return Ok(no_referrer(error_page(s, 410, "error_reset_invalid")));
+    }
+    render_reset(req, s, token, 200, None)
+}
+
+pub(super) async fn reset_post(req: &Request<'_>, s: &Services, token: &str) -> Result<Reply, WebError> {
+    let form = Form::parse(req.body);
+    match check_post(req, s, &form) {
+        PostCheck::CrossSite => return Ok(error_page(s, 403, "error_403")),
+        PostCheck::BadToken => return render_reset(req, s, token, 403, Some("err_csrf")),
+        PostCheck::Ok => {}
+    }
+    let Some((user, hash)) = token_user(s, token)? else {
+        return Ok(no_referrer(error_page(s, 410, "error_reset_invalid")));
+    };
+    let pw = form.get("password").to_string();
+    if let Err(e) = check_policy(&pw, form.get("password2"), s.cfg.password.min_length, &user.username, user.email.as_deref()) {
+        return render_reset(req, s, token, 200, Some(e.text_key()));
+    }
+    let rng = s.rng.clone();
+    let new_hash = s
+        .blocking_hash(move |h| h.hash(&pw, rng.as_ref()))
+        .await?
+        .map_err(|e| WebError::Internal(e.to_string()))?;
+    let now = s.now();
+    let updated = s.store.update_user(user.id, &mut |u| {
+        // Single use: only if this token is still the current one.
+        if !u.reset.as_ref().is_some_and(|r| r.token_hash == hash && now < r.expires_at) {
+            return Update::Abort;
+        }
+        u.password_hash = Some(new_hash.clone());
+        u.reset = None;
+        u.updated_at = now;
+        Update::Commit
+    })?;
+    let Some(updated) = updated else {
+        return Ok(no_referrer(error_page(s, 410, "error_reset_invalid")));
+    };
+    s.store.delete_reset_index(&hash)?;
+    // A reset ends every session and lifts a lock; the authenticator stays.
+    let ended = s.store.delete_sessions_of(user.id, None)?;
+    s.store.delete_counters(&account_key(Some(user.id), ""))?;
+    s.flush().await?;
+    tracing::info!(target: "audit", event = "password_reset", outcome = "success", user = %user.username, ip = %req.client_ip, sessions_ended = ended, "password changed through reset link");
+    notify(s, &updated, "password_changed", context! {});
+    Ok(no_referrer(page(s, 200, "reset_done", context! { login_url => s.route("login") })?))
+}
