@@ -421,7 +421,8 @@ pub fn run(services: Arc<Services>, shutdown: Option<Box<dyn ShutdownSignalWatch
         grace_period_seconds: Some(5),
         graceful_shutdown_timeout_seconds: Some(5),
         upstream_keepalive_pool_size: 256,
-        max_retries: 0,
+        // Pingora counts tries, not retries: 1 means "no retry".
+        max_retries: 1,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);

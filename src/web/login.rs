@@ -81,7 +81,7 @@ pub(super) async fn post(req: &Request<'_>, s: &Services) -> Result<Reply, WebEr
     let keys = [(akey.as_str(), &s.account_limits), (ikey.as_str(), &s.address_limits)];
     if let Some(minutes) = regulation_check(s, &keys)? {
         tracing::warn!(target: "audit", event = "login", outcome = "banned", ip = %req.client_ip, "login refused: too many failures");
-        return render_login(req, s, 429, rd.as_deref(), &login, Some("err_banned"), None, minutes);
+        return render_login(req, s, 429, rd.as_deref(), "", Some("err_banned"), None, minutes);
     }
 
     // Always run one argon2 verification, whether the user exists or not.
@@ -103,7 +103,9 @@ pub(super) async fn post(req: &Request<'_>, s: &Services) -> Result<Reply, WebEr
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        return render_login(req, s, 200, rd.as_deref(), &login, Some("err_login_failed"), None, 0);
+        // The typed name is not echoed: wrong password, unknown and disabled
+        // accounts get byte-identical pages.
+        return render_login(req, s, 200, rd.as_deref(), "", Some("err_login_failed"), None, 0);
     };
 
     s.store.update_counter(&akey, &|c| c.succeed())?;

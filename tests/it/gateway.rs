@@ -1,0 +1,228 @@
+//! The gateway core: redirects, sessions, identity headers, upstream
+//! failures, slow clients, check-config.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+#[test]
+fn unauthenticated_requests_are_sent_to_login_with_encoded_rd() {
+    let r = Riegel::start();
+    let mut c = r.client();
+    let resp = c.get("/mieter/dokumente?jahr=2024&typ=a%20b");
+    assert_eq!(resp.status, 303);
+    assert_eq!(resp.location(), "/_riegel/login?rd=%2Fmieter%2Fdokumente%3Fjahr%3D2024%26typ%3Da%2520b");
+    // Not even HEAD or POST reach the portal without a session.
+    assert_eq!(c.request("POST", "/mieter", &[], Some("a=b")).status, 303);
+    // A protocol-relative target never becomes the redirect.
+    let resp = c.get("//evil.example/x");
+    assert_eq!(resp.status, 303);
+    assert!(resp.location().starts_with("/_riegel/login"), "{}", resp.location());
+    assert!(!resp.location().contains("evil"), "{}", resp.location());
+}
+
+#[test]
+fn public_paths_pass_without_a_session_and_without_identity() {
+    let r = Riegel::start();
+    let mut c = r.client();
+    let resp = c.request("GET", "/favicon.ico", &[("Remote-User", "admin")], None);
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    assert!(resp.body.contains("Demo-Portal"));
+    assert!(resp.echoed("remote-user").is_empty(), "spoofed header reached the portal: {:?}", resp.echoed_headers());
+}
+
+#[test]
+fn healthz_and_unknown_routes() {
+    let r = Riegel::start();
+    let mut c = r.client();
+    let h = c.get("/_riegel/healthz");
+    assert_eq!((h.status, h.body.as_str()), (200, "ok\n"));
+    let nf = c.get("/_riegel/nope");
+    assert_eq!(nf.status, 404);
+    assert!(nf.header("content-type").unwrap_or("").starts_with("text/html"));
+}
+
+#[test]
+fn full_session_reaches_portal_with_identity_and_spoofs_never_do() {
+    let r = Riegel::start();
+    r.add_user("anna", Some("anna@example.at"), Some("Sommer-2024!"));
+    let mut c = r.client();
+    login_and_enrol(&r, &mut c, "anna", "Sommer-2024!");
+    c.jar.insert("portal_sid".into(), "p0rtal".into());
+    let spoofs: &[(&str, &str)] = &[
+        ("Remote-User", "admin"),
+        ("remote-user", "admin2"),
+        ("REMOTE-USER", "admin3"),
+        ("Remote_User", "admin4"),
+        ("remote_user", "admin5"),
+        ("rEmOtE_uSeR", "admin6"),
+        ("Remote-Email", "boss@example.at"),
+        ("remote_email", "boss2@example.at"),
+        ("Remote-Name", "Boss"),
+        ("REMOTE_NAME", "Boss2"),
+        ("X-Secret-Internal", "should-go"),
+        ("Connection", "keep-alive, X-Secret-Internal"),
+    ];
+    // Duplicate headers too: the raw request repeats them.
+    let resp = c.request("GET", "/mieter?x=1", spoofs, None);
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    assert_eq!(resp.echoed("remote-user"), vec!["anna"], "{:?}", resp.echoed_headers());
+    assert_eq!(resp.echoed("remote-email"), vec!["anna@example.at"]);
+    assert_eq!(resp.echoed("remote-name"), vec!["anna Muster"]);
+    for (name, _) in resp.echoed_headers() {
+        let n = name.to_ascii_lowercase().replace('_', "-");
+        assert!(n != "x-secret-internal", "Connection-listed header reached the portal");
+        if n.starts_with("remote-") {
+            assert!(name == "remote-user" || name == "remote-email" || name == "remote-name" || name.starts_with("Remote-"), "{name}");
+        }
+    }
+    let all: Vec<String> = resp.echoed_headers().iter().map(|(_, v)| v.clone()).collect();
+    for (_, v) in spoofs {
+        if v.starts_with("admin") || v.starts_with("boss") || v.starts_with("Boss") {
+            assert!(!all.contains(&v.to_string()), "spoofed value {v} reached the portal");
+        }
+    }
+    // riegel's cookies are removed; the portal's pass untouched.
+    let cookie = resp.echoed("cookie").join("; ");
+    assert!(cookie.contains("portal_sid=p0rtal"), "{cookie}");
+    assert!(!cookie.contains("riegel_session"), "{cookie}");
+    // X-Forwarded-*
+    assert_eq!(resp.echoed("x-forwarded-for"), vec!["127.0.0.1"]);
+    assert_eq!(resp.echoed("x-forwarded-proto"), vec!["http"]);
+    assert_eq!(resp.echoed("x-forwarded-host"), vec![r.addr.to_string()]);
+}
+
+#[test]
+fn tampered_expired_revoked_and_password_only_cookies_are_no_session() {
+    let r = Riegel::start();
+    r.add_user("bert", Some("bert@example.at"), Some("Winter-2024!"));
+    let mut c = r.client();
+    login_and_enrol(&r, &mut c, "bert", "Winter-2024!");
+    assert_eq!(c.get("/").status, 200);
+    let good = c.session_cookie().expect("cookie");
+
+    // Tampered: flip one character of the payload.
+    let mut t = c.clone();
+    let mut bytes = good.clone().into_bytes();
+    bytes[5] = if bytes[5] == b'A' { b'B' } else { b'A' };
+    t.jar.insert("riegel_session".into(), String::from_utf8(bytes).expect("ascii"));
+    assert_eq!(t.get("/").status, 303);
+
+    // Password-only: a fresh login without the second factor.
+    let mut p = r.client();
+    assert_eq!(p.login("bert", "Winter-2024!").status, 303);
+    let resp = p.get("/");
+    assert_eq!(resp.status, 303);
+    assert!(resp.location().starts_with("/_riegel/login"));
+    assert!(p.get("/_riegel/auth").status == 401);
+
+    // Revoked: logout ends the session server-side; a copy of the cookie stops working.
+    let copy = c.clone();
+    let out = c.submit("/_riegel/logout", "/_riegel/logout", &[]);
+    assert_eq!(out.status, 200, "{}", out.body);
+    let mut copy = copy;
+    assert_eq!(copy.get("/").status, 303, "copied cookie still works after logout");
+
+    // Expired: idle timeout (30m) passes.
+    let mut d = r.client();
+    login_full(&r, &mut d, "bert", "Winter-2024!", &login_secret(&r, "bert"));
+    assert_eq!(d.get("/").status, 200);
+    r.clock.advance(31 * 60);
+    assert_eq!(d.get("/").status, 303);
+}
+
+/// The TOTP secret of an enrolled user, read back with the storage key (test-only shortcut).
+fn login_secret(r: &Riegel, user: &str) -> String {
+    let u = r.services.store.find_user(user).expect("store").expect("user");
+    let sealed = u.totp.expect("enrolled");
+    let secret = r.services.secret_box.open(&sealed.sealed, format!("riegel-totp:{}", u.id).as_bytes()).expect("opens");
+    data_encoding::BASE32_NOPAD.encode(&secret)
+}
+
+#[test]
+fn forward_auth_endpoint() {
+    let r = Riegel::start();
+    r.add_user("carla", None, Some("Fruehling-2024"));
+    let mut c = r.client();
+    assert_eq!(c.get("/_riegel/auth").status, 401);
+    login_and_enrol(&r, &mut c, "carla", "Fruehling-2024");
+    let ok = c.get("/_riegel/auth");
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.header("x-riegel-user"), Some("carla"));
+}
+
+#[test]
+fn upstream_down_gives_branded_502_quickly_and_gateway_stays_up() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    // The listener is dropped: nothing listens there now.
+    let r = Riegel::start_with(Options { upstream: Some(closed), ..Options::default() });
+    let mut c = r.client();
+    let resp = c.get("/favicon.ico");
+    let t = Instant::now();
+    let resp2 = c.get("/favicon.ico");
+    assert!(t.elapsed() < Duration::from_secs(2), "502 took {:?}", t.elapsed());
+    for resp in [resp, resp2] {
+        assert_eq!(resp.status, 502);
+        assert!(resp.header("content-type").unwrap_or("").starts_with("text/html"));
+        assert!(!resp.body.is_empty());
+        assert_ne!(resp.header("server"), Some("Pingora"));
+    }
+    assert_eq!(c.get("/_riegel/healthz").status, 200);
+}
+
+#[test]
+fn slow_upstream_gives_504_after_read_timeout() {
+    let r = Riegel::start_with(Options {
+        upstream_read_timeout: "1s",
+        extra_yaml: "public_paths: [\"/favicon.ico\", \"/slow*\"]\n".into(),
+        ..Options::default()
+    });
+    let mut c = r.client();
+    let t = Instant::now();
+    let resp = c.get("/slow?ms=3000");
+    assert_eq!(resp.status, 504, "{}", resp.body);
+    assert!(t.elapsed() < Duration::from_millis(2500), "504 took {:?}", t.elapsed());
+    assert!(resp.header("content-type").unwrap_or("").starts_with("text/html"));
+    assert_eq!(c.get("/_riegel/healthz").status, 200);
+}
+
+#[test]
+fn slowloris_connections_are_closed_after_the_header_timeout() {
+    let r = Riegel::start_with(Options { extra_yaml: "server:\n  header_timeout: 1s\n".into(), ..Options::default() });
+    let mut s = TcpStream::connect(r.addr).expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-A: ").expect("write");
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let t = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "expected the server to close the connection");
+    assert!(t.elapsed() < Duration::from_secs(3), "closed only after {:?}", t.elapsed());
+    // And others are still served.
+    assert_eq!(r.client().get("/_riegel/healthz").status, 200);
+}
+
+#[test]
+fn check_config_reports_three_mistakes_and_exits_2() {
+    let dir = tempdir("checkconfig");
+    let cfg = dir.join("bad.yaml");
+    std::fs::write(
+        &cfg,
+        "listen: \"127.0.0.1:8080\"\npublic_url: \"https://portal.example.at\"\nupstream: { url: \"not a url\" }\nstore: { path: /tmp/x }\nsecrets: {}\nsession: { idle_timeout: soon }\nmail: { from: \"P <p@example.at>\", outbox: /tmp/o, colour: red }\n",
+    )
+    .expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_riegel"))
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .env("RIEGEL_SESSION_KEY", "k".repeat(64))
+        .env("RIEGEL_STORAGE_KEY", "s".repeat(64))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("upstream.url"), "{err}");
+    assert!(err.contains("session.idle_timeout"), "{err}");
+    assert!(err.contains("mail.colour: unknown key"), "{err}");
+    assert!(err.contains("3 problem(s)"), "{err}");
+}

@@ -1,0 +1,690 @@
+//! One harness for every integration test: riegel in-process on an
+//! ephemeral loopback port with an adjustable clock, the demo portal as the
+//! echo upstream, and a real SMTP server (a small in-process sink that
+//! speaks SMTP to lettre) on loopback.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use riegel::clock::OffsetClock;
+use riegel::config::{Config, ProcessEnv};
+use riegel::web::Services;
+
+static N: AtomicU32 = AtomicU32::new(0);
+
+pub fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("riegel-it-{}-{tag}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("tempdir");
+    d
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A tool the tests need. On CI (CI set) a missing tool fails the test;
+/// elsewhere the caller may skip.
+pub fn tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p).map(|d| d.join(name)).find(|c| c.is_file())
+    });
+    if found.is_none() && std::env::var_os("CI").is_some() {
+        panic!("{name} is required on CI (CI is set) but is not installed");
+    }
+    found
+}
+
+// ---------------- SMTP sink ----------------
+
+#[derive(Debug, Clone)]
+pub struct ReceivedMail {
+    pub from: String,
+    pub to: Vec<String>,
+    pub data: String,
+}
+
+impl ReceivedMail {
+    /// The decoded text of the mail (quoted-printable and base64 parts undone).
+    pub fn text(&self) -> String {
+        decode_mail_body(&self.data)
+    }
+}
+
+pub struct SmtpSink {
+    pub addr: SocketAddr,
+    pub mails: Arc<Mutex<Vec<ReceivedMail>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl SmtpSink {
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind smtp");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let mails = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (m, s) = (mails.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let m = m.clone();
+                        std::thread::spawn(move || {
+                            let _ = smtp_session(conn, m);
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+            // Dropping the listener closes the port: connections are refused.
+        });
+        SmtpSink { addr, mails, stop }
+    }
+
+    /// Stops accepting; the port is closed shortly after.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<ReceivedMail> {
+        let start = Instant::now();
+        loop {
+            let got = self.mails.lock().expect("lock").clone();
+            if got.len() >= n || start.elapsed() > timeout {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn smtp_session(conn: TcpStream, mails: Arc<Mutex<Vec<ReceivedMail>>>) -> std::io::Result<()> {
+    conn.set_nonblocking(false)?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut w = conn.try_clone()?;
+    let mut r = BufReader::new(conn);
+    w.write_all(b"220 sink.test ESMTP\r\n")?;
+    let (mut from, mut to) = (String::new(), Vec::new());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let cmd = line.trim_end().to_string();
+        let upper = cmd.to_ascii_uppercase();
+        if upper.starts_with("EHLO") {
+            w.write_all(b"250-sink.test\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 OK\r\n")?;
+        } else if upper.starts_with("HELO") {
+            w.write_all(b"250 sink.test\r\n")?;
+        } else if upper.starts_with("MAIL FROM:") {
+            from = cmd[10..].trim().to_string();
+            to.clear();
+            w.write_all(b"250 OK\r\n")?;
+        } else if upper.starts_with("RCPT TO:") {
+            to.push(cmd[8..].trim().trim_matches(['<', '>']).to_string());
+            w.write_all(b"250 OK\r\n")?;
+        } else if upper == "DATA" {
+            w.write_all(b"354 go ahead\r\n")?;
+            let mut data = String::new();
+            loop {
+                line.clear();
+                if r.read_line(&mut line)? == 0 {
+                    return Ok(());
+                }
+                if line == ".\r\n" || line == ".\n" {
+                    break;
+                }
+                let l = line.strip_prefix('.').filter(|_| line.starts_with("..")).unwrap_or(&line);
+                data.push_str(l);
+            }
+            mails.lock().expect("lock").push(ReceivedMail { from: from.clone(), to: to.clone(), data });
+            w.write_all(b"250 OK queued\r\n")?;
+        } else if upper == "QUIT" {
+            w.write_all(b"221 bye\r\n")?;
+            return Ok(());
+        } else if upper == "RSET" || upper == "NOOP" {
+            w.write_all(b"250 OK\r\n")?;
+        } else {
+            w.write_all(b"502 not implemented\r\n")?;
+        }
+    }
+}
+
+/// Undoes quoted-printable soft breaks and escapes, and base64 parts,
+/// enough to search a mail's text.
+pub fn decode_mail_body(raw: &str) -> String {
+    let mut out = String::new();
+    // base64 parts
+    let mut in_b64 = false;
+    let mut b64 = String::new();
+    for line in raw.lines() {
+        let l = line.trim_end();
+        if l.to_ascii_lowercase().starts_with("content-transfer-encoding: base64") {
+            in_b64 = true;
+            continue;
+        }
+        if in_b64 {
+            if l.starts_with("--") {
+                if let Ok(bytes) = data_encoding::BASE64.decode(b64.as_bytes()) {
+                    out.push_str(&String::from_utf8_lossy(&bytes));
+                    out.push('\n');
+                }
+                b64.clear();
+                in_b64 = false;
+            } else if !l.is_empty() && !l.contains(':') {
+                b64.push_str(l);
+            }
+            continue;
+        }
+        out.push_str(l);
+        out.push('\n');
+    }
+    if !b64.is_empty() {
+        if let Ok(bytes) = data_encoding::BASE64.decode(b64.as_bytes()) {
+            out.push_str(&String::from_utf8_lossy(&bytes));
+        }
+    }
+    // quoted-printable
+    let joined = out.replace("=\r\n", "").replace("=\n", "");
+    let bytes = joined.as_bytes();
+    let mut dec = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'=' && i + 2 < bytes.len() && bytes[i + 1].is_ascii_hexdigit() && bytes[i + 2].is_ascii_hexdigit() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("00");
+            dec.push(u8::from_str_radix(hex, 16).unwrap_or(b'?'));
+            i += 3;
+        } else {
+            dec.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&dec).into_owned()
+}
+
+// ---------------- riegel ----------------
+
+pub struct Riegel {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub clock: OffsetClock,
+    pub services: Arc<Services>,
+    pub upstream: SocketAddr,
+    pub smtp: SmtpSink,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+pub struct Options {
+    /// Extra YAML appended to the generated config.
+    pub extra_yaml: String,
+    /// Replace the upstream address (e.g. a closed port).
+    pub upstream: Option<SocketAddr>,
+    pub upstream_read_timeout: &'static str,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { extra_yaml: String::new(), upstream: None, upstream_read_timeout: "2s" }
+    }
+}
+
+/// Argon2 parameters at the allowed minimum keep the tests quick; the
+/// defaults are measured in benches/.
+pub const TEST_ARGON: &str = "password:\n  argon2: { memory_kib: 19456, iterations: 2, parallelism: 1 }\n  max_concurrent_hashes: 4\n";
+
+impl Riegel {
+    pub fn start() -> Self {
+        Self::start_with(Options::default())
+    }
+
+    pub fn start_with(opts: Options) -> Self {
+        let dir = tempdir("riegel");
+        for k in ["session.key", "storage.key"] {
+            riegel::demo::write_key(&dir.join(k)).expect("key");
+        }
+        let upstream = match opts.upstream {
+            Some(u) => u,
+            None => riegel::demo::start_portal("127.0.0.1:0".parse().expect("addr")).expect("portal"),
+        };
+        let smtp = SmtpSink::start();
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let yaml = format!(
+            r#"listen: "{addr}"
+public_url: "http://{addr}"
+upstream:
+  url: "http://{upstream}"
+  connect_timeout: 1s
+  read_timeout: {read}
+store:
+  path: "{store}"
+secrets:
+  session_key_file: session.key
+  storage_key_file: storage.key
+mail:
+  from: "IMMO PRO Portal <portal@example.at>"
+  smtp: {{ host: "127.0.0.1", port: {smtp}, tls: none, timeout: 2s }}
+  max_attempts: 2
+branding:
+  company: "IMMO PRO Immobilien GmbH"
+totp:
+  issuer: "IMMO PRO"
+{TEST_ARGON}{extra}"#,
+            read = opts.upstream_read_timeout,
+            store = dir.join("data").display(),
+            smtp = smtp.addr.port(),
+            extra = opts.extra_yaml,
+        );
+        let config_path = dir.join("riegel.yaml");
+        std::fs::write(&config_path, &yaml).expect("config");
+        let cfg = Config::parse(&yaml, &dir, &ProcessEnv).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        let clock = OffsetClock::new();
+        let services = riegel::app::build(cfg, Arc::new(clock.clone()), None).expect("build services");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let s2 = services.clone();
+        std::thread::spawn(move || {
+            let sd = riegel::proxy::ChannelShutdown(tokio::sync::Mutex::new(rx));
+            riegel::proxy::run(s2, Some(Box::new(sd))).expect("proxy run");
+        });
+        let start = Instant::now();
+        while TcpStream::connect(addr).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(10), "riegel did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Riegel { base: format!("http://{addr}"), addr, clock, services, upstream, smtp, dir, config_path, shutdown: Some(tx) }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(self.addr)
+    }
+
+    /// Adds a user through the same code as `riegel user add`.
+    pub fn add_user(&self, username: &str, email: Option<&str>, password: Option<&str>) {
+        let hash = password.map(|p| self.services.hasher.hash(p, &riegel::auth::OsRandom).expect("hash"));
+        let r = riegel::admin::execute(
+            self.services.store.as_ref(),
+            &self.clock,
+            riegel::admin::AdminRequest::Add {
+                user: riegel::admin::NewUserSpec {
+                    username: username.into(),
+                    email: email.map(Into::into),
+                    display_name: format!("{username} Muster"),
+                    password_hash: hash,
+                },
+            },
+        );
+        assert!(r.ok, "{}", r.message);
+    }
+
+    pub fn admin(&self, req: riegel::admin::AdminRequest) -> riegel::admin::AdminResponse {
+        riegel::admin::execute(self.services.store.as_ref(), &self.clock, req)
+    }
+
+    pub fn now(&self) -> i64 {
+        use riegel::clock::Clock;
+        self.clock.now()
+    }
+}
+
+impl Drop for Riegel {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.smtp.stop();
+    }
+}
+
+// ---------------- HTTP client ----------------
+
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    pub raw_body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    pub fn headers_named(&self, name: &str) -> Vec<&str> {
+        self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+    }
+    pub fn location(&self) -> &str {
+        self.header("location").unwrap_or("")
+    }
+    /// Header lines the echo portal received: (name as sent, value).
+    pub fn echoed_headers(&self) -> Vec<(String, String)> {
+        let start = self.body.find("<pre id=\"headers\">").map(|i| i + "<pre id=\"headers\">".len());
+        let Some(start) = start else { return vec![] };
+        let end = self.body[start..].find("</pre>").map(|e| start + e).unwrap_or(self.body.len());
+        self.body[start..end]
+            .lines()
+            .filter_map(|l| l.split_once(": ").map(|(k, v)| (html_unescape(k), html_unescape(v))))
+            .collect()
+    }
+    pub fn echoed(&self, name: &str) -> Vec<String> {
+        self.echoed_headers().into_iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v).collect()
+    }
+    /// The value of `<input name=NAME value=...>` in the page.
+    pub fn input(&self, name: &str) -> Option<String> {
+        input_value(&self.body, name)
+    }
+}
+
+pub fn html_unescape(s: &str) -> String {
+    s.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&#x27;", "'").replace("&#39;", "'").replace("&#x2f;", "/").replace("&#x2F;", "/").replace("&amp;", "&")
+}
+
+pub fn input_value(html: &str, name: &str) -> Option<String> {
+    let needle = format!("name=\"{name}\"");
+    let mut from = 0;
+    while let Some(i) = html[from..].find(&needle) {
+        let at = from + i;
+        let tag_start = html[..at].rfind('<')?;
+        let tag_end = at + html[at..].find('>')?;
+        let tag = &html[tag_start..tag_end];
+        if tag.starts_with("<input") {
+            if let Some(v) = tag.find("value=\"") {
+                let rest = &tag[v + 7..];
+                let end = rest.find('"')?;
+                return Some(html_unescape(&rest[..end]));
+            }
+        }
+        from = tag_end;
+    }
+    None
+}
+
+/// Sends raw bytes, reads the whole response (the request asks to close).
+pub fn raw_request(addr: SocketAddr, raw: &[u8]) -> Resp {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    s.write_all(raw).expect("write");
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    parse_response(&buf)
+}
+
+pub fn parse_response(buf: &[u8]) -> Resp {
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(buf)));
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    let status: u16 = status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status");
+    let headers: Vec<(String, String)> = lines.filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))).collect();
+    let mut body = buf[split + 4..].to_vec();
+    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked"));
+    if chunked {
+        body = dechunk(&body);
+    } else if let Some(len) = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length")).and_then(|(_, v)| v.parse::<usize>().ok()) {
+        body.truncate(len);
+    }
+    Resp { status, headers, body: String::from_utf8_lossy(&body).into_owned(), raw_body: body }
+}
+
+fn dechunk(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(nl) = b[i..].windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(String::from_utf8_lossy(&b[i..i + nl]).trim(), 16).unwrap_or(0);
+        i += nl + 2;
+        if size == 0 || i + size > b.len() {
+            break;
+        }
+        out.extend_from_slice(&b[i..i + size]);
+        i += size + 2;
+    }
+    out
+}
+
+pub fn form_encode(fields: &[(&str, &str)]) -> String {
+    url::form_urlencoded::Serializer::new(String::new()).extend_pairs(fields).finish()
+}
+
+/// A browser-like client with a cookie jar.
+#[derive(Clone)]
+pub struct Client {
+    pub addr: SocketAddr,
+    pub jar: BTreeMap<String, String>,
+    pub extra: Vec<(String, String)>,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr) -> Self {
+        Client { addr, jar: BTreeMap::new(), extra: vec![] }
+    }
+
+    fn cookie_header(&self) -> Option<String> {
+        if self.jar.is_empty() {
+            return None;
+        }
+        Some(self.jar.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; "))
+    }
+
+    fn store_cookies(&mut self, r: &Resp) {
+        for sc in r.headers_named("set-cookie") {
+            let first = sc.split(';').next().unwrap_or("");
+            if let Some((k, v)) = first.split_once('=') {
+                let expired = sc.to_ascii_lowercase().contains("max-age=0");
+                if expired || v.is_empty() {
+                    self.jar.remove(k.trim());
+                } else {
+                    self.jar.insert(k.trim().to_string(), v.trim().to_string());
+                }
+            }
+        }
+    }
+
+    pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> Resp {
+        let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", self.addr);
+        if let Some(c) = self.cookie_header() {
+            raw.push_str(&format!("Cookie: {c}\r\n"));
+        }
+        for (k, v) in self.extra.iter() {
+            raw.push_str(&format!("{k}: {v}\r\n"));
+        }
+        for (k, v) in headers {
+            raw.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if let Some(b) = body {
+            raw.push_str(&format!("Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n", b.len()));
+        }
+        raw.push_str("\r\n");
+        if let Some(b) = body {
+            raw.push_str(b);
+        }
+        let r = raw_request(self.addr, raw.as_bytes());
+        self.store_cookies(&r);
+        r
+    }
+
+    pub fn get(&mut self, path: &str) -> Resp {
+        self.request("GET", path, &[], None)
+    }
+
+    pub fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Resp {
+        let body = form_encode(fields);
+        let origin = format!("http://{}", self.addr);
+        self.request("POST", path, &[("Origin", &origin), ("Sec-Fetch-Site", "same-origin")], Some(&body))
+    }
+
+    /// GET a form page, then POST it with its CSRF token.
+    pub fn submit(&mut self, page: &str, action: &str, fields: &[(&str, &str)]) -> Resp {
+        let form = self.get(page);
+        let csrf = form.input("csrf").unwrap_or_else(|| panic!("no csrf field on {page}: {} {}", form.status, form.body));
+        let mut all: Vec<(&str, &str)> = fields.to_vec();
+        all.push(("csrf", &csrf));
+        self.post(action, &all)
+    }
+
+    /// Password step; returns the response to the POST.
+    pub fn login(&mut self, user: &str, password: &str) -> Resp {
+        self.submit("/_riegel/login", "/_riegel/login", &[("username", user), ("password", password)])
+    }
+
+    pub fn session_cookie(&self) -> Option<String> {
+        self.jar.get("riegel_session").cloned()
+    }
+}
+
+// ---------------- TOTP from outside riegel ----------------
+
+/// The current code for a base32 secret, computed by `oathtool` (an
+/// implementation that is not riegel's own) when installed, else by a
+/// small independent RFC 6238 implementation here.
+pub fn totp_code(secret_b32: &str, at: i64) -> String {
+    if let Some(oathtool) = tool("oathtool") {
+        let out = std::process::Command::new(oathtool)
+            .args(["--totp", "-b", secret_b32, "-N", &format!("@{at}")])
+            .output()
+            .expect("oathtool");
+        assert!(out.status.success(), "oathtool failed: {}", String::from_utf8_lossy(&out.stderr));
+        return String::from_utf8_lossy(&out.stdout).trim().to_string();
+    }
+    independent_totp(secret_b32, at)
+}
+
+fn independent_totp(secret_b32: &str, at: i64) -> String {
+    use hmac::{Hmac, Mac};
+    let key = data_encoding::BASE32_NOPAD.decode(secret_b32.replace(' ', "").to_uppercase().as_bytes()).expect("b32");
+    let mut mac = <Hmac<sha1::Sha1> as Mac>::new_from_slice(&key).expect("key");
+    mac.update(&((at / 30) as u64).to_be_bytes());
+    let h = mac.finalize().into_bytes();
+    let o = (h[19] & 0xf) as usize;
+    let v = (u32::from_be_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]) & 0x7fff_ffff) % 1_000_000;
+    format!("{v:06}")
+}
+
+
+// ---------------- QR code as a phone reads it ----------------
+
+/// Renders the page's inline SVG QR code to pixels and decodes it with
+/// rqrr; returns the otpauth URI.
+pub fn decode_qr_svg(svg: &str) -> String {
+    let attr = |name: &str| -> usize {
+        let key = format!(" {name}=\"");
+        let i = svg.find(&key).unwrap_or_else(|| panic!("svg has no {name}")) + key.len();
+        svg[i..].split('"').next().and_then(|v| v.parse().ok()).expect("number")
+    };
+    let (w, h) = (attr("width"), attr("height"));
+    let mut px = vec![255u8; w * h];
+    let d_start = svg.find(" d=\"").expect("path") + 4;
+    let d = &svg[d_start..d_start + svg[d_start..].find('"').expect("end")];
+    for seg in d.split('M').filter(|s| !s.is_empty()) {
+        // "{left} {top}h{w}v{h}H{left}V{top}"
+        let (xy, rest) = seg.split_once('h').expect("h");
+        let (x, y) = xy.split_once(' ').expect("xy");
+        let (rw, rest) = rest.split_once('v').expect("v");
+        let rh = rest.split('H').next().expect("H");
+        let (x, y, rw, rh): (usize, usize, usize, usize) = (x.parse().expect("x"), y.parse().expect("y"), rw.parse().expect("w"), rh.parse().expect("h"));
+        for yy in y..(y + rh).min(h) {
+            for xx in x..(x + rw).min(w) {
+                px[yy * w + xx] = 0;
+            }
+        }
+    }
+    let mut img = rqrr::PreparedImage::prepare_from_greyscale(w, h, |x, y| px[y * w + x]);
+    let grids = img.detect_grids();
+    assert_eq!(grids.len(), 1, "expected one QR code in the SVG");
+    grids[0].decode().expect("QR decodes").1
+}
+
+/// Decodes the SVG with zbarimg as a second, independent reader (CI).
+pub fn decode_qr_zbar(svg: &str, dir: &Path) -> Option<String> {
+    let rsvg = tool("rsvg-convert")?;
+    let zbar = tool("zbarimg")?;
+    let svg_path = dir.join("qr.svg");
+    let png_path = dir.join("qr.png");
+    std::fs::write(&svg_path, svg).expect("write svg");
+    let st = std::process::Command::new(rsvg).args(["-w", "400", "-b", "white", "-o"]).arg(&png_path).arg(&svg_path).status().expect("rsvg");
+    assert!(st.success(), "rsvg-convert failed");
+    let out = std::process::Command::new(zbar).args(["-q", "--raw"]).arg(&png_path).output().expect("zbarimg");
+    assert!(out.status.success(), "zbarimg found no code");
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The inline `<svg class="qr" ...>...</svg>` of a page.
+pub fn qr_svg_of(html: &str) -> String {
+    let start = html.find("<svg class=\"qr\"").expect("page has the QR svg");
+    let end = start + html[start..].find("</svg>").expect("svg end") + 6;
+    html[start..end].to_string()
+}
+
+pub fn secret_of_uri(uri: &str) -> String {
+    let q = uri.split_once('?').expect("query").1;
+    url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "secret").map(|(_, v)| v.into_owned()).expect("secret")
+}
+
+// ---------------- the guide's journey, as helpers ----------------
+
+pub struct Enrolled {
+    pub secret: String,
+    pub recovery_codes: Vec<String>,
+    pub activated: Resp,
+}
+
+/// Password, then the enrolment page, QR decoded, first code confirmed.
+/// The client ends with a full session.
+pub fn login_and_enrol(r: &Riegel, c: &mut Client, user: &str, password: &str) -> Enrolled {
+    let resp = c.login(user, password);
+    assert_eq!(resp.status, 303, "login: {}", resp.body);
+    assert_eq!(resp.location(), "/_riegel/setup");
+    let setup = c.get("/_riegel/setup");
+    assert_eq!(setup.status, 200, "{}", setup.body);
+    let uri = decode_qr_svg(&qr_svg_of(&setup.body));
+    let secret = secret_of_uri(&uri);
+    let code = totp_code(&secret, r.now());
+    let activated = c.submit("/_riegel/setup/confirm", "/_riegel/setup/confirm", &[("code", &code)]);
+    assert_eq!(activated.status, 200, "{}", activated.body);
+    let recovery_codes = recovery_codes_of(&activated.body);
+    Enrolled { secret, recovery_codes, activated }
+}
+
+/// Password + TOTP for an enrolled user. The clock moves one step first,
+/// so the code is never the one used last.
+pub fn login_full(r: &Riegel, c: &mut Client, user: &str, password: &str, secret: &str) -> Resp {
+    r.clock.advance(30);
+    let resp = c.login(user, password);
+    assert_eq!(resp.status, 303, "login: {}", resp.body);
+    assert_eq!(resp.location(), "/_riegel/verify");
+    let code = totp_code(secret, r.now());
+    c.submit("/_riegel/verify", "/_riegel/verify", &[("code", &code)])
+}
+
+/// Recovery codes look like `abcde-fghjk`.
+pub fn recovery_codes_of(html: &str) -> Vec<String> {
+    let b = html.as_bytes();
+    let mut out = Vec::new();
+    let ok = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let mut i = 0;
+    while i + 11 <= b.len() {
+        let w = &b[i..i + 11];
+        let before_ok = i == 0 || !ok(b[i - 1]);
+        let after_ok = i + 11 == b.len() || !ok(b[i + 11]);
+        if before_ok && after_ok && w[5] == b'-' && w[..5].iter().all(|c| ok(*c)) && w[6..].iter().all(|c| ok(*c)) {
+            let s = String::from_utf8_lossy(w).into_owned();
+            if !out.contains(&s) {
+                out.push(s);
+            }
+            i += 11;
+        } else {
+            i += 1;
+        }
+    }
+    out
+}

@@ -1,0 +1,9 @@
+//! The one integration-test binary: riegel over real HTTP, with an echo
+//! portal and a real SMTP server on loopback (see harness.rs).
+
+mod harness;
+
+mod gateway;
+mod login;
+mod reset;
+mod totp;
