@@ -96,15 +96,10 @@ impl Gateway {
                 return Err(413);
             }
         }
-        if session
-            .req_header()
-            .headers
-            .get("expect")
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
-        {
-            if session.as_downstream_mut().write_continue_response().await.is_err() {
-                return Err(400);
-            }
+        let expects_continue =
+            session.req_header().headers.get("expect").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects_continue && session.as_downstream_mut().write_continue_response().await.is_err() {
+            return Err(400);
         }
         let deadline = self.services.cfg.server.body_timeout;
         let read = async {
