@@ -8,7 +8,7 @@ use crate::auth::{OsRandom, Random};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::mail::{MailQueue, Mailer};
-use crate::store::{SledStore, Store};
+use crate::store::{CachedStore, SledStore, Store};
 use crate::web::{Pages, Services};
 
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +40,7 @@ pub fn build(
 ) -> Result<Arc<Services>, StartError> {
     let cfg = Arc::new(cfg);
     let pages = load_pages(&cfg)?;
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(&cfg.store_path)?);
+    let store: Arc<dyn Store> = Arc::new(CachedStore::new(SledStore::open(&cfg.store_path)?));
     let mail: Arc<dyn MailQueue> = match mail {
         Some(m) => m,
         None => Arc::new(Mailer::start(&cfg.mail)?),

@@ -34,7 +34,7 @@ pub enum ProxyError {
 
 /// Per-request state.
 pub struct Ctx {
-    identity: Option<Arc<Identity>>,
+    identity: Option<Identity>,
     client_ip: Option<IpAddr>,
 }
 
@@ -262,9 +262,9 @@ impl ProxyHttp for Gateway {
         }
         // 3. The identity.
         if let Some(id) = &ctx.identity {
-            req.insert_header(ids[0].to_string(), id.user.as_str())?;
-            req.insert_header(ids[1].to_string(), id.email.as_str())?;
-            req.insert_header(ids[2].to_string(), id.name.as_str())?;
+            req.insert_header(ids[0].to_string(), id.user())?;
+            req.insert_header(ids[1].to_string(), id.email())?;
+            req.insert_header(ids[2].to_string(), id.name())?;
         }
         // 4. X-Forwarded-*: trusted proxies' values are kept and extended,
         //    anyone else's are replaced.

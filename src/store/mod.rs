@@ -5,8 +5,10 @@
 //! waits for the disk: callers run it off the async executor, and call it
 //! before acknowledging anything to a user.
 
+mod cached;
 mod sled_store;
 
+pub use cached::CachedStore;
 pub use sled_store::SledStore;
 
 use serde::{Deserialize, Serialize};
@@ -118,7 +120,7 @@ pub trait Store: Send + Sync + 'static {
 
     // sessions
     fn put_session(&self, s: &SessionRecord) -> Result<(), StoreError>;
-    fn session(&self, uid: u64, sid: &SessionId) -> Result<Option<SessionRecord>, StoreError>;
+    fn session(&self, uid: u64, sid: &SessionId) -> Result<Option<std::sync::Arc<SessionRecord>>, StoreError>;
     fn delete_session(&self, uid: u64, sid: &SessionId) -> Result<(), StoreError>;
     /// Ends every session of a user, except `keep`. Returns how many ended.
     fn delete_sessions_of(&self, uid: u64, keep: Option<&SessionId>) -> Result<usize, StoreError>;

@@ -240,11 +240,11 @@ impl Store for SledStore {
         Ok(())
     }
 
-    fn session(&self, uid: u64, sid: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
+    fn session(&self, uid: u64, sid: &SessionId) -> Result<Option<std::sync::Arc<SessionRecord>>, StoreError> {
         self.sessions
             .get(session_key(uid, sid))
             .map_err(be)?
-            .map(|v| serde_json::from_slice(&v).map_err(corrupt))
+            .map(|v| serde_json::from_slice(&v).map(std::sync::Arc::new).map_err(corrupt))
             .transpose()
     }
 

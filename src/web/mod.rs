@@ -62,19 +62,28 @@ pub struct Request<'a> {
     pub body: &'a [u8],
 }
 
-/// Who the portal is told the user is.
+/// Who the portal is told the user is: a view of the session record
+/// (shared, so forwarding a request copies no strings).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    pub user: String,
-    pub email: String,
-    pub name: String,
+pub struct Identity(Arc<SessionRecord>);
+
+impl Identity {
+    pub fn user(&self) -> &str {
+        &self.0.username
+    }
+    pub fn email(&self) -> &str {
+        self.0.email.as_deref().unwrap_or("")
+    }
+    pub fn name(&self) -> &str {
+        &self.0.display_name
+    }
 }
 
 #[derive(Debug)]
 pub enum Outcome {
     Reply(Reply),
     /// Forward to the portal; `None` for public paths.
-    Forward(Option<Arc<Identity>>),
+    Forward(Option<Identity>),
 }
 
 #[derive(Debug, Clone)]
@@ -281,7 +290,7 @@ pub fn is_public(public: &[String], path: &str) -> bool {
 }
 
 /// The identity of a valid, fully authenticated session, if any.
-pub fn full_session(req: &Request<'_>, s: &Services) -> Option<Arc<Identity>> {
+pub fn full_session(req: &Request<'_>, s: &Services) -> Option<Identity> {
     let (claims, rec) = session(req, s)?;
     if claims.stage != Stage::Full {
         return None;
@@ -289,22 +298,18 @@ pub fn full_session(req: &Request<'_>, s: &Services) -> Option<Arc<Identity>> {
     let now = s.now();
     if now - rec.last_seen >= 60 {
         // Keep idle tracking coarse: at most one write a minute per session.
-        let mut touched = rec.clone();
+        let mut touched = (*rec).clone();
         touched.last_seen = now;
         if let Err(e) = s.store.put_session(&touched) {
             tracing::warn!(error = %e, "could not record session activity");
         }
     }
-    Some(Arc::new(Identity {
-        user: rec.username,
-        email: rec.email.unwrap_or_default(),
-        name: rec.display_name,
-    }))
+    Some(Identity(rec))
 }
 
 /// A session whose cookie verifies and whose record still exists, matches
 /// the cookie's stage and is neither idle too long nor past its lifetime.
-fn session(req: &Request<'_>, s: &Services) -> Option<(SessionClaims, SessionRecord)> {
+fn session(req: &Request<'_>, s: &Services) -> Option<(SessionClaims, Arc<SessionRecord>)> {
     let value = find_cookie(req.cookie?, &s.cookie_name)?;
     let now = s.now();
     let claims = s.codec.decode(value, now).ok()?;
@@ -336,9 +341,9 @@ fn forward_auth(req: &Request<'_>, s: &Services) -> Reply {
     match full_session(req, s) {
         Some(id) => {
             let mut r = plain(200, "");
-            r.headers.push(("x-riegel-user", id.user.clone()));
-            r.headers.push(("x-riegel-email", id.email.clone()));
-            r.headers.push(("x-riegel-name", id.name.clone()));
+            r.headers.push(("x-riegel-user", id.user().to_string()));
+            r.headers.push(("x-riegel-email", id.email().to_string()));
+            r.headers.push(("x-riegel-name", id.name().to_string()));
             r
         }
         None => plain(401, ""),

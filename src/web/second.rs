@@ -17,7 +17,7 @@ use crate::store::{SealedSecret, SessionRecord, Update, User};
 
 struct Pending {
     claims: SessionClaims,
-    rec: SessionRecord,
+    rec: std::sync::Arc<SessionRecord>,
     user: User,
 }
 

@@ -232,11 +232,15 @@ pub struct Options {
     /// Replace the upstream address (e.g. a closed port).
     pub upstream: Option<SocketAddr>,
     pub upstream_read_timeout: &'static str,
+    /// branding.language
+    pub language: &'static str,
+    /// More keys under `branding:`, each line indented by two spaces.
+    pub branding_yaml: String,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { extra_yaml: String::new(), upstream: None, upstream_read_timeout: "2s" }
+        Options { extra_yaml: String::new(), upstream: None, upstream_read_timeout: "2s", language: "de", branding_yaml: String::new() }
     }
 }
 
@@ -279,13 +283,16 @@ mail:
   max_attempts: 2
 branding:
   company: "IMMO PRO Immobilien GmbH"
-totp:
+  language: {lang}
+{branding}totp:
   issuer: "IMMO PRO"
 {TEST_ARGON}{extra}"#,
             read = opts.upstream_read_timeout,
             store = dir.join("data").display(),
             smtp = smtp.addr.port(),
             extra = opts.extra_yaml,
+            lang = opts.language,
+            branding = opts.branding_yaml,
         );
         let config_path = dir.join("riegel.yaml");
         std::fs::write(&config_path, &yaml).expect("config");

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod browser;
 mod gateway;
 mod login;
 mod reset;
