@@ -355,7 +355,14 @@ pub fn parse_csv(text: &str) -> Result<Vec<NewUserSpec>, Vec<String>> {
         if rec.iter().all(str::is_empty) {
             continue;
         }
-        if rec.len() < 3 || rec.len() > 4 {
+        // An unquoted argon2 PHC string ($argon2id$v=19$m=19456,t=2,p=1$...)
+        // has commas of its own: take everything after the third field.
+        let hash_field = if rec.len() > 4 && rec.get(3).is_some_and(|f| f.starts_with("$argon2")) {
+            Some(rec.iter().skip(3).collect::<Vec<_>>().join(","))
+        } else {
+            rec.get(3).map(str::to_string)
+        };
+        if rec.len() < 3 || (rec.len() > 4 && !hash_field.as_deref().is_some_and(|h| h.starts_with("$argon2"))) {
             errs.push(format!("line {line}: expected 3 or 4 fields (username,email,display_name[,password_hash]), found {}", rec.len()));
             continue;
         }
@@ -363,7 +370,7 @@ pub fn parse_csv(text: &str) -> Result<Vec<NewUserSpec>, Vec<String>> {
             username: rec[0].to_string(),
             email: Some(rec[1].to_string()).filter(|e| !e.is_empty()),
             display_name: rec[2].to_string(),
-            password_hash: rec.get(3).map(str::to_string).filter(|h| !h.is_empty()),
+            password_hash: hash_field.filter(|h| !h.is_empty()),
         };
         for e in validate_user(&spec) {
             errs.push(format!("line {line}: {e}"));
@@ -388,6 +395,13 @@ pub fn parse_csv(text: &str) -> Result<Vec<NewUserSpec>, Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn csv_unquoted_argon2_hash_is_taken_whole() {
+        let h = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g";
+        let users = parse_csv(&format!("anna,anna@example.at,Anna,{h}\n")).expect("valid");
+        assert_eq!(users[0].password_hash.as_deref(), Some(h));
+    }
 
     #[test]
     fn csv_good_and_bad_rows() {

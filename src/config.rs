@@ -559,10 +559,10 @@ fn build(s: &mut Section<'_, '_>, env: &dyn Env) -> Option<Config> {
                 b.error("logo_file", "must be a .png, .svg, .jpg, .webp or .gif file");
             }
         }
-        let primary_color = b.string_or("primary_color", "#5a9e1b");
+        let primary_color = b.string_or("primary_color", "#3d7d16");
         let hex = primary_color.strip_prefix('#').unwrap_or("");
         if !(hex.len() == 6 || hex.len() == 3) || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
-            b.error("primary_color", "must be a hex colour such as #5a9e1b");
+            b.error("primary_color", "must be a hex colour such as #3d7d16");
         }
         let imprint_url = b.opt_url_string("imprint_url");
         let privacy_url = b.opt_url_string("privacy_url");

@@ -24,7 +24,8 @@
     wrap.className = "copy-row";
     wrap.appendChild(button);
     wrap.appendChild(status);
-    el.parentNode.insertBefore(wrap, el.nextSibling);
+    var anchor = el.parentNode.tagName === "P" ? el.parentNode : el;
+    anchor.parentNode.insertBefore(wrap, anchor.nextSibling);
     var timer = null;
     function say(text) {
       status.textContent = text;

@@ -91,6 +91,20 @@ impl<S: Store> Store for CachedStore<S> {
         Ok(found)
     }
 
+    fn touch_session(&self, uid: u64, sid: &SessionId, now: UnixTime) -> Result<(), StoreError> {
+        self.inner.touch_session(uid, sid, now)?;
+        // Only refresh an entry that is still there: deletes remove the
+        // entry before the record, so a racing delete always wins.
+        if let Ok(mut m) = self.sessions.write() {
+            if let Some(r) = m.get_mut(&(uid, *sid)) {
+                let mut rec = (**r).clone();
+                rec.last_seen = rec.last_seen.max(now);
+                *r = Arc::new(rec);
+            }
+        }
+        Ok(())
+    }
+
     fn delete_session(&self, uid: u64, sid: &SessionId) -> Result<(), StoreError> {
         // Forget first: a failed delete must not leave a usable cache entry.
         if let Ok(mut m) = self.sessions.write() {

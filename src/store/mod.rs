@@ -121,6 +121,9 @@ pub trait Store: Send + Sync + 'static {
     // sessions
     fn put_session(&self, s: &SessionRecord) -> Result<(), StoreError>;
     fn session(&self, uid: u64, sid: &SessionId) -> Result<Option<std::sync::Arc<SessionRecord>>, StoreError>;
+    /// Records activity: sets `last_seen` only if the session still exists
+    /// (a logout racing a request must not bring the session back).
+    fn touch_session(&self, uid: u64, sid: &SessionId, now: UnixTime) -> Result<(), StoreError>;
     fn delete_session(&self, uid: u64, sid: &SessionId) -> Result<(), StoreError>;
     /// Ends every session of a user, except `keep`. Returns how many ended.
     fn delete_sessions_of(&self, uid: u64, keep: Option<&SessionId>) -> Result<usize, StoreError>;

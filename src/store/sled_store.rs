@@ -248,6 +248,18 @@ impl Store for SledStore {
             .transpose()
     }
 
+    fn touch_session(&self, uid: u64, sid: &SessionId, now: UnixTime) -> Result<(), StoreError> {
+        self.sessions
+            .update_and_fetch(session_key(uid, sid), |old| {
+                let old = old?;
+                let mut rec: SessionRecord = serde_json::from_slice(old).ok()?;
+                rec.last_seen = rec.last_seen.max(now);
+                serde_json::to_vec(&rec).ok()
+            })
+            .map_err(be)?;
+        Ok(())
+    }
+
     fn delete_session(&self, uid: u64, sid: &SessionId) -> Result<(), StoreError> {
         self.sessions.remove(session_key(uid, sid)).map_err(be)?;
         Ok(())
@@ -427,6 +439,11 @@ mod tests {
         assert!(s.session(1, &[2; 16]).expect("get").is_some());
         assert!(s.session(1, &[1; 16]).expect("get").is_none());
         assert!(s.session(2, &[4; 16]).expect("get").is_some());
+        // Touching a deleted session does not bring it back.
+        s.touch_session(1, &[1; 16], 50).expect("touch");
+        assert!(s.session(1, &[1; 16]).expect("get").is_none());
+        s.touch_session(1, &[2; 16], 50).expect("touch");
+        assert_eq!(s.session(1, &[2; 16]).expect("get").map(|r| r.last_seen), Some(50));
         drop(s);
         let _ = std::fs::remove_dir_all(p);
     }

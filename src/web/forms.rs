@@ -54,7 +54,9 @@ pub fn check_post(req: &Request<'_>, s: &Services, form: &Form) -> PostCheck {
             return PostCheck::CrossSite;
         }
     }
-    if let Some(origin) = req.origin {
+    // `Origin: null` carries no information (browsers send it under a
+    // no-referrer policy, e.g. on the reset page); the token still decides.
+    if let Some(origin) = req.origin.filter(|o| *o != "null") {
         if origin != s.origin {
             return PostCheck::CrossSite;
         }

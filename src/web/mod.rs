@@ -298,9 +298,7 @@ pub fn full_session(req: &Request<'_>, s: &Services) -> Option<Identity> {
     let now = s.now();
     if now - rec.last_seen >= 60 {
         // Keep idle tracking coarse: at most one write a minute per session.
-        let mut touched = (*rec).clone();
-        touched.last_seen = now;
-        if let Err(e) = s.store.put_session(&touched) {
+        if let Err(e) = s.store.touch_session(claims.uid, &claims.sid, now) {
             tracing::warn!(error = %e, "could not record session activity");
         }
     }

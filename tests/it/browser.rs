@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::harness::*;
 
-const ELEMENT: &str = "element-6066-11e4-a52f-4a6a85a8f8f5";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 struct Driver {
     child: Child,
@@ -84,6 +84,8 @@ impl Browser {
         let session = v["sessionId"].as_str().expect("session id").to_string();
         let b = Browser { driver: d.addr, session, shots, n: 0 };
         b.cmd("POST", "/window/rect", Some(json!({"width": width, "height": height})));
+        // Element look-ups wait for the next page to be there.
+        b.cmd("POST", "/timeouts", Some(json!({"implicit": 5000, "pageLoad": 20000})));
         std::fs::create_dir_all(&b.shots).expect("screenshot dir");
         b
     }
@@ -94,6 +96,32 @@ impl Browser {
 
     fn go(&self, url: &str) {
         self.cmd("POST", "/url", Some(json!({"url": url})));
+    }
+
+    /// Waits until the URL ends with `suffix` (navigation after a click).
+    fn wait_url(&self, suffix: &str) {
+        let start = Instant::now();
+        loop {
+            let u = self.url();
+            if u.ends_with(suffix) {
+                return;
+            }
+            if start.elapsed() > Duration::from_secs(15) {
+                panic!("expected a URL ending in {suffix}, at {u}:\n{}", self.text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the page source contains `needle` (the answer to a POST).
+    fn wait_source(&self, needle: &str) {
+        let start = Instant::now();
+        while !self.source().contains(needle) {
+            if start.elapsed() > Duration::from_secs(15) {
+                panic!("expected {needle:?} on {}:\n{}", self.url(), self.text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn url(&self) -> String {
@@ -114,7 +142,7 @@ impl Browser {
 
     fn find(&self, css: &str) -> String {
         let v = self.cmd("POST", "/element", Some(json!({"using": "css selector", "value": css})));
-        v[ELEMENT].as_str().unwrap_or_else(|| panic!("no element {css} on {}", self.url())).to_string()
+        v[ELEMENT].as_str().unwrap_or_else(|| panic!("no element {css} on {}: {v}\n{}", self.url(), self.source())).to_string()
     }
 
     fn type_into(&self, css: &str, text: &str) {
@@ -196,7 +224,7 @@ fn journey(d: &Driver, lang: &str, width: u32, height: u32, label: &str) {
     b.click("button[type=submit]");
 
     // 1.1.1: enrolment.
-    assert!(b.url().ends_with("/_riegel/setup"), "{}", b.url());
+    b.wait_url("/_riegel/setup");
     b.assert_texts_translated();
     b.shot("setup");
     let src = b.source();
@@ -209,7 +237,7 @@ fn journey(d: &Driver, lang: &str, width: u32, height: u32, label: &str) {
         }
     }
     b.click("a[href$='/_riegel/setup/confirm']");
-    assert!(b.url().ends_with("/_riegel/setup/confirm"), "{}", b.url());
+    b.wait_url("/_riegel/setup/confirm");
     if !words.confirm.is_empty() {
         assert!(b.text().contains(words.confirm));
     }
@@ -217,6 +245,7 @@ fn journey(d: &Driver, lang: &str, width: u32, height: u32, label: &str) {
     b.shot("confirm");
     b.type_into("input[name=code]", &totp_code(&secret, r.now()));
     b.click("button[type=submit]");
+    b.wait_source("code-list");
     if !words.activated.is_empty() {
         assert!(b.text().contains(words.activated), "{}", b.text());
     }
@@ -226,10 +255,11 @@ fn journey(d: &Driver, lang: &str, width: u32, height: u32, label: &str) {
     b.click("a[href='/mieter/start']");
 
     // The portal with the identity headers.
-    assert!(b.url().ends_with("/mieter/start"), "{}", b.url());
+    b.wait_url("/mieter/start");
     assert_eq!(b.text().lines().any(|l| l.trim() == "anna"), true, "portal does not show Remote-User");
     b.shot("portal");
     b.click("#logout");
+    b.wait_source("/_riegel/login\"");
     b.assert_texts_translated();
     b.shot("logged-out");
 
@@ -239,7 +269,7 @@ fn journey(d: &Driver, lang: &str, width: u32, height: u32, label: &str) {
     b.type_into("input[name=username]", "anna@example.at");
     b.type_into("input[name=password]", "Sommer-2024!");
     b.click("button[type=submit]");
-    assert!(b.url().ends_with("/_riegel/verify"), "{}", b.url());
+    b.wait_url("/_riegel/verify");
     assert_eq!(b.focused(), "code");
     b.assert_texts_translated();
     b.shot("verify");
@@ -253,11 +283,12 @@ fn journey(d: &Driver, lang: &str, width: u32, height: u32, label: &str) {
     b.shot("verify-error");
     b.type_into("input[name=code]", &totp_code(&secret, r.now()));
     b.click("button[type=submit]");
-    assert!(b.text().contains("Demo-Portal"), "{}", b.text());
+    b.wait_source("Demo-Portal");
     b.go(&format!("{}/_riegel/logout", r.base));
     b.assert_texts_translated();
     b.shot("logout-confirm");
     b.click("button[type=submit]");
+    b.wait_source("/_riegel/login\"");
 
     // 3: forgotten password.
     b.go(&format!("{}/_riegel/login", r.base));
@@ -295,10 +326,10 @@ fn journey(d: &Driver, lang: &str, width: u32, height: u32, label: &str) {
     b.type_into("input[name=username]", "anna");
     b.type_into("input[name=password]", "Neues-Passwort-2025");
     b.click("button[type=submit]");
-    assert!(b.url().ends_with("/_riegel/verify"), "{}", b.url());
+    b.wait_url("/_riegel/verify");
     b.type_into("input[name=code]", &totp_code(&secret, r.now()));
     b.click("button[type=submit]");
-    assert!(b.url().ends_with("/mieter/start"), "{}", b.url());
+    b.wait_url("/mieter/start");
     b.shot("portal-again");
 
     // Error pages.

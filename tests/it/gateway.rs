@@ -226,3 +226,38 @@ fn check_config_reports_three_mistakes_and_exits_2() {
     assert!(err.contains("mail.colour: unknown key"), "{err}");
     assert!(err.contains("3 problem(s)"), "{err}");
 }
+
+#[test]
+fn override_directory_and_logo_are_picked_up_without_rebuilding() {
+    let dir = tempdir("overrides");
+    std::fs::create_dir_all(dir.join("templates")).expect("dir");
+    let builtin = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pages/templates/login.html")).expect("login template");
+    // The operator's change: a notice above the form.
+    let changed = builtin.replacen("{% block content %}", "{% block content %}<p id=\"operator-notice\">Wartung am Sonntag</p>", 1);
+    assert_ne!(changed, builtin, "login template has no content block");
+    std::fs::write(dir.join("templates/login.html"), changed).expect("write");
+    let logo = dir.join("logo.svg");
+    std::fs::write(&logo, "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 10 10\"><rect width=\"10\" height=\"10\" fill=\"#c00\"/><!--operator-logo--></svg>").expect("logo");
+    let r = Riegel::start_with(Options {
+        branding_yaml: format!("  pages_dir: \"{}\"\n  logo_file: \"{}\"\n", dir.display(), logo.display()),
+        ..Options::default()
+    });
+    let mut c = r.client();
+    let page = c.get("/_riegel/login");
+    assert!(page.body.contains("operator-notice"), "override template not used");
+    assert!(page.body.contains("/_riegel/static/logo"), "configured logo not referenced");
+    let l = c.get("/_riegel/static/logo");
+    assert_eq!(l.status, 200);
+    assert_eq!(l.header("content-type"), Some("image/svg+xml"));
+    assert!(l.body.contains("operator-logo"));
+
+    // A broken override is reported by check-config, not at a user's request.
+    std::fs::write(dir.join("templates/login.html"), "{% block content %}{{ broken(").expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_riegel"))
+        .args(["check-config", "--config"])
+        .arg(&r.config_path)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("login"), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -76,9 +76,9 @@ impl SmtpSink {
             while !s.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((conn, _)) => {
-                        let m = m.clone();
+                        let (m, s) = (m.clone(), s.clone());
                         std::thread::spawn(move || {
-                            let _ = smtp_session(conn, m);
+                            let _ = smtp_session(conn, m, s);
                         });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
@@ -107,7 +107,7 @@ impl SmtpSink {
     }
 }
 
-fn smtp_session(conn: TcpStream, mails: Arc<Mutex<Vec<ReceivedMail>>>) -> std::io::Result<()> {
+fn smtp_session(conn: TcpStream, mails: Arc<Mutex<Vec<ReceivedMail>>>, stop: Arc<AtomicBool>) -> std::io::Result<()> {
     conn.set_nonblocking(false)?;
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut w = conn.try_clone()?;
@@ -118,6 +118,10 @@ fn smtp_session(conn: TcpStream, mails: Arc<Mutex<Vec<ReceivedMail>>>) -> std::i
     loop {
         line.clear();
         if r.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        if stop.load(Ordering::SeqCst) {
+            // A stopped server drops pooled connections too.
             return Ok(());
         }
         let cmd = line.trim_end().to_string();
@@ -163,6 +167,14 @@ fn smtp_session(conn: TcpStream, mails: Arc<Mutex<Vec<ReceivedMail>>>) -> std::i
 /// Undoes quoted-printable soft breaks and escapes, and base64 parts,
 /// enough to search a mail's text.
 pub fn decode_mail_body(raw: &str) -> String {
+    let (head, body) = match raw.find("\r\n\r\n").or_else(|| raw.find("\n\n")) {
+        Some(i) => raw.split_at(i),
+        None => ("", raw),
+    };
+    format!("{head}{}", decode_parts(body))
+}
+
+fn decode_parts(raw: &str) -> String {
     let mut out = String::new();
     // base64 parts
     let mut in_b64 = false;
@@ -371,6 +383,9 @@ impl Resp {
     pub fn headers_named(&self, name: &str) -> Vec<&str> {
         self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
     }
+    pub fn session_cookie_set(&self) -> bool {
+        self.headers_named("set-cookie").iter().any(|c| c.starts_with("riegel_session=") && !c.starts_with("riegel_session=;"))
+    }
     pub fn location(&self) -> &str {
         self.header("location").unwrap_or("")
     }
@@ -422,8 +437,32 @@ pub fn raw_request(addr: SocketAddr, raw: &[u8]) -> Resp {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
     s.write_all(raw).expect("write");
+    // Read the head, then exactly the body: some servers keep the
+    // connection open despite `Connection: close`.
     let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)));
+            let chunked = head.lines().any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
+            let body = &buf[head_end + 4..];
+            let done = match len {
+                Some(n) => body.len() >= n,
+                None if chunked => body.ends_with(b"0\r\n\r\n"),
+                None => false,
+            };
+            if done {
+                break;
+            }
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
     parse_response(&buf)
 }
 
@@ -673,25 +712,13 @@ pub fn login_full(r: &Riegel, c: &mut Client, user: &str, password: &str, secret
     c.submit("/_riegel/verify", "/_riegel/verify", &[("code", &code)])
 }
 
-/// Recovery codes look like `abcde-fghjk`.
+/// Recovery codes, shown as `<code>abcde-fghjk</code>` items.
 pub fn recovery_codes_of(html: &str) -> Vec<String> {
-    let b = html.as_bytes();
-    let mut out = Vec::new();
-    let ok = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-    let mut i = 0;
-    while i + 11 <= b.len() {
-        let w = &b[i..i + 11];
-        let before_ok = i == 0 || !ok(b[i - 1]);
-        let after_ok = i + 11 == b.len() || !ok(b[i + 11]);
-        if before_ok && after_ok && w[5] == b'-' && w[..5].iter().all(|c| ok(*c)) && w[6..].iter().all(|c| ok(*c)) {
-            let s = String::from_utf8_lossy(w).into_owned();
-            if !out.contains(&s) {
-                out.push(s);
-            }
-            i += 11;
-        } else {
-            i += 1;
-        }
-    }
-    out
+    let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    html.split("<code>")
+        .skip(1)
+        .filter_map(|rest| rest.split("</code>").next())
+        .filter(|c| c.len() == 11 && c.as_bytes()[5] == b'-' && c.chars().enumerate().all(|(i, ch)| i == 5 || ok(ch)))
+        .map(str::to_string)
+        .collect()
 }

@@ -119,12 +119,15 @@ fn fifty_concurrent_submissions_of_one_code_give_exactly_one_success() {
             let (b, csrf, code) = (barrier.clone(), csrf.clone(), code.clone());
             std::thread::spawn(move || {
                 b.wait();
-                c.post("/_riegel/verify", &[("code", &code), ("csrf", &csrf)]).status
+                let resp = c.post("/_riegel/verify", &[("code", &code), ("csrf", &csrf)]);
+                // Success is the redirect to the portal with a new session;
+                // a lost race is a refused code or "log in again".
+                (resp.status, resp.location().to_string(), resp.session_cookie_set())
             })
         })
         .collect();
-    let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().expect("thread")).collect();
-    let successes = statuses.iter().filter(|s| **s == 303).count();
+    let statuses: Vec<(u16, String, bool)> = handles.into_iter().map(|h| h.join().expect("thread")).collect();
+    let successes = statuses.iter().filter(|(s, loc, cookie)| *s == 303 && loc == "/" && *cookie).count();
     assert_eq!(successes, 1, "statuses: {statuses:?}");
 }
 
