@@ -261,3 +261,52 @@ fn override_directory_and_logo_are_picked_up_without_rebuilding() {
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("login"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn tls_listener_serves_https_with_host_prefixed_secure_cookies_and_hsts() {
+    let (Some(openssl), Some(curl)) = (tool("openssl"), tool("curl")) else {
+        eprintln!("openssl/curl missing: TLS test skipped (it fails on CI)");
+        return;
+    };
+    let dir = tempdir("tls");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let st = std::process::Command::new(openssl)
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(st.success());
+    let r = Riegel::start_with(Options {
+        extra_yaml: format!("tls: {{ cert_file: \"{}\", key_file: \"{}\" }}\n", cert.display(), key.display()),
+        https: true,
+        ..Options::default()
+    });
+    let out = std::process::Command::new(curl)
+        .args(["-s", "-i", "--cacert"])
+        .arg(&cert)
+        .arg(format!("https://127.0.0.1:{}/_riegel/login", r.addr.port()))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/2 200"), "{text}");
+    let lower = text.to_ascii_lowercase();
+    assert!(lower.contains("strict-transport-security: max-age="), "{text}");
+    let cookie = text.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie:")).expect("cookie");
+    assert!(cookie.contains("__Host-riegel_session_csrf="), "{cookie}");
+    assert!(cookie.contains("; Secure") && cookie.contains("Path=/") && cookie.contains("HttpOnly"), "{cookie}");
+    assert!(!cookie.to_ascii_lowercase().contains("domain="), "{cookie}");
+    // Portal paths still redirect to the login page over https.
+    let out = std::process::Command::new(tool("curl").expect("curl"))
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "--cacert"])
+        .arg(&cert)
+        .arg(format!("https://127.0.0.1:{}/mieter", r.addr.port()))
+        .output()
+        .expect("curl");
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.starts_with("303 https://127.0.0.1:"), "{s}");
+    assert!(s.contains("/_riegel/login?rd=%2Fmieter"), "{s}");
+}

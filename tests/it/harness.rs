@@ -248,11 +248,13 @@ pub struct Options {
     pub language: &'static str,
     /// More keys under `branding:`, each line indented by two spaces.
     pub branding_yaml: String,
+    /// public_url is https (the test adds a `tls:` listener).
+    pub https: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { extra_yaml: String::new(), upstream: None, upstream_read_timeout: "2s", language: "de", branding_yaml: String::new() }
+        Options { extra_yaml: String::new(), upstream: None, upstream_read_timeout: "2s", language: "de", branding_yaml: String::new(), https: false }
     }
 }
 
@@ -279,7 +281,7 @@ impl Riegel {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let yaml = format!(
             r#"listen: "{addr}"
-public_url: "http://{addr}"
+public_url: "{scheme}://{addr}"
 upstream:
   url: "http://{upstream}"
   connect_timeout: 1s
@@ -304,6 +306,7 @@ branding:
             smtp = smtp.addr.port(),
             extra = opts.extra_yaml,
             lang = opts.language,
+            scheme = if opts.https { "https" } else { "http" },
             branding = opts.branding_yaml,
         );
         let config_path = dir.join("riegel.yaml");
