@@ -256,7 +256,7 @@ fn journey(d: &Driver, lang: &str, width: u32, height: u32, label: &str) {
 
     // The portal with the identity headers.
     b.wait_url("/mieter/start");
-    assert_eq!(b.text().lines().any(|l| l.trim() == "anna"), true, "portal does not show Remote-User");
+    assert!(b.text().lines().any(|l| l.trim() == "anna"), "portal does not show Remote-User");
     b.shot("portal");
     b.click("#logout");
     b.wait_source("/_riegel/login\"");
