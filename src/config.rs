@@ -103,6 +103,8 @@ pub struct HeaderNames {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub threads: usize,
+    /// One work-stealing runtime (true) or one runtime per thread (false).
+    pub work_stealing: bool,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     pub max_connections: usize,
@@ -427,6 +429,7 @@ fn build(s: &mut Section<'_, '_>, env: &dyn Env) -> Option<Config> {
     let server = {
         let mut sv = s.section("server");
         let threads = sv.uint_or("threads", default_threads() as u64, 1, 256) as usize;
+        let work_stealing = sv.bool_or("work_stealing", false);
         let header_timeout = sv.duration_or("header_timeout", Duration::from_secs(10));
         let body_timeout = sv.duration_or("body_timeout", Duration::from_secs(10));
         let max_connections = sv.uint_or("max_connections", 10_000, 1, 1_000_000) as usize;
@@ -443,7 +446,7 @@ fn build(s: &mut Section<'_, '_>, env: &dyn Env) -> Option<Config> {
             }
         }
         sv.finish();
-        ServerConfig { threads, header_timeout, body_timeout, max_connections, max_form_bytes, trusted_proxies }
+        ServerConfig { threads, work_stealing, header_timeout, body_timeout, max_connections, max_form_bytes, trusted_proxies }
     };
 
     let password = {
@@ -457,7 +460,9 @@ fn build(s: &mut Section<'_, '_>, env: &dyn Env) -> Option<Config> {
             Argon2Params { memory_kib, iterations, parallelism }
         };
         let min_length = p.uint_or("min_length", 10, 8, 1024) as usize;
-        let max_concurrent_hashes = p.uint_or("max_concurrent_hashes", 2, 1, 256) as usize;
+        // Half the cores by default: a login storm never takes every core from proxying.
+        let default_hashes = (default_threads() / 2).max(1) as u64;
+        let max_concurrent_hashes = p.uint_or("max_concurrent_hashes", default_hashes, 1, 256) as usize;
         p.finish();
         PasswordConfig { argon2, min_length, max_concurrent_hashes }
     };
@@ -875,6 +880,17 @@ impl<'a, 'e> Section<'a, 'e> {
             Err(_) => {
                 self.error(key, &format!("'{s}' is not {what}"));
                 None
+            }
+        }
+    }
+
+    fn bool_or(&mut self, key: &str, default: bool) -> bool {
+        match self.get(key) {
+            None => default,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                self.error(key, "must be true or false");
+                default
             }
         }
     }

@@ -11,6 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::apps::ServerApp;
+use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::Stream;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -41,9 +43,15 @@ pub struct Ctx {
 pub struct Gateway {
     services: Arc<Services>,
     upstream: SocketAddr,
-    identity_headers: [String; 3],
+    /// Leaked once at start-up: `&'static str` header names cost Pingora no
+    /// allocation per request.
+    identity_headers: [&'static str; 3],
     strip_cookies: [String; 2],
     tls_listener: bool,
+}
+
+fn leak(s: &str) -> &'static str {
+    Box::leak(s.to_string().into_boxed_str())
 }
 
 impl Gateway {
@@ -56,7 +64,7 @@ impl Gateway {
             .ok_or_else(|| ProxyError::Resolve(u.host.clone(), "no address".into()))?;
         let h = &services.cfg.headers;
         Ok(Self {
-            identity_headers: [h.user.clone(), h.email.clone(), h.name.clone()],
+            identity_headers: [leak(&h.user), leak(&h.email), leak(&h.name)],
             strip_cookies: [services.cookie_name.clone(), services.csrf_cookie_name.clone()],
             upstream,
             tls_listener,
@@ -235,7 +243,7 @@ impl ProxyHttp for Gateway {
     async fn upstream_request_filter(&self, session: &mut Session, req: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
         // 1. Remove every client-sent copy of the identity headers, in any
         //    spelling, and whatever the client names in Connection.
-        let ids: [&str; 3] = [&self.identity_headers[0], &self.identity_headers[1], &self.identity_headers[2]];
+        let ids = self.identity_headers;
         let strip = {
             let present: Vec<&str> = req.headers.keys().map(|k| k.as_str()).collect();
             let conn = req.headers.get_all("connection").iter().filter_map(|v| v.to_str().ok());
@@ -244,14 +252,18 @@ impl ProxyHttp for Gateway {
         for name in &strip {
             req.remove_header(name.as_str());
         }
-        // 2. riegel's own cookies never reach the portal.
-        let cookies: Vec<String> = req
+        // 2. riegel's own cookies never reach the portal (the header is only
+        //    rewritten when one of them is in it).
+        let ours = req
             .headers
             .get_all("cookie")
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::to_string)
-            .collect();
+            .any(|v| self.strip_cookies.iter().any(|n| memchr_contains(v.as_bytes(), n.as_bytes())));
+        let cookies: Vec<String> = if ours {
+            req.headers.get_all("cookie").iter().filter_map(|v| v.to_str().ok()).map(str::to_string).collect()
+        } else {
+            Vec::new()
+        };
         if !cookies.is_empty() {
             req.remove_header("cookie");
             let names = [self.strip_cookies[0].as_str(), self.strip_cookies[1].as_str()];
@@ -262,9 +274,9 @@ impl ProxyHttp for Gateway {
         }
         // 3. The identity.
         if let Some(id) = &ctx.identity {
-            req.insert_header(ids[0].to_string(), id.user())?;
-            req.insert_header(ids[1].to_string(), id.email())?;
-            req.insert_header(ids[2].to_string(), id.name())?;
+            req.insert_header(ids[0], id.user())?;
+            req.insert_header(ids[1], id.email())?;
+            req.insert_header(ids[2], id.name())?;
         }
         // 4. X-Forwarded-*: trusted proxies' values are kept and extended,
         //    anyone else's are replaced.
@@ -282,10 +294,11 @@ impl ProxyHttp for Gateway {
             client.to_string()
         };
         req.insert_header("x-forwarded-for", xff)?;
-        let proto_in = header_str(req, "x-forwarded-proto").map(str::to_string);
-        let proto = match (trusted, proto_in) {
-            (true, Some(p)) if p == "http" || p == "https" => p,
-            _ => if self.tls_listener { "https".into() } else { "http".into() },
+        let proto: &'static str = match (trusted, header_str(req, "x-forwarded-proto")) {
+            (true, Some("https")) => "https",
+            (true, Some("http")) => "http",
+            _ if self.tls_listener => "https",
+            _ => "http",
         };
         req.insert_header("x-forwarded-proto", proto)?;
         let host_in = if trusted { header_str(req, "x-forwarded-host").map(str::to_string) } else { None };
@@ -342,6 +355,10 @@ impl ProxyHttp for Gateway {
             tracing::debug!(method = %session.req_header().method, path = %session.req_header().uri.path(), status, error = ?e.map(|e| e.etype().as_str()), "request");
         }
     }
+}
+
+fn memchr_contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Wraps the proxy app: caps open connections, and closes a connection
@@ -413,6 +430,7 @@ pub fn run(services: Arc<Services>, shutdown: Option<Box<dyn ShutdownSignalWatch
     let cfg = services.cfg.clone();
     let conf = ServerConf {
         threads: cfg.server.threads,
+        work_stealing: cfg.server.work_stealing,
         grace_period_seconds: Some(5),
         graceful_shutdown_timeout_seconds: Some(5),
         upstream_keepalive_pool_size: 256,
@@ -434,13 +452,17 @@ pub fn run(services: Arc<Services>, shutdown: Option<Box<dyn ShutdownSignalWatch
         header_timeout: cfg.server.header_timeout,
     };
     let mut service = Service::new("riegel".to_string(), capped);
-    let addr = cfg.listen.to_string();
-    match &cfg.tls {
-        None => service.add_tcp(&addr),
-        Some(t) => service
-            .add_tls(&addr, &t.cert_file.display().to_string(), &t.key_file.display().to_string())
-            .map_err(|e| ProxyError::Tls(e.to_string()))?,
+    // 4 KiB read buffers instead of Pingora's 64 KiB: request headers and
+    // login forms are small (larger ones take more reads), and idle
+    // keep-alive connections stay cheap.
+    let buffers = L4BufferSettings::new(4 * 1024, 1460);
+    let mut listener = ListenerConfig::tcp(cfg.listen.to_string()).l4_buffer(buffers);
+    if let Some(t) = &cfg.tls {
+        let tls = TlsSettings::intermediate(&t.cert_file.display().to_string(), &t.key_file.display().to_string())
+            .map_err(|e| ProxyError::Tls(e.to_string()))?;
+        listener = listener.tls(tls);
     }
+    service.add_listener(listener);
     server.add_service(service);
     let args = match shutdown {
         Some(s) => RunArgs { shutdown_signal: s },

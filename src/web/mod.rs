@@ -9,6 +9,7 @@
 //! [`Services::blocking_hash`] and [`Services::flush`], which run it off the
 //! async executor.
 
+pub mod hashpool;
 pub mod headers;
 pub mod pages;
 
@@ -125,7 +126,7 @@ pub struct Services {
     pub dummy_hash: String,
     pub secret_box: SecretBox,
     pub recovery_pepper: [u8; 32],
-    hash_slots: Arc<Semaphore>,
+    hash_pool: hashpool::HashPool,
     flush_slots: Arc<Semaphore>,
     pub cookie_name: String,
     pub csrf_cookie_name: String,
@@ -152,7 +153,8 @@ impl Services {
             codec: SessionCodec::new(&cfg.secrets.session_keys),
             secret_box: SecretBox::new(&cfg.secrets.storage_key),
             recovery_pepper: derive_key(&cfg.secrets.storage_key, "riegel/recovery-codes/v1"),
-            hash_slots: Arc::new(Semaphore::new(cfg.password.max_concurrent_hashes)),
+            hash_pool: hashpool::HashPool::new(hasher.clone(), cfg.password.max_concurrent_hashes)
+                .map_err(|e| WebError::Internal(format!("hash threads: {e}")))?,
             flush_slots: Arc::new(Semaphore::new(4)),
             cookie_name: cfg.cookie_name(),
             csrf_cookie_name: cfg.csrf_cookie_name(),
@@ -175,16 +177,14 @@ impl Services {
         self.clock.now()
     }
 
-    /// Runs password hashing off the executor, at most
-    /// `max_concurrent_hashes` at once; further logins wait their turn.
+    /// Runs password hashing off the executor on the hashing threads, at
+    /// most `max_concurrent_hashes` at once; further logins wait their turn.
     pub async fn blocking_hash<T, F>(&self, f: F) -> Result<T, WebError>
     where
         F: FnOnce(&Hasher) -> T + Send + 'static,
         T: Send + 'static,
     {
-        let _permit = self.hash_slots.acquire().await.map_err(|e| WebError::Task(e.to_string()))?;
-        let h = self.hasher.clone();
-        tokio::task::spawn_blocking(move || f(&h)).await.map_err(|e| WebError::Task(e.to_string()))
+        self.hash_pool.run(f).await.map_err(|e| WebError::Task(e.to_string()))
     }
 
     /// Flushes the store off the executor. Called before acknowledging a write.

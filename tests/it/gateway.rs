@@ -190,7 +190,7 @@ fn slow_upstream_gives_504_after_read_timeout() {
 
 #[test]
 fn slowloris_connections_are_closed_after_the_header_timeout() {
-    let r = Riegel::start_with(Options { extra_yaml: "server:\n  header_timeout: 1s\n".into(), ..Options::default() });
+    let r = Riegel::start_with(Options { server_yaml: "  header_timeout: 1s\n".into(), ..Options::default() });
     let mut s = TcpStream::connect(r.addr).expect("connect");
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-A: ").expect("write");
     s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
@@ -309,4 +309,78 @@ fn tls_listener_serves_https_with_host_prefixed_secure_cookies_and_hsts() {
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(s.starts_with("303 https://127.0.0.1:"), "{s}");
     assert!(s.contains("/_riegel/login?rd=%2Fmieter"), "{s}");
+}
+
+#[test]
+fn riegel_serve_binary_proxies_with_default_runtime_and_stops_on_sigterm() {
+    let dir = tempdir("serve");
+    for k in ["session.key", "storage.key"] {
+        riegel::demo::write_key(&dir.join(k)).expect("key");
+    }
+    let portal = riegel::demo::start_portal("127.0.0.1:0".parse().expect("addr")).expect("portal");
+    let port = free_port();
+    let cfg = dir.join("riegel.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: \"127.0.0.1:{port}\"\npublic_url: \"http://127.0.0.1:{port}\"\nupstream: {{ url: \"http://{portal}\" }}\nstore: {{ path: data }}\nsecrets: {{ session_key_file: session.key, storage_key_file: storage.key }}\nmail: {{ from: \"P <p@example.at>\", outbox: outbox }}\n"
+        ),
+    )
+    .expect("config");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_riegel"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("serve");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let start = Instant::now();
+    while TcpStream::connect(addr).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(15), "riegel serve did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut c = Client::new(addr);
+    for _ in 0..20 {
+        // Several requests, so both runtime threads get work.
+        assert_eq!(c.get("/favicon.ico").status, 200);
+        assert_eq!(c.get("/mieter").status, 303);
+    }
+    assert_eq!(c.get("/_riegel/healthz").status, 200);
+    let t = Instant::now();
+    let st = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(st.success());
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "riegel serve did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn connection_cap_refuses_connections_beyond_the_limit() {
+    let r = Riegel::start_with(Options { server_yaml: "  max_connections: 3\n  header_timeout: 5s\n".into(), ..Options::default() });
+    // Three idle connections fill the cap.
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let s = TcpStream::connect(r.addr).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut extra = TcpStream::connect(r.addr).expect("connect");
+    extra.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    let _ = extra.write_all(b"GET /_riegel/healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut buf = [0u8; 64];
+    let t = Instant::now();
+    let n = extra.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "a connection beyond the cap was served");
+    assert!(t.elapsed() < Duration::from_secs(2), "refused only after {:?}", t.elapsed());
+    // Once they go, new connections are served again.
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(r.client().get("/_riegel/healthz").status, 200);
 }

@@ -250,11 +250,13 @@ pub struct Options {
     pub branding_yaml: String,
     /// public_url is https (the test adds a `tls:` listener).
     pub https: bool,
+    /// More keys under `server:`, each line indented by two spaces.
+    pub server_yaml: String,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { extra_yaml: String::new(), upstream: None, upstream_read_timeout: "2s", language: "de", branding_yaml: String::new(), https: false }
+        Options { extra_yaml: String::new(), upstream: None, upstream_read_timeout: "2s", language: "de", branding_yaml: String::new(), https: false, server_yaml: String::new() }
     }
 }
 
@@ -291,7 +293,12 @@ store:
 secrets:
   session_key_file: session.key
   storage_key_file: storage.key
-mail:
+server:
+  # Pingora's one-runtime-per-thread mode keeps its handles in a
+  # process-wide thread-local, which does not survive many servers
+  # starting and stopping in one test process; `riegel serve` runs one.
+  work_stealing: true
+{server}mail:
   from: "IMMO PRO Portal <portal@example.at>"
   smtp: {{ host: "127.0.0.1", port: {smtp}, tls: none, timeout: 2s }}
   max_attempts: 2
@@ -307,6 +314,7 @@ branding:
             extra = opts.extra_yaml,
             lang = opts.language,
             scheme = if opts.https { "https" } else { "http" },
+            server = opts.server_yaml,
             branding = opts.branding_yaml,
         );
         let config_path = dir.join("riegel.yaml");
