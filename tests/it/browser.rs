@@ -65,6 +65,7 @@ struct Browser {
     session: String,
     shots: PathBuf,
     n: u32,
+    size: (u32, u32),
 }
 
 impl Browser {
@@ -82,7 +83,7 @@ impl Browser {
         }}});
         let v = wd(d.addr, "POST", "/session", Some(caps));
         let session = v["sessionId"].as_str().expect("session id").to_string();
-        let b = Browser { driver: d.addr, session, shots, n: 0 };
+        let b = Browser { driver: d.addr, session, shots, n: 0, size: (width, height) };
         b.cmd("POST", "/window/rect", Some(json!({"width": width, "height": height})));
         // Element look-ups wait for the next page to be there.
         b.cmd("POST", "/timeouts", Some(json!({"implicit": 5000, "pageLoad": 20000})));
@@ -164,9 +165,21 @@ impl Browser {
             .to_string()
     }
 
+    /// A full-page screenshot: the window grows to the page's height for it.
     fn shot(&mut self, name: &str) {
         self.n += 1;
+        let full = self
+            .cmd("POST", "/execute/sync", Some(json!({"script": "return document.documentElement.scrollHeight;", "args": []})))
+            .as_u64()
+            .unwrap_or(0) as u32;
+        let (w, h) = self.size;
+        if full > h {
+            self.cmd("POST", "/window/rect", Some(json!({"width": w, "height": full + 140})));
+        }
         let b64 = self.cmd("GET", "/screenshot", None);
+        if full > h {
+            self.cmd("POST", "/window/rect", Some(json!({"width": w, "height": h})));
+        }
         let png = data_encoding::BASE64.decode(b64.as_str().expect("png").as_bytes()).expect("base64");
         std::fs::write(self.shots.join(format!("{:02}-{name}.png", self.n)), png).expect("save screenshot");
     }
