@@ -348,11 +348,19 @@ impl ProxyHttp for Gateway {
         FailToProxy { error_code: code, can_reuse_downstream: false }
     }
 
+    /// What Pingora puts into its own log lines: no query string (it may
+    /// carry secrets) and no reset token.
+    fn request_summary(&self, session: &Session, _ctx: &Ctx) -> String {
+        let h = session.req_header();
+        format!("{} {}", h.method, web::loggable_path(&self.services.prefix, h.uri.path()))
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, _ctx: &mut Ctx) {
         if tracing::enabled!(tracing::Level::DEBUG) {
             let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
             // Path only: queries may carry tokens; cookies are never logged.
-            tracing::debug!(method = %session.req_header().method, path = %session.req_header().uri.path(), status, error = ?e.map(|e| e.etype().as_str()), "request");
+            let path = web::loggable_path(&self.services.prefix, session.req_header().uri.path());
+            tracing::debug!(method = %session.req_header().method, path = %path, status, error = ?e.map(|e| e.etype().as_str()), "request");
         }
     }
 }

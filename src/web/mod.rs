@@ -220,7 +220,7 @@ pub async fn handle(req: &Request<'_>, s: &Arc<Services>) -> Outcome {
     Outcome::Reply(match result {
         Ok(r) => r,
         Err(e) => {
-            tracing::error!(error = %e, path = %req.path, "request failed");
+            tracing::error!(error = %e, path = %loggable_path(&s.prefix, req.path), "request failed");
             error_page(s, 500, "error_500")
         }
     })
@@ -279,6 +279,14 @@ fn portal_request(req: &Request<'_>, s: &Services) -> Outcome {
             let rd = safe_redirect(&target).unwrap_or("/");
             Outcome::Reply(redirect(&s.route_rd("login", Some(rd))))
         }
+    }
+}
+
+/// The path as it may be logged: reset tokens are secrets and are cut off.
+pub fn loggable_path<'a>(prefix: &str, path: &'a str) -> std::borrow::Cow<'a, str> {
+    match path.strip_prefix(prefix).and_then(|r| r.strip_prefix("/reset/")) {
+        Some(_) => std::borrow::Cow::Owned(format!("{prefix}/reset/[token]")),
+        None => std::borrow::Cow::Borrowed(path),
     }
 }
 
@@ -504,6 +512,13 @@ fn rd_param<'a>(req: &Request<'a>) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reset_tokens_never_reach_the_log() {
+        assert_eq!(loggable_path("/_riegel", "/_riegel/reset/abcDEF123"), "/_riegel/reset/[token]");
+        assert_eq!(loggable_path("/_riegel", "/_riegel/login"), "/_riegel/login");
+        assert_eq!(loggable_path("/_riegel", "/mieter/reset/x"), "/mieter/reset/x");
+    }
 
     #[test]
     fn public_paths() {
