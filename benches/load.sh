@@ -13,9 +13,9 @@
 # (A B C D, A B C D, ...), medians over rounds; then
 #   - riegel's RSS idle, holding 1,000 keep-alive connections (python3), and
 #     under wrk -c1000 (measured before the storm: argon2 memory would hide it);
-#   - a login storm: p99 through riegel alone vs while $STORM parallel curl
-#     workers POST wrong passwords for random usernames to /_riegel/login
-#     (the curl processes run on the same machine and take some CPU too).
+#   - a login storm: p99 through riegel alone vs while $STORM concurrent
+#     logins (one wrk process with a Lua script) POST wrong passwords for
+#     random usernames to /_riegel/login.
 # The Markdown report is printed at the end and written to $WORK/results.md.
 #
 # nginx processes: the upstream (A) runs `worker_processes 1` (UPSTREAM_WORKERS):
@@ -565,48 +565,43 @@ LOAD_STORM=$(cut -d' ' -f1-3 /proc/loadavg)
 read -r S0_RPS S0_P50 S0_P99 < <(run_wrk riegel "$WORK/wrk/storm-alone.txt")
 info "alone:        $S0_RPS req/s  p50 $S0_P50 ms  p99 $S0_P99 ms"
 
-storm_worker() {
-    local i=$1 jar="$WORK/storm/jar$i" out="$WORK/storm/codes$i" page csrf code
-    : >"$out"
-    page=$(curl -s --max-time 10 -c "$jar" -b "$jar" "$RB/_riegel/login") || { echo "000" >>"$out"; return 0; }
-    csrf=$(extract_csrf <<<"$page")
-    while [[ ! -e $WORK/storm/stop ]]; do
-        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 -b "$jar" -H "Origin: $RB" \
-            --data-urlencode "username=storm-$i-$RANDOM$RANDOM" \
-            --data-urlencode "password=wrong-$RANDOM$RANDOM" \
-            --data-urlencode "csrf=$csrf" "$RB/_riegel/login") || code=000
-        echo "$code" >>"$out"
-    done
-}
-count_codes() { cat "$WORK"/storm/codes* 2>/dev/null | sort | uniq -c | awk '{ printf "%s%s: %s", (NR > 1 ? ", " : ""), $2, $1 }'; }
-count_total() { cat "$WORK"/storm/codes* 2>/dev/null | wc -l | tr -d ' '; }
-
-STORM_PIDS=()
-rm -f "$WORK/storm/stop"
-for i in $(seq 1 "$STORM"); do
-    storm_worker "$i" &
-    STORM_PIDS+=("$!")
-    PIDS+=("$!")
-done
-sleep 3 # every worker has its csrf and the argon2 queue is full
-N_BEFORE=$(count_total)
+# The storm is one wrk process with a Lua script: $STORM connections, each
+# posting a wrong password for a random username as soon as its previous
+# login was answered, so $STORM logins are always in flight. (50 forking
+# curl loops would mostly measure their own CPU use on a 2-core machine.)
+STORM_JAR="$WORK/storm/jar"
+STORM_PAGE=$(curl -s --max-time 10 -c "$STORM_JAR" -b "$STORM_JAR" "$RB/_riegel/login") || die "storm: no login page"
+STORM_CSRF=$(extract_csrf <<<"$STORM_PAGE")
+STORM_COOKIE=$(awk '!/^#/ && NF >= 7 { printf "%s%s=%s", (n++ ? "; " : ""), $6, $7 }' "$STORM_JAR")
+[[ -n $STORM_CSRF && -n $STORM_COOKIE ]] || die "storm: no csrf token or cookie"
+cat >"$WORK/storm/storm.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
+wrk.headers["Origin"] = "$RB"
+wrk.headers["Cookie"] = "$STORM_COOKIE"
+math.randomseed(os.time())
+request = function()
+  local body = "username=storm-" .. math.random(1, 2000000000) .. "&password=wrong-" .. math.random(1, 2000000000) .. "&csrf=$STORM_CSRF"
+  return wrk.format(nil, nil, nil, body)
+end
+LUA
+STORM_SECS=$((DURATION + 6))
+wrk -t1 -c"$STORM" -d"${STORM_SECS}s" --timeout 30s -s "$WORK/storm/storm.lua" "$RB/_riegel/login" >"$WORK/wrk/storm-logins.txt" 2>&1 &
+STORM_PID=$!
+PIDS+=("$STORM_PID")
+sleep 3 # the argon2 queue is full
 T_BEFORE=$(date +%s.%N)
 read -r S1_RPS S1_P50 S1_P99 < <(run_wrk riegel "$WORK/wrk/storm-during.txt")
 T_AFTER=$(date +%s.%N)
-N_AFTER=$(count_total)
 RSS_STORM=$(rss_kb "$RIEGEL")
-touch "$WORK/storm/stop"
-for p in "${STORM_PIDS[@]}"; do
-    # each worker ends after its current request (curl --max-time 10)
-    for _ in $(seq 1 120); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -TERM "$p" 2>/dev/null || true
-done
-wait "${STORM_PIDS[@]}" 2>/dev/null || true
-STORM_CODES=$(count_codes)
-STORM_TOTAL=$(count_total)
-STORM_WINDOW=$((N_AFTER - N_BEFORE))
-STORM_RATE=$(awk -v n="$STORM_WINDOW" -v a="$T_BEFORE" -v b="$T_AFTER" 'BEGIN { printf "%.1f", n / (b - a) }')
-N429=$(cat "$WORK"/storm/codes* 2>/dev/null | { grep -c '^429$' || true; })
+wait "$STORM_PID" 2>/dev/null || true
+STORM_TOTAL=$(awk '/requests in/ { print $1 }' "$WORK/wrk/storm-logins.txt")
+STORM_BAD=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$WORK/wrk/storm-logins.txt")
+STORM_TOTAL=${STORM_TOTAL:-0}
+N429=${STORM_BAD:-0}
+STORM_CODES="200: $((STORM_TOTAL - N429)), other (429 = address banned): $N429"
+STORM_RATE=$(awk -v n="$STORM_TOTAL" -v d="$STORM_SECS" 'BEGIN { printf "%.1f", n / d }')
+STORM_WINDOW=$(awk -v r="$STORM_RATE" -v a="$T_BEFORE" -v b="$T_AFTER" 'BEGIN { printf "%.0f", r * (b - a) }')
 info "during storm: $S1_RPS req/s  p50 $S1_P50 ms  p99 $S1_P99 ms"
 info "storm answers: $STORM_CODES ($STORM_TOTAL in all; $STORM_WINDOW during the measurement = $STORM_RATE logins/s)"
 sleep 2 # let riegel drain what is left
@@ -660,7 +655,7 @@ REPORT=$WORK/results.md
     printf '| during the storm | %.0f | %.2f | %.2f |\n' "$S1_RPS" "$S1_P50" "$S1_P99"
     echo "| ratio (storm / alone) | $R_STORM_RPS | | $R_STORM |"
     echo
-    echo "- storm answers: $STORM_CODES ($STORM_TOTAL requests; $STORM_WINDOW during the ${DURATION} s measurement = $STORM_RATE logins/s; 200 = the \"login failed\" page after an argon2 verification, 429 = address banned, 000 = curl error/timeout)"
+    echo "- storm answers: $STORM_CODES ($STORM_TOTAL logins in ${STORM_SECS} s = $STORM_RATE logins/s, about $STORM_WINDOW during the measurement; 200 = the \"login failed\" page after an argon2 verification; the storm is one wrk process with $STORM connections and a Lua script)"
     [[ ${N429:-0} -gt 0 ]] && echo "- NOTE: $N429 answers were 429 (address ban): those logins ran no argon2."
     echo
     echo "### memory (VmRSS of the riegel process)"

@@ -232,6 +232,18 @@ fn cli_user_commands_work_while_serving() {
     assert_eq!(r.client().login("olga", "Anderes-Passwort-2").status, 200);
     let (ok, out) = cli(&["user", "show", "olga"], None);
     assert!(!ok && out.contains("no such user"), "{out}");
+    // hash-password: the hash of what comes on stdin, usable for import.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_riegel"))
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child.stdin.take().expect("stdin").write_all(b"Ein-Passwort-9\n").expect("write");
+    let out = child.wait_with_output().expect("wait");
+    let hash = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
+    assert_eq!(r.services.hasher.verify(&hash, "Ein-Passwort-9"), Ok(riegel::auth::password::Verified::Right { upgrade: false }));
     // The socket is private to the service account.
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(r.dir.join("data").join("admin.sock")).expect("socket").permissions().mode() & 0o777;
