@@ -572,7 +572,7 @@ info "alone:        $S0_RPS req/s  p50 $S0_P50 ms  p99 $S0_P99 ms"
 STORM_JAR="$WORK/storm/jar"
 STORM_PAGE=$(curl -s --max-time 10 -c "$STORM_JAR" -b "$STORM_JAR" "$RB/_riegel/login") || die "storm: no login page"
 STORM_CSRF=$(extract_csrf <<<"$STORM_PAGE")
-STORM_COOKIE=$(awk '!/^#/ && NF >= 7 { printf "%s%s=%s", (n++ ? "; " : ""), $6, $7 }' "$STORM_JAR")
+STORM_COOKIE=$(awk '{ sub(/^#HttpOnly_/, "") } !/^#/ && NF >= 7 { printf "%s%s=%s", (n++ ? "; " : ""), $6, $7 }' "$STORM_JAR")
 [[ -n $STORM_CSRF && -n $STORM_COOKIE ]] || die "storm: no csrf token or cookie"
 cat >"$WORK/storm/storm.lua" <<LUA
 wrk.method = "POST"

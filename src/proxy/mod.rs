@@ -441,7 +441,9 @@ pub fn run(services: Arc<Services>, shutdown: Option<Box<dyn ShutdownSignalWatch
         work_stealing: cfg.server.work_stealing,
         grace_period_seconds: Some(5),
         graceful_shutdown_timeout_seconds: Some(5),
-        upstream_keepalive_pool_size: 256,
+        // Each pooled upstream connection holds a 64 KiB read buffer (not
+        // configurable in Pingora 0.9): keep the pool at 128 connections.
+        upstream_keepalive_pool_size: 128,
         // Pingora counts tries, not retries: 1 means "no retry".
         max_retries: 1,
         ..ServerConf::default()
