@@ -4,8 +4,8 @@ use minijinja::context;
 
 use super::forms::{check_post, csrf, Form, PostCheck};
 use super::{
-    account_key, address_key, clear_session_cookie, error_page, page, rd_param, redirect, regulation_check,
-    regulation_fail, session, session_cookie, Reply, Request, Services, WebError,
+    account_key, address_key, fail_slowly, clear_session_cookie, error_page, page, rd_param, redirect, regulation_check,
+    session, session_cookie, Reply, Request, Services, WebError,
 };
 use crate::auth::password::{Verified, MAX_PASSWORD_BYTES};
 use crate::auth::session::{SessionClaims, SessionCodec, Stage};
@@ -98,11 +98,8 @@ pub(super) async fn post(req: &Request<'_>, s: &Services) -> Result<Reply, WebEr
         _ => None,
     };
     let Some((user, upgrade)) = ok_user else {
-        let delay = regulation_fail(s, &keys)?;
         tracing::info!(target: "audit", event = "login", outcome = "failure", ip = %req.client_ip, "password login failed");
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
+        fail_slowly(s, &keys).await?;
         // The typed name is not echoed: wrong password, unknown and disabled
         // accounts get byte-identical pages.
         return render_login(req, s, 200, rd.as_deref(), "", Some("err_login_failed"), None, 0);

@@ -490,6 +490,16 @@ fn regulation_fail(s: &Services, keys: &[(&str, &Limits)]) -> Result<std::time::
     Ok(delay)
 }
 
+/// Records a failure on every key, then holds the answer back by the
+/// regulation's progressive delay.
+async fn fail_slowly(s: &Services, keys: &[(&str, &Limits)]) -> Result<(), WebError> {
+    let delay = regulation_fail(s, keys)?;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    Ok(())
+}
+
 fn account_key(uid: Option<u64>, login: &str) -> String {
     match uid {
         Some(id) => format!("u:{id}"),

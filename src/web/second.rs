@@ -8,7 +8,7 @@ use minijinja::context;
 use super::forms::{check_post, csrf, Form, PostCheck};
 use super::login::start_session;
 use super::{
-    account_key, address_key, error_page, page, redirect, regulation_check, regulation_fail, session, Reply, Request,
+    account_key, address_key, fail_slowly, error_page, page, redirect, regulation_check, session, Reply, Request,
     Services, WebError,
 };
 use crate::auth::session::{SessionClaims, Stage};
@@ -181,11 +181,8 @@ pub(super) async fn confirm_post(req: &Request<'_>, s: &Services) -> Result<Repl
         Err(_) => None,
     };
     if committed.is_none() {
-        let delay = regulation_fail(s, &keys)?;
         tracing::info!(target: "audit", event = "totp_enrolment_confirm", outcome = "failure", user = %p.user.username, ip = %req.client_ip, "enrolment code refused");
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
+        fail_slowly(s, &keys).await?;
         return render_confirm(req, s, 200, Some("err_code_invalid"), 0);
     }
     s.store.update_counter(&akey, &|c| c.succeed())?;
@@ -257,11 +254,8 @@ pub(super) async fn verify_post(req: &Request<'_>, s: &Services) -> Result<Reply
         Err(_) => None,
     };
     if committed.is_none() {
-        let delay = regulation_fail(s, &keys)?;
         tracing::info!(target: "audit", event = "totp_verify", outcome = "failure", user = %p.user.username, ip = %req.client_ip, "TOTP code refused");
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
+        fail_slowly(s, &keys).await?;
         return render_verify(req, s, 200, Some("err_code_invalid"), 0);
     }
     s.store.update_counter(&akey, &|c| c.succeed())?;
@@ -324,11 +318,8 @@ pub(super) async fn recovery_post(req: &Request<'_>, s: &Services) -> Result<Rep
         }
     })?;
     let Some(updated) = committed else {
-        let delay = regulation_fail(s, &keys)?;
         tracing::info!(target: "audit", event = "recovery_code", outcome = "failure", user = %p.user.username, ip = %req.client_ip, "recovery code refused");
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
+        fail_slowly(s, &keys).await?;
         return render_recovery(req, s, 200, Some("err_recovery_invalid"), 0);
     };
     s.store.update_counter(&akey, &|c| c.succeed())?;

@@ -165,6 +165,13 @@ impl Browser {
             .to_string()
     }
 
+    /// Fills the login form and submits it.
+    fn sign_in(&self, user: &str, password: &str) {
+        self.type_into("input[name=username]", user);
+        self.type_into("input[name=password]", password);
+        self.click("button[type=submit]");
+    }
+
     /// A full-page screenshot: the window grows to the page's height for it.
     fn shot(&mut self, name: &str) {
         self.n += 1;
@@ -227,14 +234,10 @@ fn journey(d: &Driver, lang: &str, width: u32, height: u32, label: &str) {
         }
     }
     b.shot("login");
-    b.type_into("input[name=username]", "anna");
-    b.type_into("input[name=password]", "falsch-falsch");
-    b.click("button[type=submit]");
+    b.sign_in("anna", "falsch-falsch");
     b.assert_texts_translated();
     b.shot("login-failed");
-    b.type_into("input[name=username]", "anna");
-    b.type_into("input[name=password]", "Sommer-2024!");
-    b.click("button[type=submit]");
+    b.sign_in("anna", "Sommer-2024!");
 
     // 1.1.1: enrolment.
     b.wait_url("/_riegel/setup");
@@ -279,9 +282,7 @@ fn journey(d: &Driver, lang: &str, width: u32, height: u32, label: &str) {
     // 2.1: the next login asks for the code again.
     r.clock.advance(30);
     b.go(&format!("{}/", r.base));
-    b.type_into("input[name=username]", "anna@example.at");
-    b.type_into("input[name=password]", "Sommer-2024!");
-    b.click("button[type=submit]");
+    b.sign_in("anna@example.at", "Sommer-2024!");
     b.wait_url("/_riegel/verify");
     assert_eq!(b.focused(), "code");
     b.assert_texts_translated();
@@ -336,9 +337,7 @@ fn journey(d: &Driver, lang: &str, width: u32, height: u32, label: &str) {
     // Log in with the new password: the code is still asked for.
     r.clock.advance(30);
     b.go(&format!("{}/mieter/start", r.base));
-    b.type_into("input[name=username]", "anna");
-    b.type_into("input[name=password]", "Neues-Passwort-2025");
-    b.click("button[type=submit]");
+    b.sign_in("anna", "Neues-Passwort-2025");
     b.wait_url("/_riegel/verify");
     b.type_into("input[name=code]", &totp_code(&secret, r.now()));
     b.click("button[type=submit]");
