@@ -81,7 +81,18 @@ impl Browser {
                          format!("--window-size={width},{height}")]
             }
         }}});
-        let v = wd(d.addr, "POST", "/session", Some(caps));
+        // Chrome can fail to start on a loaded machine: try a few times.
+        let mut v = Value::Null;
+        for attempt in 0..3 {
+            match std::panic::catch_unwind(|| wd(d.addr, "POST", "/session", Some(caps.clone()))) {
+                Ok(x) => {
+                    v = x;
+                    break;
+                }
+                Err(e) if attempt == 2 => std::panic::resume_unwind(e),
+                Err(_) => std::thread::sleep(Duration::from_secs(1)),
+            }
+        }
         let session = v["sessionId"].as_str().expect("session id").to_string();
         let b = Browser { driver: d.addr, session, shots, n: 0, size: (width, height) };
         b.cmd("POST", "/window/rect", Some(json!({"width": width, "height": height})));
@@ -353,7 +364,12 @@ fn journey(d: &Driver, lang: &str, width: u32, height: u32, label: &str) {
     b.shot("error-reset-invalid");
 }
 
+/// One browser at a time: three Chromium instances starting at once on a
+/// 2-core machine sometimes fail to start.
+static ONE_BROWSER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn with_driver(f: impl FnOnce(&Driver)) {
+    let _turn = ONE_BROWSER.lock().unwrap_or_else(|e| e.into_inner());
     match start_driver() {
         Some(d) => f(&d),
         None => eprintln!("chromium/chromedriver not installed: browser test skipped (it fails on CI)"),

@@ -362,15 +362,17 @@ fn riegel_serve_binary_proxies_with_default_runtime_and_stops_on_sigterm() {
 #[test]
 fn connection_cap_refuses_connections_beyond_the_limit() {
     let r = Riegel::start_with(Options { server_yaml: "  max_connections: 3\n  header_timeout: 5s\n".into(), ..Options::default() });
-    // Three idle connections fill the cap.
+    // Three connections in the middle of their request headers fill the cap.
     let held: Vec<TcpStream> = (0..3)
         .map(|_| {
-            let s = TcpStream::connect(r.addr).expect("connect");
+            let mut s = TcpStream::connect(r.addr).expect("connect");
             s.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+            s.write_all(b"GET /_riegel/healthz HTTP/1.1\r\nHost: x\r\n").expect("write");
             s
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(200));
+    // Give the server time to accept all three, even on a busy machine.
+    std::thread::sleep(Duration::from_millis(1000));
     let mut extra = TcpStream::connect(r.addr).expect("connect");
     extra.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
     let _ = extra.write_all(b"GET /_riegel/healthz HTTP/1.1\r\nHost: x\r\n\r\n");
