@@ -240,6 +240,20 @@ ngx_http_common() { # $1 = name
 EOF
 }
 
+# start_nginx NAME PORT...: checks and starts $WORK/nginx-NAME.conf in the
+# background, records its PID in NGX_PID and PIDS, waits for every PORT.
+start_nginx() {
+    local name=$1 conf="$WORK/nginx-$1.conf" log="$WORK/logs/nginx-$1.error.log" port
+    shift
+    "$NGINX" -t -q -c "$conf" -p "$WORK/ngx" -e "$log" || die "nginx $name config is invalid ($conf)"
+    "$NGINX" -c "$conf" -p "$WORK/ngx" -e "$log" >"$WORK/logs/nginx-$name.out" 2>&1 &
+    NGX_PID=$!
+    PIDS+=("$NGX_PID")
+    for port in "$@"; do
+        wait_port "$port" "$NGX_PID" "nginx $name" "$log"
+    done
+}
+
 {
     echo "worker_processes $UPSTREAM_WORKERS;"
     ngx_common upstream
@@ -254,13 +268,7 @@ EOF
 }
 EOF
 } >"$WORK/nginx-upstream.conf"
-"$NGINX" -t -q -c "$WORK/nginx-upstream.conf" -p "$WORK/ngx" -e "$WORK/logs/nginx-upstream.error.log" \
-    || die "nginx upstream config is invalid ($WORK/nginx-upstream.conf)"
-"$NGINX" -c "$WORK/nginx-upstream.conf" -p "$WORK/ngx" -e "$WORK/logs/nginx-upstream.error.log" \
-    >"$WORK/logs/nginx-upstream.out" 2>&1 &
-NGX_A=$!
-PIDS+=("$NGX_A")
-wait_port "$PA" "$NGX_A" "nginx upstream" "$WORK/logs/nginx-upstream.error.log"
+start_nginx upstream "$PA"
 
 # ------------------------------------------------------------------ riegel ---
 say "riegel on 127.0.0.1:$PB"
@@ -397,14 +405,7 @@ say "nginx proxy_pass on 127.0.0.1:$PC and nginx+auth_request on 127.0.0.1:$PD (
 }
 EOF
 } >"$WORK/nginx-front.conf"
-"$NGINX" -t -q -c "$WORK/nginx-front.conf" -p "$WORK/ngx" -e "$WORK/logs/nginx-front.error.log" \
-    || die "nginx front config is invalid ($WORK/nginx-front.conf)"
-"$NGINX" -c "$WORK/nginx-front.conf" -p "$WORK/ngx" -e "$WORK/logs/nginx-front.error.log" \
-    >"$WORK/logs/nginx-front.out" 2>&1 &
-NGX_F=$!
-PIDS+=("$NGX_F")
-wait_port "$PC" "$NGX_F" "nginx front" "$WORK/logs/nginx-front.error.log"
-wait_port "$PD" "$NGX_F" "nginx front" "$WORK/logs/nginx-front.error.log"
+start_nginx front "$PC" "$PD"
 
 # ------------------------------------------------------------ sanity checks ---
 say "checking every set-up answers 200 with the 1 KiB file"

@@ -352,11 +352,11 @@ fn build(s: &mut Section<'_, '_>, env: &dyn Env) -> Option<Config> {
         let write_timeout = u.duration_or("write_timeout", Duration::from_secs(60));
         let idle_timeout = u.duration_or("idle_timeout", Duration::from_secs(60));
         let sni = u.opt_string("tls_server_name");
+        if url.as_ref().is_some_and(|u| u.path() != "/") {
+            u.error("url", "must not have a path; riegel forwards the request path as it is");
+        }
         u.finish();
         let url = url?;
-        if url.path() != "/" {
-            u_path_error(&mut u, "upstream.url");
-        }
         let host = url.host_str()?.trim_start_matches('[').trim_end_matches(']').to_string();
         let tls = url.scheme() == "https";
         let port = url.port_or_known_default()?;
@@ -393,11 +393,11 @@ fn build(s: &mut Section<'_, '_>, env: &dyn Env) -> Option<Config> {
     let secrets = s.req_section("secrets").and_then(|mut k| {
         let session = k.secret_keys("session_key_file", "RIEGEL_SESSION_KEY", env);
         let storage = k.secret_keys("storage_key_file", "RIEGEL_STORAGE_KEY", env);
+        if storage.as_ref().is_some_and(|keys| keys.len() > 1) {
+            k.error("storage_key_file", "holds several keys; the storage key cannot be rotated this way");
+        }
         k.finish();
         let storage = storage?;
-        if storage.len() > 1 {
-            k_error(&mut k, "secrets.storage_key_file", "holds several keys; the storage key cannot be rotated this way");
-        }
         Some(Secrets { session_keys: session?, storage_key: storage.into_iter().next()? })
     });
 
@@ -659,14 +659,6 @@ fn build(s: &mut Section<'_, '_>, env: &dyn Env) -> Option<Config> {
         totp,
         log,
     })
-}
-
-fn u_path_error(u: &mut Section<'_, '_>, path: &str) {
-    u.errs.push(ConfigError { path: path.into(), message: "must not have a path; riegel forwards the request path as it is".into() });
-}
-
-fn k_error(k: &mut Section<'_, '_>, path: &str, msg: &str) {
-    k.errs.push(ConfigError { path: path.into(), message: msg.into() });
 }
 
 fn default_threads() -> usize {

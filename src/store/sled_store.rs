@@ -191,20 +191,16 @@ impl Store for SledStore {
                 new.id = old.id;
                 new.username = old.username.clone();
                 if new.email != old.email {
-                    if let Some(e) = &new.email {
-                        let ek = login_key(e);
-                        if let Some(owner) = l.get(ek.as_bytes())? {
-                            if owner.as_ref() != id.to_be_bytes() {
-                                return abort(StoreError::Conflict { field: "e-mail", value: e.clone() });
-                            }
-                        }
-                        l.insert(ek.as_bytes(), &id.to_be_bytes())?;
-                    }
+                    // Old key out first, so a change of letter case keeps its entry.
                     if let Some(e) = &old.email {
                         l.remove(login_key(e).as_bytes())?;
-                        if let Some(n) = &new.email {
-                            l.insert(login_key(n).as_bytes(), &id.to_be_bytes())?;
+                    }
+                    if let Some(e) = &new.email {
+                        let ek = login_key(e);
+                        if l.get(ek.as_bytes())?.is_some() {
+                            return abort(StoreError::Conflict { field: "e-mail", value: e.clone() });
                         }
+                        l.insert(ek.as_bytes(), &id.to_be_bytes())?;
                     }
                 }
                 let bytes = encode(&new).map_err(ConflictableTransactionError::Abort)?;
@@ -412,6 +408,12 @@ mod tests {
         })
         .expect("update");
         assert!(s.find_user("a@x.at").expect("find").is_none());
+        // A change of letter case only keeps the address findable.
+        s.update_user(u.id, &mut |u| {
+            u.email = Some("New@X.at".into());
+            Update::Commit
+        })
+        .expect("update");
         assert_eq!(s.find_user("new@x.at").expect("find").map(|x| x.id), Some(u.id));
         drop(s);
         let _ = std::fs::remove_dir_all(p);

@@ -1,7 +1,7 @@
 //! Form bodies, the CSRF cookie and token (signed double submit) and the
 //! same-origin check on every POST.
 
-use super::{cookie_header, Request, Services};
+use super::{cookie_header, page, Reply, Request, Services, WebError};
 use crate::auth::crypto::random_token;
 use crate::auth::session::find_cookie;
 
@@ -34,6 +34,18 @@ pub fn csrf(req: &Request<'_>, s: &Services) -> Csrf {
     }
     let v = random_token::<18>(s.rng.as_ref());
     Csrf { token: s.codec.csrf_token(&v), set_cookie: Some(cookie_header(s, &s.csrf_cookie_name, &v, None, "Strict")) }
+}
+
+/// Renders a page with a form: adds the CSRF token to `ctx`, and sets the
+/// CSRF cookie when the client has none yet.
+pub fn form_page(req: &Request<'_>, s: &Services, status: u16, name: &str, ctx: minijinja::Value) -> Result<Reply, WebError> {
+    let c = csrf(req, s);
+    let ctx = minijinja::context! { ..ctx, ..minijinja::context! { csrf => c.token } };
+    let mut r = page(s, status, name, ctx)?;
+    if let Some(sc) = c.set_cookie {
+        r.headers.push(("set-cookie", sc));
+    }
+    Ok(r)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,9 +2,9 @@
 
 use minijinja::context;
 
-use super::forms::{check_post, csrf, Form, PostCheck};
+use super::forms::{check_post, form_page, Form, PostCheck};
 use super::{
-    account_key, address_key, fail_slowly, clear_session_cookie, error_page, page, rd_param, redirect, regulation_check,
+    fail_slowly, RegulationKeys, clear_session_cookie, error_page, page, rd_param, redirect, regulation_check,
     session, session_cookie, Reply, Request, Services, WebError,
 };
 use crate::auth::password::{Verified, MAX_PASSWORD_BYTES};
@@ -13,12 +13,9 @@ use crate::store::{SessionRecord, Update, User};
 
 pub(super) fn get(req: &Request<'_>, s: &Services) -> Result<Reply, WebError> {
     let rd = rd_param(req);
-    if let Some((claims, rec)) = session(req, s) {
-        // Already signed in: go on; half-way through: continue the second factor.
-        if claims.stage == Stage::Full {
-            return Ok(redirect(rd.as_deref().unwrap_or("/")));
-        }
-        let _ = rec;
+    // Already signed in: go on.
+    if session(req, s).is_some_and(|(claims, _)| claims.stage == Stage::Full) {
+        return Ok(redirect(rd.as_deref().unwrap_or("/")));
     }
     let notice = req.query.and_then(|q| {
         url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "notice").and_then(|(_, v)| match v.as_ref() {
@@ -42,7 +39,6 @@ fn render_login(
     notice: Option<&str>,
     minutes: i64,
 ) -> Result<Reply, WebError> {
-    let c = csrf(req, s);
     let ctx = context! {
         action => s.route_rd("login", rd),
         forgot_url => s.route("forgot"),
@@ -50,13 +46,8 @@ fn render_login(
         error => error,
         notice => notice,
         minutes => minutes,
-        csrf => c.token,
     };
-    let mut r = page(s, status, "login", ctx)?;
-    if let Some(sc) = c.set_cookie {
-        r.headers.push(("set-cookie", sc));
-    }
-    Ok(r)
+    form_page(req, s, status, "login", ctx)
 }
 
 pub(super) async fn post(req: &Request<'_>, s: &Services) -> Result<Reply, WebError> {
@@ -76,9 +67,8 @@ pub(super) async fn post(req: &Request<'_>, s: &Services) -> Result<Reply, WebEr
         return render_login(req, s, 200, rd.as_deref(), &login, Some("err_required"), None, 0);
     }
     let user = s.store.find_user(&login)?;
-    let akey = account_key(user.as_ref().map(|u| u.id), &login);
-    let ikey = address_key(req.client_ip);
-    let keys = [(akey.as_str(), &s.account_limits), (ikey.as_str(), &s.address_limits)];
+    let reg = RegulationKeys::new(user.as_ref().map(|u| u.id), &login, req.client_ip);
+    let keys = reg.with_limits(s);
     if let Some(minutes) = regulation_check(s, &keys)? {
         tracing::warn!(target: "audit", event = "login", outcome = "banned", ip = %req.client_ip, "login refused: too many failures");
         return render_login(req, s, 429, rd.as_deref(), "", Some("err_banned"), None, minutes);
@@ -105,7 +95,7 @@ pub(super) async fn post(req: &Request<'_>, s: &Services) -> Result<Reply, WebEr
         return render_login(req, s, 200, rd.as_deref(), "", Some("err_login_failed"), None, 0);
     };
 
-    s.store.update_counter(&akey, &|c| c.succeed())?;
+    reg.succeed(s)?;
     if upgrade {
         upgrade_hash(s, &user, password).await;
     }
@@ -178,12 +168,7 @@ pub(super) async fn start_session(
 }
 
 pub(super) fn logout_get(req: &Request<'_>, s: &Services) -> Result<Reply, WebError> {
-    let c = csrf(req, s);
-    let mut r = page(s, 200, "logout", context! { action => s.route("logout"), csrf => c.token })?;
-    if let Some(sc) = c.set_cookie {
-        r.headers.push(("set-cookie", sc));
-    }
-    Ok(r)
+    form_page(req, s, 200, "logout", context! { action => s.route("logout") })
 }
 
 /// Ends the session server-side, so a copied cookie stops working too.

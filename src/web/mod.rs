@@ -500,6 +500,28 @@ async fn fail_slowly(s: &Services, keys: &[(&str, &Limits)]) -> Result<(), WebEr
     Ok(())
 }
 
+/// The account and address counters of one login or code attempt.
+struct RegulationKeys {
+    account: String,
+    address: String,
+}
+
+impl RegulationKeys {
+    fn new(uid: Option<u64>, login: &str, ip: IpAddr) -> Self {
+        Self { account: account_key(uid, login), address: address_key(ip) }
+    }
+
+    fn with_limits<'a>(&'a self, s: &'a Services) -> [(&'a str, &'a Limits); 2] {
+        [(self.account.as_str(), &s.account_limits), (self.address.as_str(), &s.address_limits)]
+    }
+
+    /// A success clears the account's failures (not the address's).
+    fn succeed(&self, s: &Services) -> Result<(), WebError> {
+        s.store.update_counter(&self.account, &|c| c.succeed())?;
+        Ok(())
+    }
+}
+
 fn account_key(uid: Option<u64>, login: &str) -> String {
     match uid {
         Some(id) => format!("u:{id}"),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use minijinja::context;
 
-use super::forms::{check_post, csrf, Form, PostCheck};
+use super::forms::{check_post, form_page, Form, PostCheck};
 use super::{
     account_key, address_key, error_page, error_page_with, page, regulation_check, regulation_fail, Reply, Request, Services,
     WebError,
@@ -20,19 +20,13 @@ use crate::mail::Mail;
 use crate::store::{ResetState, Update, User};
 
 fn render_forgot(req: &Request<'_>, s: &Services, status: u16, username: &str, error: Option<&str>) -> Result<Reply, WebError> {
-    let c = csrf(req, s);
     let ctx = context! {
         action => s.route("forgot"),
         back_url => s.route("login"),
         username => username,
         error => error,
-        csrf => c.token,
     };
-    let mut r = page(s, status, "forgot", ctx)?;
-    if let Some(sc) = c.set_cookie {
-        r.headers.push(("set-cookie", sc));
-    }
-    Ok(r)
+    form_page(req, s, status, "forgot", ctx)
 }
 
 pub(super) fn forgot_get(req: &Request<'_>, s: &Services) -> Result<Reply, WebError> {
@@ -157,18 +151,12 @@ fn no_referrer(mut r: Reply) -> Reply {
 }
 
 fn render_reset(req: &Request<'_>, s: &Services, token: &str, status: u16, error: Option<&str>) -> Result<Reply, WebError> {
-    let c = csrf(req, s);
     let ctx = context! {
         action => format!("{}/reset/{token}", s.prefix),
         error => error,
         min_length => s.cfg.password.min_length,
-        csrf => c.token,
     };
-    let mut r = page(s, status, "reset", ctx)?;
-    if let Some(sc) = c.set_cookie {
-        r.headers.push(("set-cookie", sc));
-    }
-    Ok(no_referrer(r))
+    Ok(no_referrer(form_page(req, s, status, "reset", ctx)?))
 }
 
 pub(super) fn reset_get(req: &Request<'_>, s: &Services, token: &str) -> Result<Reply, WebError> {

@@ -5,10 +5,10 @@
 
 use minijinja::context;
 
-use super::forms::{check_post, csrf, Form, PostCheck};
+use super::forms::{check_post, form_page, Form, PostCheck};
 use super::login::start_session;
 use super::{
-    account_key, address_key, fail_slowly, error_page, page, redirect, regulation_check, session, Reply, Request,
+    fail_slowly, error_page, page, redirect, regulation_check, session, RegulationKeys, Reply, Request,
     Services, WebError,
 };
 use crate::auth::session::{SessionClaims, Stage};
@@ -56,16 +56,6 @@ fn open_secret(s: &Services, uid: u64, sealed: &SealedSecret) -> Result<Vec<u8>,
 
 fn pending_is_fresh(s: &Services, p: &SealedSecret) -> bool {
     s.now() - p.created_at < s.cfg.totp.enrollment_timeout.as_secs() as i64
-}
-
-fn with_csrf(req: &Request<'_>, s: &Services, status: u16, name: &str, ctx: minijinja::Value) -> Result<Reply, WebError> {
-    let c = csrf(req, s);
-    let ctx = context! { ..ctx, ..context! { csrf => c.token } };
-    let mut r = page(s, status, name, ctx)?;
-    if let Some(sc) = c.set_cookie {
-        r.headers.push(("set-cookie", sc));
-    }
-    Ok(r)
 }
 
 // ---------- enrolment ----------
@@ -123,7 +113,7 @@ fn render_confirm(req: &Request<'_>, s: &Services, status: u16, error: Option<&s
         error => error,
         minutes => minutes,
     };
-    with_csrf(req, s, status, "setup_confirm", ctx)
+    form_page(req, s, status, "setup_confirm", ctx)
 }
 
 pub(super) fn confirm_get(req: &Request<'_>, s: &Services) -> Result<Reply, WebError> {
@@ -155,9 +145,8 @@ pub(super) async fn confirm_post(req: &Request<'_>, s: &Services) -> Result<Repl
     if totp::normalize_code(code).is_err() {
         return render_confirm(req, s, 200, Some("err_code_format"), 0);
     }
-    let akey = account_key(Some(p.user.id), "");
-    let ikey = address_key(req.client_ip);
-    let keys = [(akey.as_str(), &s.account_limits), (ikey.as_str(), &s.address_limits)];
+    let reg = RegulationKeys::new(Some(p.user.id), "", req.client_ip);
+    let keys = reg.with_limits(s);
     if let Some(minutes) = regulation_check(s, &keys)? {
         return render_confirm(req, s, 429, Some("err_banned"), minutes);
     }
@@ -185,7 +174,7 @@ pub(super) async fn confirm_post(req: &Request<'_>, s: &Services) -> Result<Repl
         fail_slowly(s, &keys).await?;
         return render_confirm(req, s, 200, Some("err_code_invalid"), 0);
     }
-    s.store.update_counter(&akey, &|c| c.succeed())?;
+    reg.succeed(s)?;
     // A new authenticator ends every other session of the user.
     s.store.delete_sessions_of(p.user.id, Some(&p.claims.sid))?;
     let (cookie, rec) = start_session(s, &p.user, Stage::Full, p.rec.rd.clone(), Some(&p.claims)).await?;
@@ -208,7 +197,7 @@ fn render_verify(req: &Request<'_>, s: &Services, status: u16, error: Option<&st
         error => error,
         minutes => minutes,
     };
-    with_csrf(req, s, status, "verify", ctx)
+    form_page(req, s, status, "verify", ctx)
 }
 
 pub(super) fn verify_get(req: &Request<'_>, s: &Services) -> Result<Reply, WebError> {
@@ -234,9 +223,8 @@ pub(super) async fn verify_post(req: &Request<'_>, s: &Services) -> Result<Reply
     if totp::normalize_code(code).is_err() {
         return render_verify(req, s, 200, Some("err_code_format"), 0);
     }
-    let akey = account_key(Some(p.user.id), "");
-    let ikey = address_key(req.client_ip);
-    let keys = [(akey.as_str(), &s.account_limits), (ikey.as_str(), &s.address_limits)];
+    let reg = RegulationKeys::new(Some(p.user.id), "", req.client_ip);
+    let keys = reg.with_limits(s);
     if let Some(minutes) = regulation_check(s, &keys)? {
         return render_verify(req, s, 429, Some("err_banned"), minutes);
     }
@@ -258,7 +246,7 @@ pub(super) async fn verify_post(req: &Request<'_>, s: &Services) -> Result<Reply
         fail_slowly(s, &keys).await?;
         return render_verify(req, s, 200, Some("err_code_invalid"), 0);
     }
-    s.store.update_counter(&akey, &|c| c.succeed())?;
+    reg.succeed(s)?;
     let (cookie, rec) = start_session(s, &p.user, Stage::Full, p.rec.rd.clone(), Some(&p.claims)).await?;
     tracing::info!(target: "audit", event = "totp_verify", outcome = "success", user = %p.user.username, ip = %req.client_ip, "second factor accepted");
     let mut r = redirect(rec.rd.as_deref().unwrap_or("/"));
@@ -275,7 +263,7 @@ fn render_recovery(req: &Request<'_>, s: &Services, status: u16, error: Option<&
         error => error,
         minutes => minutes,
     };
-    with_csrf(req, s, status, "recovery", ctx)
+    form_page(req, s, status, "recovery", ctx)
 }
 
 pub(super) fn recovery_get(req: &Request<'_>, s: &Services) -> Result<Reply, WebError> {
@@ -301,9 +289,8 @@ pub(super) async fn recovery_post(req: &Request<'_>, s: &Services) -> Result<Rep
     if totp::normalize_recovery_code(code).len() != 10 {
         return render_recovery(req, s, 200, Some("err_recovery_invalid"), 0);
     }
-    let akey = account_key(Some(p.user.id), "");
-    let ikey = address_key(req.client_ip);
-    let keys = [(akey.as_str(), &s.account_limits), (ikey.as_str(), &s.address_limits)];
+    let reg = RegulationKeys::new(Some(p.user.id), "", req.client_ip);
+    let keys = reg.with_limits(s);
     if let Some(minutes) = regulation_check(s, &keys)? {
         return render_recovery(req, s, 429, Some("err_banned"), minutes);
     }
@@ -322,7 +309,7 @@ pub(super) async fn recovery_post(req: &Request<'_>, s: &Services) -> Result<Rep
         fail_slowly(s, &keys).await?;
         return render_recovery(req, s, 200, Some("err_recovery_invalid"), 0);
     };
-    s.store.update_counter(&akey, &|c| c.succeed())?;
+    reg.succeed(s)?;
     let (cookie, rec) = start_session(s, &p.user, Stage::Full, p.rec.rd.clone(), Some(&p.claims)).await?;
     let remaining = updated.recovery_codes.len();
     tracing::warn!(target: "audit", event = "recovery_code", outcome = "success", user = %p.user.username, ip = %req.client_ip, remaining, "recovery code used instead of TOTP");
