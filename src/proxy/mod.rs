@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,7 +18,9 @@ use pingora::protocols::Stream;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::services::background::{BackgroundService, GenBackgroundService};
 use pingora::services::listening::Service;
+use pingora::services::ServiceReadyNotifier;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 
@@ -432,36 +434,106 @@ impl ShutdownSignalWatch for ChannelShutdown {
     }
 }
 
+/// One shard: a single-threaded runtime of its own. Connections handed to
+/// it stay there for their whole life, together with the proxy instance that
+/// serves them and that proxy's upstream keep-alive pool.
+#[derive(Default)]
+struct Shard {
+    handle: OnceLock<tokio::runtime::Handle>,
+}
+
+/// The Pingora service that owns a shard's runtime: it records the handle
+/// and waits for shutdown.
+struct ShardRuntime(Arc<Shard>);
+
+#[async_trait]
+impl BackgroundService for ShardRuntime {
+    async fn start_with_ready_notifier(&self, mut shutdown: ShutdownWatch, ready: ServiceReadyNotifier) {
+        let _ = self.0.handle.set(tokio::runtime::Handle::current());
+        ready.notify_ready();
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// Accepts on the listener and hands each new connection, round robin, to a
+/// shard, where it is served by that shard's app until it closes.
+pub struct Dispatch<A> {
+    shards: Vec<(Arc<Shard>, Arc<A>)>,
+    next: AtomicUsize,
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Dispatch<A> {
+    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len();
+        let (shard, app) = &self.shards[i];
+        let app = app.clone();
+        let shutdown = shutdown.clone();
+        let serve = async move {
+            let mut next = A::process_new(&app, stream, &shutdown).await;
+            while let Some(s) = next {
+                next = A::process_new(&app, s, &shutdown).await;
+            }
+        };
+        match shard.handle.get() {
+            Some(h) => {
+                h.spawn(serve);
+            }
+            // The listener waits for the shards to be ready; should one not
+            // be, the connection is served here rather than dropped.
+            None => serve.await,
+        }
+        None
+    }
+
+    async fn cleanup(&self) {
+        for (_, app) in &self.shards {
+            app.cleanup().await;
+        }
+    }
+}
+
 /// Builds the Pingora server for `services` and runs it until `shutdown`
 /// fires (SIGTERM/SIGINT in `riegel serve`).
+///
+/// With `server.work_stealing: false` (the default) riegel runs one shard per
+/// thread (see [`Dispatch`]): a request, its upstream connection and
+/// Pingora's idle watcher of that connection then stay on one thread. With
+/// one proxy shared by several runtimes, Pingora parks every released
+/// upstream connection's watcher on a random runtime: a cross-thread wake-up
+/// and back on almost every proxied request.
 pub fn run(services: Arc<Services>, shutdown: Option<Box<dyn ShutdownSignalWatch>>) -> std::result::Result<(), ProxyError> {
     let cfg = services.cfg.clone();
+    let shards = if cfg.server.work_stealing { 1 } else { cfg.server.threads };
+    // Each pooled upstream connection holds a 64 KiB read buffer (not
+    // configurable in Pingora 0.9): 128 connections in all, spread over the
+    // shards.
     let conf = ServerConf {
         threads: cfg.server.threads,
         work_stealing: cfg.server.work_stealing,
         grace_period_seconds: Some(5),
         graceful_shutdown_timeout_seconds: Some(5),
-        // Each pooled upstream connection holds a 64 KiB read buffer (not
-        // configurable in Pingora 0.9): keep the pool at 128 connections.
-        upstream_keepalive_pool_size: 128,
+        upstream_keepalive_pool_size: (128 / shards).max(16),
         // Pingora counts tries, not retries: 1 means "no retry".
         max_retries: 1,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let gateway = Gateway::new(services.clone(), cfg.tls.is_some())?;
-    let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
-    let mut opts = pingora::apps::HttpServerOptions::default();
-    opts.keepalive_request_limit = Some(10_000);
-    proxy.server_options = Some(opts);
-    let capped = Capped {
-        inner: Arc::new(proxy),
-        open: Arc::new(AtomicUsize::new(0)),
-        max: cfg.server.max_connections,
-        header_timeout: cfg.server.header_timeout,
+    let open = Arc::new(AtomicUsize::new(0));
+    let server_conf = server.configuration.clone();
+    let capped = || -> std::result::Result<Capped<_>, ProxyError> {
+        let gateway = Gateway::new(services.clone(), cfg.tls.is_some())?;
+        let mut proxy = pingora::proxy::http_proxy(&server_conf, gateway);
+        let mut opts = pingora::apps::HttpServerOptions::default();
+        opts.keepalive_request_limit = Some(10_000);
+        proxy.server_options = Some(opts);
+        Ok(Capped { inner: Arc::new(proxy), open: open.clone(), max: cfg.server.max_connections, header_timeout: cfg.server.header_timeout })
     };
-    let mut service = Service::new("riegel".to_string(), capped);
     // 4 KiB read buffers instead of Pingora's 64 KiB: request headers and
     // login forms are small (larger ones take more reads), and idle
     // keep-alive connections stay cheap.
@@ -472,8 +544,29 @@ pub fn run(services: Arc<Services>, shutdown: Option<Box<dyn ShutdownSignalWatch
             .map_err(|e| ProxyError::Tls(e.to_string()))?;
         listener = listener.tls(tls);
     }
-    service.add_listener(listener);
-    server.add_service(service);
+    if cfg.server.work_stealing {
+        let mut service = Service::new("riegel".to_string(), capped()?);
+        service.add_listener(listener);
+        server.add_service(service);
+    } else {
+        let mut parts = Vec::with_capacity(shards);
+        let mut handles = Vec::with_capacity(shards);
+        for i in 0..shards {
+            let shard = Arc::new(Shard::default());
+            let mut bg = GenBackgroundService::new(format!("riegel shard {i}"), Arc::new(ShardRuntime(shard.clone())));
+            bg.threads = Some(1);
+            handles.push(server.add_service(bg));
+            parts.push((shard, Arc::new(capped()?)));
+        }
+        let mut service = Service::new("riegel".to_string(), Dispatch { shards: parts, next: AtomicUsize::new(0) });
+        // The listener thread only accepts and hands connections over.
+        service.threads = Some(1);
+        service.add_listener(listener);
+        let listening = server.add_service(service);
+        for h in &handles {
+            listening.add_dependency(h);
+        }
+    }
     let args = match shutdown {
         Some(s) => RunArgs { shutdown_signal: s },
         None => RunArgs::default(),
