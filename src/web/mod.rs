@@ -229,37 +229,67 @@ pub async fn handle(req: &Request<'_>, s: &Arc<Services>) -> Outcome {
 async fn route(req: &Request<'_>, rest: &str, s: &Arc<Services>) -> Result<Reply, WebError> {
     use Method::*;
     let m = if req.method == Head { Get } else { req.method };
-    match (m, rest) {
-        (Get, "/login") => login::get(req, s),
-        (Post, "/login") => login::post(req, s).await,
-        (Get, "/logout") => login::logout_get(req, s),
-        (Post, "/logout") => login::logout_post(req, s).await,
-        (Get, "/setup") => second::setup_get(req, s).await,
-        (Get, "/setup/confirm") => second::confirm_get(req, s),
-        (Post, "/setup/confirm") => second::confirm_post(req, s).await,
-        (Get, "/verify") => second::verify_get(req, s),
-        (Post, "/verify") => second::verify_post(req, s).await,
-        (Get, "/recovery") => second::recovery_get(req, s),
-        (Post, "/recovery") => second::recovery_post(req, s).await,
-        (Get, "/forgot") => reset::forgot_get(req, s),
-        (Post, "/forgot") => reset::forgot_post(req, s).await,
-        (Get, "/healthz") => Ok(healthz(s)),
-        (Get, "/auth") => Ok(forward_auth(req, s)),
-        (Get, p) if p.starts_with("/static/") => Ok(static_asset(s, &p["/static/".len()..])),
-        (Get, p) if p.starts_with("/reset/") => reset::reset_get(req, s, &p["/reset/".len()..]),
-        (Post, p) if p.starts_with("/reset/") => reset::reset_post(req, s, &p["/reset/".len()..]).await,
-        (Get, "" | "/") => Ok(redirect(&s.route("login"))),
-        (Other, _) | (Post, _) if known_route(rest) => Ok(error_page(s, 405, "error_400")),
+    // Each path once; a known path asked with a method it does not take
+    // gets 405.
+    let not_allowed = || Ok(error_page(s, 405, "error_400"));
+    match rest {
+        "/login" => match m {
+            Get => login::get(req, s),
+            Post => login::post(req, s).await,
+            _ => not_allowed(),
+        },
+        "/logout" => match m {
+            Get => login::logout_get(req, s),
+            Post => login::logout_post(req, s).await,
+            _ => not_allowed(),
+        },
+        "/setup" => match m {
+            Get => second::setup_get(req, s).await,
+            _ => not_allowed(),
+        },
+        "/setup/confirm" => match m {
+            Get => second::confirm_get(req, s),
+            Post => second::confirm_post(req, s).await,
+            _ => not_allowed(),
+        },
+        "/verify" => match m {
+            Get => second::verify_get(req, s),
+            Post => second::verify_post(req, s).await,
+            _ => not_allowed(),
+        },
+        "/recovery" => match m {
+            Get => second::recovery_get(req, s),
+            Post => second::recovery_post(req, s).await,
+            _ => not_allowed(),
+        },
+        "/forgot" => match m {
+            Get => reset::forgot_get(req, s),
+            Post => reset::forgot_post(req, s).await,
+            _ => not_allowed(),
+        },
+        "/healthz" => match m {
+            Get => Ok(healthz(s)),
+            _ => not_allowed(),
+        },
+        "/auth" => match m {
+            Get => Ok(forward_auth(req, s)),
+            _ => not_allowed(),
+        },
+        p if p.starts_with("/static/") => match m {
+            Get => Ok(static_asset(s, &p["/static/".len()..])),
+            _ => not_allowed(),
+        },
+        p if p.starts_with("/reset/") => {
+            let token = &p["/reset/".len()..];
+            match m {
+                Get => reset::reset_get(req, s, token),
+                Post => reset::reset_post(req, s, token).await,
+                _ => not_allowed(),
+            }
+        }
+        "" | "/" if m == Get => Ok(redirect(&s.route("login"))),
         _ => Ok(error_page(s, 404, "error_404")),
     }
-}
-
-fn known_route(rest: &str) -> bool {
-    matches!(
-        rest,
-        "/login" | "/logout" | "/setup" | "/setup/confirm" | "/verify" | "/recovery" | "/forgot" | "/healthz" | "/auth"
-    ) || rest.starts_with("/reset/")
-        || rest.starts_with("/static/")
 }
 
 /// A request for the portal: forward it with an identity, pass it if

@@ -42,6 +42,19 @@ fn healthz_and_unknown_routes() {
     let nf = c.get("/_riegel/nope");
     assert_eq!(nf.status, 404);
     assert!(nf.header("content-type").unwrap_or("").starts_with("text/html"));
+    // A known path with a method it does not take: 405; unknown: 404.
+    for (method, path, status) in [
+        ("PUT", "/_riegel/login", 405),
+        ("DELETE", "/_riegel/reset/abc", 405),
+        ("POST", "/_riegel/healthz", 405),
+        ("POST", "/_riegel/setup", 405),
+        ("POST", "/_riegel/static/riegel.css", 405),
+        ("POST", "/_riegel/", 404),
+        ("PUT", "/_riegel/nope", 404),
+    ] {
+        assert_eq!(c.request(method, path, &[], Some("")).status, status, "{method} {path}");
+    }
+    assert_eq!(c.request("HEAD", "/_riegel/healthz", &[], None).status, 200);
 }
 
 #[test]
