@@ -24,6 +24,8 @@ use pingora::services::ServiceReadyNotifier;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 
+mod direct;
+
 use crate::auth::session::strip_cookie;
 use crate::web::headers::{client_ip, headers_to_strip};
 use crate::web::{self, Identity, Method, Outcome, Reply, Services};
@@ -50,6 +52,7 @@ pub struct Gateway {
     identity_headers: [&'static str; 3],
     strip_cookies: [String; 2],
     tls_listener: bool,
+    direct: direct::Direct,
 }
 
 fn leak(s: &str) -> &'static str {
@@ -68,10 +71,21 @@ impl Gateway {
         Ok(Self {
             identity_headers: [leak(&h.user), leak(&h.email), leak(&h.name)],
             strip_cookies: [services.cookie_name.clone(), services.csrf_cookie_name.clone()],
+            direct: direct::Direct::new(Self::peer(upstream, u), u.read_timeout, u.write_timeout, u.idle_timeout),
             upstream,
             tls_listener,
             services,
         })
+    }
+
+    fn peer(addr: SocketAddr, u: &crate::config::UpstreamConfig) -> HttpPeer {
+        let mut peer = HttpPeer::new(addr, u.tls, u.sni.clone());
+        peer.options.connection_timeout = Some(u.connect_timeout);
+        peer.options.total_connection_timeout = Some(u.connect_timeout);
+        peer.options.read_timeout = Some(u.read_timeout);
+        peer.options.write_timeout = Some(u.write_timeout);
+        peer.options.idle_timeout = Some(u.idle_timeout);
+        peer
     }
 
     fn peer_ip(session: &Session) -> IpAddr {
@@ -96,6 +110,80 @@ impl Gateway {
             .filter_map(|v| v.to_str().ok())
             .collect();
         client_ip(peer, &xff, trusted)
+    }
+
+    /// The request as the portal gets it: client-sent identity headers and
+    /// riegel's cookies removed, the identity and X-Forwarded-* added.
+    fn prepare_upstream(&self, session: &Session, req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+        // 1. Remove every client-sent copy of the identity headers, in any
+        //    spelling, and whatever the client names in Connection.
+        let ids = self.identity_headers;
+        let strip = {
+            let present: Vec<&str> = req.headers.keys().map(|k| k.as_str()).collect();
+            let conn = req.headers.get_all("connection").iter().filter_map(|v| v.to_str().ok());
+            headers_to_strip(present.iter().copied(), conn, &ids)
+        };
+        for name in &strip {
+            req.remove_header(name.as_str());
+        }
+        // 2. riegel's own cookies never reach the portal (the header is only
+        //    rewritten when one of them is in it).
+        let ours = req
+            .headers
+            .get_all("cookie")
+            .iter()
+            .any(|v| self.strip_cookies.iter().any(|n| memchr_contains(v.as_bytes(), n.as_bytes())));
+        let cookies: Vec<String> = if ours {
+            req.headers.get_all("cookie").iter().filter_map(|v| v.to_str().ok()).map(str::to_string).collect()
+        } else {
+            Vec::new()
+        };
+        if !cookies.is_empty() {
+            req.remove_header("cookie");
+            let names = [self.strip_cookies[0].as_str(), self.strip_cookies[1].as_str()];
+            let kept: Vec<String> = cookies.iter().filter_map(|c| strip_cookie(c, &names)).collect();
+            if !kept.is_empty() {
+                req.insert_header("cookie", kept.join("; "))?;
+            }
+        }
+        // 3. The identity.
+        if let Some(id) = &ctx.identity {
+            req.insert_header(ids[0], id.user())?;
+            req.insert_header(ids[1], id.email())?;
+            req.insert_header(ids[2], id.name())?;
+        }
+        // 4. X-Forwarded-*: trusted proxies' values are kept and extended,
+        //    anyone else's are replaced.
+        let peer = Self::peer_ip(session);
+        let trusted = self.services.cfg.server.trusted_proxies.iter().any(|n| n.contains(&peer));
+        let client = ctx.client_ip.unwrap_or(peer);
+        let xff = if trusted {
+            let prev: Vec<String> = req.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).map(str::to_string).collect();
+            if prev.is_empty() {
+                client.to_string()
+            } else {
+                format!("{}, {peer}", prev.join(", "))
+            }
+        } else {
+            client.to_string()
+        };
+        req.insert_header("x-forwarded-for", xff)?;
+        let proto: &'static str = match (trusted, header_str(req, "x-forwarded-proto")) {
+            (true, Some("https")) => "https",
+            (true, Some("http")) => "http",
+            _ if self.tls_listener => "https",
+            _ => "http",
+        };
+        req.insert_header("x-forwarded-proto", proto)?;
+        let host_in = if trusted { header_str(req, "x-forwarded-host").map(str::to_string) } else { None };
+        let host = host_in.or_else(|| header_str(req, "host").map(str::to_string)).or_else(|| req.uri.host().map(str::to_string));
+        match host {
+            Some(h) => req.insert_header("x-forwarded-host", h)?,
+            None => {
+                req.remove_header("x-forwarded-host");
+            }
+        }
+        Ok(())
     }
 
     /// Reads a form body, at most `max` bytes, within the body timeout.
@@ -226,92 +314,23 @@ impl ProxyHttp for Gateway {
             }
             Outcome::Forward(identity) => {
                 ctx.identity = identity;
-                Ok(false)
+                if !direct::eligible(session.req_header()) {
+                    return Ok(false);
+                }
+                let mut req = session.req_header().clone();
+                self.prepare_upstream(session, &mut req, ctx)?;
+                self.direct.forward(session, req).await?;
+                Ok(true)
             }
         }
     }
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let u = &self.services.cfg.upstream;
-        let mut peer = HttpPeer::new(self.upstream, u.tls, u.sni.clone());
-        peer.options.connection_timeout = Some(u.connect_timeout);
-        peer.options.total_connection_timeout = Some(u.connect_timeout);
-        peer.options.read_timeout = Some(u.read_timeout);
-        peer.options.write_timeout = Some(u.write_timeout);
-        peer.options.idle_timeout = Some(u.idle_timeout);
-        Ok(Box::new(peer))
+        Ok(Box::new(Self::peer(self.upstream, &self.services.cfg.upstream)))
     }
 
     async fn upstream_request_filter(&self, session: &mut Session, req: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
-        // 1. Remove every client-sent copy of the identity headers, in any
-        //    spelling, and whatever the client names in Connection.
-        let ids = self.identity_headers;
-        let strip = {
-            let present: Vec<&str> = req.headers.keys().map(|k| k.as_str()).collect();
-            let conn = req.headers.get_all("connection").iter().filter_map(|v| v.to_str().ok());
-            headers_to_strip(present.iter().copied(), conn, &ids)
-        };
-        for name in &strip {
-            req.remove_header(name.as_str());
-        }
-        // 2. riegel's own cookies never reach the portal (the header is only
-        //    rewritten when one of them is in it).
-        let ours = req
-            .headers
-            .get_all("cookie")
-            .iter()
-            .any(|v| self.strip_cookies.iter().any(|n| memchr_contains(v.as_bytes(), n.as_bytes())));
-        let cookies: Vec<String> = if ours {
-            req.headers.get_all("cookie").iter().filter_map(|v| v.to_str().ok()).map(str::to_string).collect()
-        } else {
-            Vec::new()
-        };
-        if !cookies.is_empty() {
-            req.remove_header("cookie");
-            let names = [self.strip_cookies[0].as_str(), self.strip_cookies[1].as_str()];
-            let kept: Vec<String> = cookies.iter().filter_map(|c| strip_cookie(c, &names)).collect();
-            if !kept.is_empty() {
-                req.insert_header("cookie", kept.join("; "))?;
-            }
-        }
-        // 3. The identity.
-        if let Some(id) = &ctx.identity {
-            req.insert_header(ids[0], id.user())?;
-            req.insert_header(ids[1], id.email())?;
-            req.insert_header(ids[2], id.name())?;
-        }
-        // 4. X-Forwarded-*: trusted proxies' values are kept and extended,
-        //    anyone else's are replaced.
-        let peer = Self::peer_ip(session);
-        let trusted = self.services.cfg.server.trusted_proxies.iter().any(|n| n.contains(&peer));
-        let client = ctx.client_ip.unwrap_or(peer);
-        let xff = if trusted {
-            let prev: Vec<String> = req.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).map(str::to_string).collect();
-            if prev.is_empty() {
-                client.to_string()
-            } else {
-                format!("{}, {peer}", prev.join(", "))
-            }
-        } else {
-            client.to_string()
-        };
-        req.insert_header("x-forwarded-for", xff)?;
-        let proto: &'static str = match (trusted, header_str(req, "x-forwarded-proto")) {
-            (true, Some("https")) => "https",
-            (true, Some("http")) => "http",
-            _ if self.tls_listener => "https",
-            _ => "http",
-        };
-        req.insert_header("x-forwarded-proto", proto)?;
-        let host_in = if trusted { header_str(req, "x-forwarded-host").map(str::to_string) } else { None };
-        let host = host_in.or_else(|| header_str(req, "host").map(str::to_string)).or_else(|| req.uri.host().map(str::to_string));
-        match host {
-            Some(h) => req.insert_header("x-forwarded-host", h)?,
-            None => {
-                req.remove_header("x-forwarded-host");
-            }
-        }
-        Ok(())
+        self.prepare_upstream(session, req, ctx)
     }
 
     fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, _ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {

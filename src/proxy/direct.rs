@@ -1,0 +1,150 @@
+//! The short way to the portal for what most clicks are: a GET or HEAD
+//! without a body or an upgrade. riegel writes the request to a pooled
+//! upstream connection with Pingora's HTTP/1 client session and copies the
+//! answer back itself, instead of going through Pingora's proxy framework
+//! (two halves joined by a channel, a header copy and an idle-watcher task
+//! per request). Everything else, and every request when this path is off,
+//! takes the framework's way. Errors carry Pingora's error types, so the
+//! caller's `fail_to_proxy` answers 502/504 exactly as for the other way.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::task::{Context, Waker};
+use std::time::{Duration, Instant};
+
+use pingora::connectors::TransportConnector;
+use pingora::http::RequestHeader;
+use pingora::protocols::http::v1::client::HttpSession as ClientSession;
+use pingora::protocols::Stream;
+use pingora::proxy::Session;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::Result;
+use thread_local::ThreadLocal;
+use tokio::io::AsyncReadExt;
+
+/// Idle upstream connections kept per thread.
+const POOL_PER_THREAD: usize = 64;
+
+/// Informational answers (103 Early Hints …) skipped before the real one.
+const MAX_INFORMATIONAL: usize = 8;
+
+pub(super) struct Direct {
+    connector: TransportConnector,
+    peer: HttpPeer,
+    read_timeout: Duration,
+    write_timeout: Duration,
+    idle_timeout: Duration,
+    /// Per thread, so that a connection is taken and given back without a
+    /// lock; with one shard per thread it never changes threads.
+    pool: ThreadLocal<RefCell<Vec<(Stream, Instant)>>>,
+}
+
+/// Whether `req` can take the short way: GET or HEAD, no body, no upgrade,
+/// no `Expect`.
+pub(super) fn eligible(req: &RequestHeader) -> bool {
+    let m = &req.method;
+    if *m != http::Method::GET && *m != http::Method::HEAD {
+        return false;
+    }
+    let h = &req.headers;
+    let no_body = h.get("content-length").is_none_or(|v| v.as_bytes() == b"0");
+    no_body && !h.contains_key("transfer-encoding") && !h.contains_key("upgrade") && !h.contains_key("expect")
+}
+
+impl Direct {
+    pub(super) fn new(peer: HttpPeer, read_timeout: Duration, write_timeout: Duration, idle_timeout: Duration) -> Self {
+        Self { connector: TransportConnector::new(None), peer, read_timeout, write_timeout, idle_timeout, pool: ThreadLocal::new() }
+    }
+
+    /// A live pooled connection, or a new one.
+    async fn checkout(&self) -> Result<Stream> {
+        let pool = self.pool.get_or(|| RefCell::new(Vec::new()));
+        loop {
+            let taken = pool.borrow_mut().pop();
+            let Some((mut stream, since)) = taken else { break };
+            if since.elapsed() >= self.idle_timeout {
+                continue;
+            }
+            // An idle connection must have nothing to read: EOF means the
+            // portal closed it, data means it is out of step.
+            let mut probe = [0u8; 1];
+            let idle = {
+                let mut read = std::pin::pin!(stream.read(&mut probe));
+                read.as_mut().poll(&mut Context::from_waker(Waker::noop())).is_pending()
+            };
+            if idle {
+                return Ok(stream);
+            }
+        }
+        self.connector.new_stream(&self.peer).await.map_err(|e| e.into_up())
+    }
+
+    fn checkin(&self, stream: Stream) {
+        let mut pool = self.pool.get_or(|| RefCell::new(Vec::new())).borrow_mut();
+        if pool.len() < POOL_PER_THREAD {
+            pool.push((stream, Instant::now()));
+        }
+    }
+
+    /// Sends `req` upstream and copies the answer to `session`.
+    pub(super) async fn forward(&self, session: &mut Session, req: RequestHeader) -> Result<()> {
+        let stream = self.checkout().await?;
+        let mut up = ClientSession::new(stream);
+        up.read_timeout = Some(self.read_timeout);
+        up.write_timeout = Some(self.write_timeout);
+        up.write_request_header(Box::new(req)).await.map_err(|e| e.into_up())?;
+        let mut informational = 0;
+        loop {
+            up.read_response().await.map_err(|e| e.into_up())?;
+            match up.get_status() {
+                Some(s) if s.is_informational() && informational < MAX_INFORMATIONAL => informational += 1,
+                _ => break,
+            }
+        }
+        up.respect_keepalive();
+        let Some(resp) = up.resp_header().cloned() else {
+            return pingora::Error::e_explain(pingora::ErrorType::InvalidHTTPHeader, "no response header").map_err(|e| e.into_up());
+        };
+        session.write_response_header(Box::new(resp), false).await.map_err(|e| e.into_down())?;
+        loop {
+            let chunk = up.read_body_bytes().await.map_err(|e| e.into_up())?;
+            let end = chunk.is_none() || up.is_body_done();
+            session.write_response_body(chunk, end).await.map_err(|e| e.into_down())?;
+            if end {
+                break;
+            }
+        }
+        if let Some(stream) = up.reuse().await {
+            self.checkin(stream);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::eligible;
+    use pingora::http::RequestHeader;
+
+    fn req(method: &str, headers: &[(&'static str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build(method, b"/mieter", None).expect("request");
+        for (k, v) in headers {
+            r.insert_header(*k, *v).expect("header");
+        }
+        r
+    }
+
+    #[test]
+    fn only_bodiless_gets_and_heads_without_upgrade_take_the_short_way() {
+        assert!(eligible(&req("GET", &[])));
+        assert!(eligible(&req("HEAD", &[("accept", "*/*")])));
+        assert!(eligible(&req("GET", &[("content-length", "0")])));
+        assert!(!eligible(&req("POST", &[])));
+        assert!(!eligible(&req("PUT", &[])));
+        assert!(!eligible(&req("OPTIONS", &[])));
+        assert!(!eligible(&req("GET", &[("content-length", "5")])));
+        assert!(!eligible(&req("GET", &[("transfer-encoding", "chunked")])));
+        assert!(!eligible(&req("GET", &[("upgrade", "websocket"), ("connection", "upgrade")])));
+        assert!(!eligible(&req("GET", &[("expect", "100-continue")])));
+    }
+}
