@@ -10,7 +10,7 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::task::{Context, Waker};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use pingora::connectors::TransportConnector;
 use pingora::http::RequestHeader;
@@ -30,10 +30,8 @@ const MAX_INFORMATIONAL: usize = 8;
 
 pub(super) struct Direct {
     connector: TransportConnector,
+    /// The portal; its options carry the read, write and idle timeouts.
     peer: HttpPeer,
-    read_timeout: Duration,
-    write_timeout: Duration,
-    idle_timeout: Duration,
     /// Per thread, so that a connection is taken and given back without a
     /// lock; with one shard per thread it never changes threads.
     pool: ThreadLocal<RefCell<Vec<(Stream, Instant)>>>,
@@ -52,8 +50,12 @@ pub(super) fn eligible(req: &RequestHeader) -> bool {
 }
 
 impl Direct {
-    pub(super) fn new(peer: HttpPeer, read_timeout: Duration, write_timeout: Duration, idle_timeout: Duration) -> Self {
-        Self { connector: TransportConnector::new(None), peer, read_timeout, write_timeout, idle_timeout, pool: ThreadLocal::new() }
+    pub(super) fn new(peer: HttpPeer) -> Self {
+        Self { connector: TransportConnector::new(None), peer, pool: ThreadLocal::new() }
+    }
+
+    pub(super) fn peer(&self) -> &HttpPeer {
+        &self.peer
     }
 
     /// A live pooled connection, or a new one.
@@ -62,7 +64,7 @@ impl Direct {
         loop {
             let taken = pool.borrow_mut().pop();
             let Some((mut stream, since)) = taken else { break };
-            if since.elapsed() >= self.idle_timeout {
+            if self.peer.options.idle_timeout.is_some_and(|t| since.elapsed() >= t) {
                 continue;
             }
             // An idle connection must have nothing to read: EOF means the
@@ -90,8 +92,8 @@ impl Direct {
     pub(super) async fn forward(&self, session: &mut Session, req: RequestHeader) -> Result<()> {
         let stream = self.checkout().await?;
         let mut up = ClientSession::new(stream);
-        up.read_timeout = Some(self.read_timeout);
-        up.write_timeout = Some(self.write_timeout);
+        up.read_timeout = self.peer.options.read_timeout;
+        up.write_timeout = self.peer.options.write_timeout;
         up.write_request_header(Box::new(req)).await.map_err(|e| e.into_up())?;
         let mut informational = 0;
         loop {

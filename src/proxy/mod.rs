@@ -3,7 +3,7 @@
 //! riegel's own replies, or forwards to the portal with the identity headers
 //! after removing every client-sent copy of them.
 
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -46,7 +46,6 @@ pub struct Ctx {
 
 pub struct Gateway {
     services: Arc<Services>,
-    upstream: SocketAddr,
     /// Leaked once at start-up: `&'static str` header names cost Pingora no
     /// allocation per request.
     identity_headers: [&'static str; 3],
@@ -59,33 +58,33 @@ fn leak(s: &str) -> &'static str {
     Box::leak(s.to_string().into_boxed_str())
 }
 
+/// The portal as Pingora's peer, with the configured timeouts.
+fn upstream_peer(u: &crate::config::UpstreamConfig) -> std::result::Result<HttpPeer, ProxyError> {
+    let addr = (u.host.as_str(), u.port)
+        .to_socket_addrs()
+        .map_err(|e| ProxyError::Resolve(u.host.clone(), e.to_string()))?
+        .next()
+        .ok_or_else(|| ProxyError::Resolve(u.host.clone(), "no address".into()))?;
+    let mut peer = HttpPeer::new(addr, u.tls, u.sni.clone());
+    peer.options.connection_timeout = Some(u.connect_timeout);
+    peer.options.total_connection_timeout = Some(u.connect_timeout);
+    peer.options.read_timeout = Some(u.read_timeout);
+    peer.options.write_timeout = Some(u.write_timeout);
+    peer.options.idle_timeout = Some(u.idle_timeout);
+    Ok(peer)
+}
+
 impl Gateway {
-    pub fn new(services: Arc<Services>, tls_listener: bool) -> std::result::Result<Self, ProxyError> {
-        let u = &services.cfg.upstream;
-        let upstream = (u.host.as_str(), u.port)
-            .to_socket_addrs()
-            .map_err(|e| ProxyError::Resolve(u.host.clone(), e.to_string()))?
-            .next()
-            .ok_or_else(|| ProxyError::Resolve(u.host.clone(), "no address".into()))?;
+    /// `peer` is the portal, resolved once for all shards (`upstream_peer`).
+    pub fn new(services: Arc<Services>, tls_listener: bool, peer: HttpPeer) -> Self {
         let h = &services.cfg.headers;
-        Ok(Self {
+        Self {
             identity_headers: [leak(&h.user), leak(&h.email), leak(&h.name)],
             strip_cookies: [services.cookie_name.clone(), services.csrf_cookie_name.clone()],
-            direct: direct::Direct::new(Self::peer(upstream, u), u.read_timeout, u.write_timeout, u.idle_timeout),
-            upstream,
+            direct: direct::Direct::new(peer),
             tls_listener,
             services,
-        })
-    }
-
-    fn peer(addr: SocketAddr, u: &crate::config::UpstreamConfig) -> HttpPeer {
-        let mut peer = HttpPeer::new(addr, u.tls, u.sni.clone());
-        peer.options.connection_timeout = Some(u.connect_timeout);
-        peer.options.total_connection_timeout = Some(u.connect_timeout);
-        peer.options.read_timeout = Some(u.read_timeout);
-        peer.options.write_timeout = Some(u.write_timeout);
-        peer.options.idle_timeout = Some(u.idle_timeout);
-        peer
+        }
     }
 
     fn peer_ip(session: &Session) -> IpAddr {
@@ -326,7 +325,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(Self::peer(self.upstream, &self.services.cfg.upstream)))
+        Ok(Box::new(self.direct.peer().clone()))
     }
 
     async fn upstream_request_filter(&self, session: &mut Session, req: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
@@ -545,8 +544,9 @@ pub fn run(services: Arc<Services>, shutdown: Option<Box<dyn ShutdownSignalWatch
     server.bootstrap();
     let open = Arc::new(AtomicUsize::new(0));
     let server_conf = server.configuration.clone();
+    let peer = upstream_peer(&cfg.upstream)?;
     let capped = || -> std::result::Result<Capped<_>, ProxyError> {
-        let gateway = Gateway::new(services.clone(), cfg.tls.is_some())?;
+        let gateway = Gateway::new(services.clone(), cfg.tls.is_some(), peer.clone());
         let mut proxy = pingora::proxy::http_proxy(&server_conf, gateway);
         let mut opts = pingora::apps::HttpServerOptions::default();
         opts.keepalive_request_limit = Some(10_000);
