@@ -68,10 +68,12 @@ impl Direct {
                 continue;
             }
             // An idle connection must have nothing to read: EOF means the
-            // portal closed it, data means it is out of step.
+            // portal closed it, data means it is out of step. Unconstrained:
+            // with the task's co-operative budget spent, tokio would answer
+            // Pending even for a closed connection.
             let mut probe = [0u8; 1];
             let idle = {
-                let mut read = std::pin::pin!(stream.read(&mut probe));
+                let mut read = std::pin::pin!(tokio::task::unconstrained(stream.read(&mut probe)));
                 read.as_mut().poll(&mut Context::from_waker(Waker::noop())).is_pending()
             };
             if idle {
