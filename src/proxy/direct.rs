@@ -1,11 +1,11 @@
 //! The short way to the portal for what most clicks are: a GET or HEAD
-//! without a body or an upgrade. riegel writes the request to a pooled
-//! upstream connection with Pingora's HTTP/1 client session and copies the
-//! answer back itself, instead of going through Pingora's proxy framework
-//! (two halves joined by a channel, a header copy and an idle-watcher task
-//! per request). Everything else, and every request when this path is off,
-//! takes the framework's way. Errors carry Pingora's error types, so the
-//! caller's `fail_to_proxy` answers 502/504 exactly as for the other way.
+//! without a body or an upgrade (chosen by [`super::front`]). riegel writes
+//! the request to a pooled upstream connection with Pingora's HTTP/1 client
+//! session and copies the answer back itself, instead of going through
+//! Pingora's proxy framework (two halves joined by a channel, a header copy
+//! and an idle-watcher task per request). Errors carry Pingora's error
+//! types, so [`super::Core::fail`] answers 502/504 exactly as for the
+//! framework's way.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -16,7 +16,7 @@ use pingora::connectors::TransportConnector;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::v1::client::HttpSession as ClientSession;
 use pingora::protocols::Stream;
-use pingora::proxy::Session;
+use pingora::protocols::http::{HttpTask, ServerSession};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::Result;
 use thread_local::ThreadLocal;
@@ -37,25 +37,9 @@ pub(super) struct Direct {
     pool: ThreadLocal<RefCell<Vec<(Stream, Instant)>>>,
 }
 
-/// Whether `req` can take the short way: GET or HEAD, no body, no upgrade,
-/// no `Expect`.
-pub(super) fn eligible(req: &RequestHeader) -> bool {
-    let m = &req.method;
-    if *m != http::Method::GET && *m != http::Method::HEAD {
-        return false;
-    }
-    let h = &req.headers;
-    let no_body = h.get("content-length").is_none_or(|v| v.as_bytes() == b"0");
-    no_body && !h.contains_key("transfer-encoding") && !h.contains_key("upgrade") && !h.contains_key("expect")
-}
-
 impl Direct {
     pub(super) fn new(peer: HttpPeer) -> Self {
         Self { connector: TransportConnector::new(None), peer, pool: ThreadLocal::new() }
-    }
-
-    pub(super) fn peer(&self) -> &HttpPeer {
-        &self.peer
     }
 
     /// A live pooled connection, or a new one.
@@ -90,8 +74,9 @@ impl Direct {
         }
     }
 
-    /// Sends `req` upstream and copies the answer to `session`.
-    pub(super) async fn forward(&self, session: &mut Session, req: RequestHeader) -> Result<()> {
+    /// Sends `req` upstream and copies the answer to `session`: the header
+    /// together with the first piece of the body, then the rest.
+    pub(super) async fn forward(&self, session: &mut ServerSession, req: RequestHeader) -> Result<()> {
         let stream = self.checkout().await?;
         let mut up = ClientSession::new(stream);
         up.read_timeout = self.peer.options.read_timeout;
@@ -109,46 +94,20 @@ impl Direct {
         let Some(resp) = up.resp_header().cloned() else {
             return pingora::Error::e_explain(pingora::ErrorType::InvalidHTTPHeader, "no response header").map_err(|e| e.into_up());
         };
-        session.write_response_header(Box::new(resp), false).await.map_err(|e| e.into_down())?;
-        loop {
+        let first = up.read_body_bytes().await.map_err(|e| e.into_up())?;
+        let mut end = first.is_none() || up.is_body_done();
+        session
+            .response_duplex_vec(vec![HttpTask::Header(Box::new(resp), false), HttpTask::Body(first, end)])
+            .await
+            .map_err(|e| e.into_down())?;
+        while !end {
             let chunk = up.read_body_bytes().await.map_err(|e| e.into_up())?;
-            let end = chunk.is_none() || up.is_body_done();
-            session.write_response_body(chunk, end).await.map_err(|e| e.into_down())?;
-            if end {
-                break;
-            }
+            end = chunk.is_none() || up.is_body_done();
+            session.write_response_body(chunk.unwrap_or_default(), end).await.map_err(|e| e.into_down())?;
         }
         if let Some(stream) = up.reuse().await {
             self.checkin(stream);
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::eligible;
-    use pingora::http::RequestHeader;
-
-    fn req(method: &str, headers: &[(&'static str, &str)]) -> RequestHeader {
-        let mut r = RequestHeader::build(method, b"/mieter", None).expect("request");
-        for (k, v) in headers {
-            r.insert_header(*k, *v).expect("header");
-        }
-        r
-    }
-
-    #[test]
-    fn only_bodiless_gets_and_heads_without_upgrade_take_the_short_way() {
-        assert!(eligible(&req("GET", &[])));
-        assert!(eligible(&req("HEAD", &[("accept", "*/*")])));
-        assert!(eligible(&req("GET", &[("content-length", "0")])));
-        assert!(!eligible(&req("POST", &[])));
-        assert!(!eligible(&req("PUT", &[])));
-        assert!(!eligible(&req("OPTIONS", &[])));
-        assert!(!eligible(&req("GET", &[("content-length", "5")])));
-        assert!(!eligible(&req("GET", &[("transfer-encoding", "chunked")])));
-        assert!(!eligible(&req("GET", &[("upgrade", "websocket"), ("connection", "upgrade")])));
-        assert!(!eligible(&req("GET", &[("expect", "100-continue")])));
     }
 }

@@ -2,18 +2,23 @@
 //! becomes a [`web::Request`]; [`web::handle`] decides; this module writes
 //! riegel's own replies, or forwards to the portal with the identity headers
 //! after removing every client-sent copy of them.
+//!
+//! Connections are served by [`front::Front`]: it reads each request head
+//! itself, serves bodiless GET/HEAD requests (most clicks) on Pingora's
+//! HTTP/1 sessions directly, and hands everything else, head included, to
+//! Pingora's proxy framework with [`Gateway`] as its `ProxyHttp`.
 
 use std::net::{IpAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::apps::ServerApp;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::{HttpTask, ServerSession};
 use pingora::protocols::Stream;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
@@ -25,6 +30,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 
 mod direct;
+mod front;
 
 use crate::auth::session::strip_cookie;
 use crate::web::headers::{client_ip, headers_to_strip};
@@ -38,20 +44,17 @@ pub enum ProxyError {
     Tls(String),
 }
 
-/// Per-request state.
-pub struct Ctx {
-    identity: Option<Identity>,
-    client_ip: Option<IpAddr>,
-}
-
-pub struct Gateway {
+/// What both ways of serving a request share; one for all shards.
+pub(crate) struct Core {
     services: Arc<Services>,
     /// Leaked once at start-up: `&'static str` header names cost Pingora no
     /// allocation per request.
     identity_headers: [&'static str; 3],
     strip_cookies: [String; 2],
     tls_listener: bool,
-    direct: direct::Direct,
+    /// The portal; its options carry the connect, read, write and idle
+    /// timeouts.
+    peer: HttpPeer,
 }
 
 fn leak(s: &str) -> &'static str {
@@ -74,46 +77,57 @@ fn upstream_peer(u: &crate::config::UpstreamConfig) -> std::result::Result<HttpP
     Ok(peer)
 }
 
-impl Gateway {
-    /// `peer` is the portal, resolved once for all shards (`upstream_peer`).
-    pub fn new(services: Arc<Services>, tls_listener: bool, peer: HttpPeer) -> Self {
+/// The client's address as the socket sees it.
+fn peer_ip(session: &ServerSession) -> IpAddr {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+}
+
+impl Core {
+    fn new(services: Arc<Services>, tls_listener: bool, peer: HttpPeer) -> Self {
         let h = &services.cfg.headers;
         Self {
             identity_headers: [leak(&h.user), leak(&h.email), leak(&h.name)],
             strip_cookies: [services.cookie_name.clone(), services.csrf_cookie_name.clone()],
-            direct: direct::Direct::new(peer),
             tls_listener,
+            peer,
             services,
         }
     }
 
-    fn peer_ip(session: &Session) -> IpAddr {
-        session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip())
-            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
-    }
-
-    fn resolve_client_ip(&self, session: &Session) -> IpAddr {
-        let peer = Self::peer_ip(session);
+    /// The client's address after the trusted-proxy rules.
+    fn resolve_client_ip(&self, peer: IpAddr, req: &RequestHeader) -> IpAddr {
         let trusted = &self.services.cfg.server.trusted_proxies;
         if trusted.is_empty() {
             return peer;
         }
-        let xff: Vec<&str> = session
-            .req_header()
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
+        let xff: Vec<&str> = req.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
         client_ip(peer, &xff, trusted)
+    }
+
+    /// The request as [`web::handle`] sees it.
+    fn web_request<'a>(&self, h: &'a RequestHeader, client_ip: IpAddr, body: &'a [u8]) -> web::Request<'a> {
+        web::Request {
+            method: method_of(&h.method),
+            path: h.uri.path(),
+            query: h.uri.query(),
+            cookie: header_str(h, "cookie"),
+            origin: header_str(h, "origin"),
+            sec_fetch_site: header_str(h, "sec-fetch-site"),
+            content_type: header_str(h, "content-type"),
+            client_ip,
+            body,
+        }
     }
 
     /// The request as the portal gets it: client-sent identity headers and
     /// riegel's cookies removed, the identity and X-Forwarded-* added.
-    fn prepare_upstream(&self, session: &Session, req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+    /// `peer` is the socket's address, `client` the one after the
+    /// trusted-proxy rules.
+    fn prepare_upstream(&self, peer: IpAddr, client: IpAddr, identity: Option<&Identity>, req: &mut RequestHeader) -> Result<()> {
         // 1. Remove every client-sent copy of the identity headers, in any
         //    spelling, and whatever the client names in Connection.
         let ids = self.identity_headers;
@@ -146,16 +160,14 @@ impl Gateway {
             }
         }
         // 3. The identity.
-        if let Some(id) = &ctx.identity {
+        if let Some(id) = identity {
             req.insert_header(ids[0], id.user())?;
             req.insert_header(ids[1], id.email())?;
             req.insert_header(ids[2], id.name())?;
         }
         // 4. X-Forwarded-*: trusted proxies' values are kept and extended,
         //    anyone else's are replaced.
-        let peer = Self::peer_ip(session);
         let trusted = self.services.cfg.server.trusted_proxies.iter().any(|n| n.contains(&peer));
-        let client = ctx.client_ip.unwrap_or(peer);
         let xff = if trusted {
             let prev: Vec<String> = req.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).map(str::to_string).collect();
             if prev.is_empty() {
@@ -185,39 +197,44 @@ impl Gateway {
         Ok(())
     }
 
-    /// Reads a form body, at most `max` bytes, within the body timeout.
-    async fn read_body(&self, session: &mut Session) -> std::result::Result<Bytes, u16> {
-        let max = self.services.cfg.server.max_form_bytes;
-        if let Some(len) = session.req_header().headers.get("content-length").and_then(|v| v.to_str().ok()?.parse::<usize>().ok()) {
-            if len > max {
-                return Err(413);
+    /// Answers a request that could not be forwarded: the status it gets
+    /// (0: none, the client is gone), with riegel's error page when nothing
+    /// has been written yet. The connection is not reused afterwards.
+    async fn fail(&self, session: &mut ServerSession, e: &Error) -> u16 {
+        let code = failure_status(e);
+        if code > 0 && session.response_written().is_none() {
+            let reply = match code {
+                502 | 504 => web::upstream_error_page(&self.services, code),
+                400 => web::error_page(&self.services, 400, "error_400"),
+                _ => web::error_page(&self.services, 500, "error_500"),
+            };
+            if let Err(we) = write_reply(session, reply, false).await {
+                tracing::debug!(error = %we, "could not send the error page");
             }
         }
-        let expects_continue =
-            session.req_header().headers.get("expect").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        if expects_continue && session.as_downstream_mut().write_continue_response().await.is_err() {
-            return Err(400);
+        if code >= 500 {
+            tracing::warn!(status = code, error = %e, "portal request failed");
         }
-        let deadline = self.services.cfg.server.body_timeout;
-        let read = async {
-            let mut buf = BytesMut::new();
-            loop {
-                match session.read_request_body().await {
-                    Ok(Some(chunk)) => {
-                        if buf.len() + chunk.len() > max {
-                            return Err(413);
-                        }
-                        buf.extend_from_slice(&chunk);
-                    }
-                    Ok(None) => return Ok(buf.freeze()),
-                    Err(_) => return Err(400),
-                }
-            }
-        };
-        match tokio::time::timeout(deadline, read).await {
-            Ok(r) => r,
-            Err(_) => Err(408),
-        }
+        code
+    }
+}
+
+/// The status for a failed request: 502 when the portal cannot be reached
+/// or answers nonsense, 504 when it is too slow, 400 for a bad request,
+/// 0 when the client went away.
+fn failure_status(e: &Error) -> u16 {
+    match e.etype() {
+        ErrorType::HTTPStatus(c) => *c,
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
+        ErrorType::ConnectTimedout | ErrorType::ConnectRefused | ErrorType::ConnectNoRoute | ErrorType::ConnectError => 502,
+        _ => match e.esource() {
+            pingora::ErrorSource::Upstream => 502,
+            pingora::ErrorSource::Downstream => match e.etype() {
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                _ => 400,
+            },
+            _ => 500,
+        },
     }
 }
 
@@ -234,22 +251,76 @@ fn header_str<'a>(h: &'a RequestHeader, name: &str) -> Option<&'a str> {
     h.headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-async fn write_reply(session: &mut Session, reply: Reply, head_only: bool) -> Result<()> {
+fn memchr_contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Writes one of riegel's own replies, header and body in one go.
+async fn write_reply(session: &mut ServerSession, reply: Reply, head_only: bool) -> Result<()> {
     let mut h = ResponseHeader::build(reply.status, Some(reply.headers.len() + 1))?;
     for (name, value) in &reply.headers {
         h.append_header(*name, value.as_str())?;
     }
     h.insert_header("content-length", reply.body.len().to_string())?;
-    session.write_response_header(Box::new(h), false).await?;
     let body = if head_only { Bytes::new() } else { reply.body };
-    session.write_response_body(Some(body), true).await?;
+    session.response_duplex_vec(vec![HttpTask::Header(Box::new(h), false), HttpTask::Body(Some(body), true)]).await?;
     Ok(())
 }
 
-tokio::task_local! {
-    /// Set once a request on this connection reached riegel's filters; the
-    /// header-timeout watchdog of [`Capped`] stands down then.
-    static REQUEST_SEEN: Arc<AtomicBool>;
+/// Debug log line of a finished request: path only (queries may carry
+/// tokens; cookies are never logged), no reset token.
+fn log_request(services: &Services, req: &RequestHeader, status: u16, e: Option<&Error>) {
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let path = web::loggable_path(&services.prefix, req.uri.path());
+        tracing::debug!(method = %req.method, path = %path, status, error = ?e.map(|e| e.etype().as_str()), "request");
+    }
+}
+
+/// Per-request state of the framework's way.
+pub struct Ctx {
+    identity: Option<Identity>,
+    client_ip: Option<IpAddr>,
+}
+
+/// The `ProxyHttp` of Pingora's proxy framework: serves what the short way
+/// does not (POST, bodies, upgrades, other methods).
+pub struct Gateway(Arc<Core>);
+
+impl Gateway {
+    /// Reads a form body, at most `max` bytes, within the body timeout.
+    async fn read_body(&self, session: &mut Session) -> std::result::Result<Bytes, u16> {
+        let server = &self.0.services.cfg.server;
+        let max = server.max_form_bytes;
+        if let Some(len) = session.req_header().headers.get("content-length").and_then(|v| v.to_str().ok()?.parse::<usize>().ok()) {
+            if len > max {
+                return Err(413);
+            }
+        }
+        let expects_continue =
+            session.req_header().headers.get("expect").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects_continue && session.as_downstream_mut().write_continue_response().await.is_err() {
+            return Err(400);
+        }
+        let read = async {
+            let mut buf = BytesMut::new();
+            loop {
+                match session.read_request_body().await {
+                    Ok(Some(chunk)) => {
+                        if buf.len() + chunk.len() > max {
+                            return Err(413);
+                        }
+                        buf.extend_from_slice(&chunk);
+                    }
+                    Ok(None) => return Ok(buf.freeze()),
+                    Err(_) => return Err(400),
+                }
+            }
+        };
+        match tokio::time::timeout(server.body_timeout, read).await {
+            Ok(r) => r,
+            Err(_) => Err(408),
+        }
+    }
 }
 
 #[async_trait]
@@ -260,20 +331,14 @@ impl ProxyHttp for Gateway {
         Ctx { identity: None, client_ip: None }
     }
 
-    async fn early_request_filter(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
-        let _ = REQUEST_SEEN.try_with(|f| f.store(true, Ordering::Relaxed));
-        Ok(())
-    }
-
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        // Keep-alive connections wait at most the header timeout for the next request.
-        session.set_keepalive(Some(self.services.cfg.server.header_timeout.as_secs().max(1)));
-        let ip = self.resolve_client_ip(session);
+        let core = &*self.0;
+        let ip = core.resolve_client_ip(peer_ip(session), session.req_header());
         ctx.client_ip = Some(ip);
         let method = method_of(&session.req_header().method);
         let ours = {
             let path = session.req_header().uri.path();
-            path.strip_prefix(self.services.prefix.as_str()).is_some_and(|r| r.is_empty() || r.starts_with('/'))
+            path.strip_prefix(core.services.prefix.as_str()).is_some_and(|r| r.is_empty() || r.starts_with('/'))
         };
         let body = if ours && method == Method::Post {
             match self.read_body(session).await {
@@ -283,53 +348,34 @@ impl ProxyHttp for Gateway {
                         413 => "error_413",
                         _ => "error_400",
                     };
-                    let reply = web::error_page(&self.services, status, key);
-                    write_reply(session, reply, false).await?;
+                    let reply = web::error_page(&core.services, status, key);
+                    write_reply(session.as_downstream_mut(), reply, false).await?;
                     return Ok(true);
                 }
             }
         } else {
             Bytes::new()
         };
-        let outcome = {
-            let h = session.req_header();
-            let req = web::Request {
-                method,
-                path: h.uri.path(),
-                query: h.uri.query(),
-                cookie: header_str(h, "cookie"),
-                origin: header_str(h, "origin"),
-                sec_fetch_site: header_str(h, "sec-fetch-site"),
-                content_type: header_str(h, "content-type"),
-                client_ip: ip,
-                body: &body,
-            };
-            web::handle(&req, &self.services).await
-        };
+        let outcome = web::handle(&core.web_request(session.req_header(), ip, &body), &core.services).await;
         match outcome {
             Outcome::Reply(reply) => {
-                write_reply(session, reply, method == Method::Head).await?;
+                write_reply(session.as_downstream_mut(), reply, method == Method::Head).await?;
                 Ok(true)
             }
             Outcome::Forward(identity) => {
                 ctx.identity = identity;
-                if !direct::eligible(session.req_header()) {
-                    return Ok(false);
-                }
-                let mut req = session.req_header().clone();
-                self.prepare_upstream(session, &mut req, ctx)?;
-                self.direct.forward(session, req).await?;
-                Ok(true)
+                Ok(false)
             }
         }
     }
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(self.direct.peer().clone()))
+        Ok(Box::new(self.0.peer.clone()))
     }
 
     async fn upstream_request_filter(&self, session: &mut Session, req: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
-        self.prepare_upstream(session, req, ctx)
+        let peer = peer_ip(session);
+        self.0.prepare_upstream(peer, ctx.client_ip.unwrap_or(peer), ctx.identity.as_ref(), req)
     }
 
     fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, _ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
@@ -339,32 +385,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
-        let code = match e.etype() {
-            ErrorType::HTTPStatus(c) => *c,
-            ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
-            ErrorType::ConnectTimedout | ErrorType::ConnectRefused | ErrorType::ConnectNoRoute | ErrorType::ConnectError => 502,
-            _ => match e.esource() {
-                pingora::ErrorSource::Upstream => 502,
-                pingora::ErrorSource::Downstream => match e.etype() {
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
-                    _ => 400,
-                },
-                _ => 500,
-            },
-        };
-        if code > 0 && session.response_written().is_none() {
-            let reply = match code {
-                502 | 504 => web::upstream_error_page(&self.services, code),
-                400 => web::error_page(&self.services, 400, "error_400"),
-                _ => web::error_page(&self.services, 500, "error_500"),
-            };
-            if let Err(we) = write_reply(session, reply, false).await {
-                tracing::debug!(error = %we, "could not send the error page");
-            }
-        }
-        if code >= 500 {
-            tracing::warn!(status = code, error = %e, "portal request failed");
-        }
+        let code = self.0.fail(session.as_downstream_mut(), e).await;
         FailToProxy { error_code: code, can_reuse_downstream: false }
     }
 
@@ -372,70 +393,12 @@ impl ProxyHttp for Gateway {
     /// carry secrets) and no reset token.
     fn request_summary(&self, session: &Session, _ctx: &Ctx) -> String {
         let h = session.req_header();
-        format!("{} {}", h.method, web::loggable_path(&self.services.prefix, h.uri.path()))
+        format!("{} {}", h.method, web::loggable_path(&self.0.services.prefix, h.uri.path()))
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, _ctx: &mut Ctx) {
-        if tracing::enabled!(tracing::Level::DEBUG) {
-            let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
-            // Path only: queries may carry tokens; cookies are never logged.
-            let path = web::loggable_path(&self.services.prefix, session.req_header().uri.path());
-            tracing::debug!(method = %session.req_header().method, path = %path, status, error = ?e.map(|e| e.etype().as_str()), "request");
-        }
-    }
-}
-
-fn memchr_contains(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
-}
-
-/// Wraps the proxy app: caps open connections, and closes a connection
-/// whose client does not finish its request headers within the header
-/// timeout (slowloris).
-pub struct Capped<A> {
-    inner: Arc<A>,
-    open: Arc<AtomicUsize>,
-    max: usize,
-    header_timeout: Duration,
-}
-
-struct OpenGuard(Arc<AtomicUsize>);
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-#[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for Capped<A> {
-    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        if self.open.fetch_add(1, Ordering::Relaxed) >= self.max {
-            self.open.fetch_sub(1, Ordering::Relaxed);
-            tracing::warn!(max = self.max, "connection cap reached; connection refused");
-            return None;
-        }
-        let _guard = OpenGuard(self.open.clone());
-        let seen = Arc::new(AtomicBool::new(false));
-        let watch = seen.clone();
-        let timeout = self.header_timeout;
-        let inner = self.inner.clone();
-        REQUEST_SEEN
-            .scope(seen, async move {
-                tokio::select! {
-                    r = A::process_new(&inner, stream, shutdown) => r,
-                    _ = async {
-                        tokio::time::sleep(timeout).await;
-                        if watch.load(Ordering::Relaxed) {
-                            std::future::pending::<()>().await;
-                        }
-                    } => None,
-                }
-            })
-            .await
-    }
-
-    async fn cleanup(&self) {
-        self.inner.cleanup().await
+        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+        log_request(&self.0.services, session.req_header(), status, e);
     }
 }
 
@@ -453,8 +416,8 @@ impl ShutdownSignalWatch for ChannelShutdown {
 }
 
 /// One shard: a single-threaded runtime of its own. Connections handed to
-/// it stay there for their whole life, together with the proxy instance that
-/// serves them and that proxy's upstream keep-alive pool.
+/// it stay there for their whole life, together with the app that serves
+/// them and its upstream keep-alive pools.
 #[derive(Default)]
 struct Shard {
     handle: OnceLock<tokio::runtime::Handle>,
@@ -544,14 +507,10 @@ pub fn run(services: Arc<Services>, shutdown: Option<Box<dyn ShutdownSignalWatch
     server.bootstrap();
     let open = Arc::new(AtomicUsize::new(0));
     let server_conf = server.configuration.clone();
-    let peer = upstream_peer(&cfg.upstream)?;
-    let capped = || -> std::result::Result<Capped<_>, ProxyError> {
-        let gateway = Gateway::new(services.clone(), cfg.tls.is_some(), peer.clone());
-        let mut proxy = pingora::proxy::http_proxy(&server_conf, gateway);
-        let mut opts = pingora::apps::HttpServerOptions::default();
-        opts.keepalive_request_limit = Some(10_000);
-        proxy.server_options = Some(opts);
-        Ok(Capped { inner: Arc::new(proxy), open: open.clone(), max: cfg.server.max_connections, header_timeout: cfg.server.header_timeout })
+    let core = Arc::new(Core::new(services.clone(), cfg.tls.is_some(), upstream_peer(&cfg.upstream)?));
+    let front = || {
+        let proxy = pingora::proxy::http_proxy(&server_conf, Gateway(core.clone()));
+        front::Front::new(core.clone(), proxy, open.clone())
     };
     // 4 KiB read buffers instead of Pingora's 64 KiB: request headers and
     // login forms are small (larger ones take more reads), and idle
@@ -564,7 +523,7 @@ pub fn run(services: Arc<Services>, shutdown: Option<Box<dyn ShutdownSignalWatch
         listener = listener.tls(tls);
     }
     if cfg.server.work_stealing {
-        let mut service = Service::new("riegel".to_string(), capped()?);
+        let mut service = Service::new("riegel".to_string(), front());
         service.add_listener(listener);
         server.add_service(service);
     } else {
@@ -575,7 +534,7 @@ pub fn run(services: Arc<Services>, shutdown: Option<Box<dyn ShutdownSignalWatch
             let mut bg = GenBackgroundService::new(format!("riegel shard {i}"), Arc::new(ShardRuntime(shard.clone())));
             bg.threads = Some(1);
             handles.push(server.add_service(bg));
-            parts.push((shard, Arc::new(capped()?)));
+            parts.push((shard, Arc::new(front())));
         }
         let mut service = Service::new("riegel".to_string(), Dispatch { shards: parts, next: AtomicUsize::new(0) });
         // The listener thread only accepts and hands connections over.
