@@ -1,32 +1,62 @@
-//! The short way to the portal for what most clicks are: a GET or HEAD
-//! without a body or an upgrade (chosen by [`super::front`]). riegel writes
-//! the request to a pooled upstream connection with Pingora's HTTP/1 client
-//! session and copies the answer back itself, instead of going through
-//! Pingora's proxy framework (two halves joined by a channel, a header copy
-//! and an idle-watcher task per request). Errors carry Pingora's error
-//! types, so [`super::Core::fail`] answers 502/504 exactly as for the
-//! framework's way.
+//! The short way to the portal for what most clicks are: an HTTP/1.1 GET or
+//! HEAD without a body or an upgrade (chosen by [`super::h1::way`]). The
+//! head prepared on bytes goes to a pooled upstream connection; the answer's
+//! head is parsed once ([`super::h1::response`]) and its body relayed as it
+//! arrives, framed by length, chunks or close. No header maps, no copies of
+//! the request, no proxy framework (two halves joined by a channel and an
+//! idle-watcher task per request).
 
 use std::cell::RefCell;
 use std::future::Future;
 use std::task::{Context, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use bytes::{Buf, BytesMut};
 use pingora::connectors::TransportConnector;
-use pingora::http::RequestHeader;
-use pingora::protocols::http::v1::client::HttpSession as ClientSession;
 use pingora::protocols::Stream;
-use pingora::protocols::http::{HttpTask, ServerSession};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::Result;
 use thread_local::ThreadLocal;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::h1::{self, Chunks, Framing, Response};
 
 /// Idle upstream connections kept per thread.
 const POOL_PER_THREAD: usize = 64;
 
 /// Informational answers (103 Early Hints …) skipped before the real one.
 const MAX_INFORMATIONAL: usize = 8;
+
+/// Longest answer head accepted from the portal.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// Read buffer for the portal's answer.
+const READ_BUFFER: usize = 8 * 1024;
+
+/// Why a request could not be answered.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Failure {
+    /// The portal could not be reached, was too slow or answered nonsense.
+    /// `started`: part of the answer has already gone to the client.
+    #[error("portal: {reason}")]
+    Portal { status: u16, reason: String, started: bool },
+    /// Writing to the client failed: it is gone.
+    #[error("client: {0}")]
+    Client(std::io::Error),
+}
+
+impl Failure {
+    fn portal(status: u16, reason: impl Into<String>) -> Self {
+        Failure::Portal { status, reason: reason.into(), started: false }
+    }
+}
+
+/// How a forwarded request ended.
+#[derive(Debug)]
+pub(super) struct Answered {
+    pub status: u16,
+    /// The answer was delimited by closing: the client connection ends too.
+    pub close_client: bool,
+}
 
 pub(super) struct Direct {
     connector: TransportConnector,
@@ -37,13 +67,25 @@ pub(super) struct Direct {
     pool: ThreadLocal<RefCell<Vec<(Stream, Instant)>>>,
 }
 
+async fn timed<T>(limit: Option<Duration>, f: impl Future<Output = std::io::Result<T>>) -> std::io::Result<T> {
+    match limit {
+        Some(t) => tokio::time::timeout(t, f).await.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
+        None => f.await,
+    }
+}
+
+fn io_failure(e: std::io::Error, started: bool) -> Failure {
+    let status = if e.kind() == std::io::ErrorKind::TimedOut { 504 } else { 502 };
+    Failure::Portal { status, reason: e.to_string(), started }
+}
+
 impl Direct {
     pub(super) fn new(peer: HttpPeer) -> Self {
         Self { connector: TransportConnector::new(None), peer, pool: ThreadLocal::new() }
     }
 
-    /// A live pooled connection, or a new one.
-    async fn checkout(&self) -> Result<Stream> {
+    /// A live pooled connection (`true`), or a new one.
+    async fn checkout(&self) -> Result<(Stream, bool), Failure> {
         let pool = self.pool.get_or(|| RefCell::new(Vec::new()));
         loop {
             let taken = pool.borrow_mut().pop();
@@ -61,10 +103,14 @@ impl Direct {
                 read.as_mut().poll(&mut Context::from_waker(Waker::noop())).is_pending()
             };
             if idle {
-                return Ok(stream);
+                return Ok((stream, true));
             }
         }
-        self.connector.new_stream(&self.peer).await.map_err(|e| e.into_up())
+        let stream = self.connector.new_stream(&self.peer).await.map_err(|e| {
+            let status = if matches!(e.etype(), pingora::ErrorType::ConnectTimedout) { 504 } else { 502 };
+            Failure::portal(status, e.to_string())
+        })?;
+        Ok((stream, false))
     }
 
     fn checkin(&self, stream: Stream) {
@@ -74,40 +120,140 @@ impl Direct {
         }
     }
 
-    /// Sends `req` upstream and copies the answer to `session`: the header
-    /// together with the first piece of the body, then the rest.
-    pub(super) async fn forward(&self, session: &mut ServerSession, req: RequestHeader) -> Result<()> {
-        let stream = self.checkout().await?;
-        let mut up = ClientSession::new(stream);
-        up.read_timeout = self.peer.options.read_timeout;
-        up.write_timeout = self.peer.options.write_timeout;
-        up.write_request_header(Box::new(req)).await.map_err(|e| e.into_up())?;
+    /// Sends `head` (the portal's request head, blank line included) and
+    /// relays the answer to `client`. A pooled connection that fails before
+    /// the first byte of an answer (the portal closed it meanwhile) is
+    /// replaced by a new one, once: the request is a GET or HEAD.
+    /// `close_client`: the client connection ends after this answer.
+    pub(super) async fn forward(&self, client: &mut Stream, head: &[u8], head_only: bool, close_client: bool) -> Result<Answered, Failure> {
+        let (mut up, mut reused) = self.checkout().await?;
+        let mut buf = BytesMut::with_capacity(READ_BUFFER);
+        let response = loop {
+            match self.exchange(&mut up, head, head_only, &mut buf).await {
+                Ok(r) => break r,
+                // Not after a timeout: that would double the wait.
+                Err(Failure::Portal { status: 502, .. }) if reused && buf.is_empty() => {
+                    (up, reused) = self.checkout().await?;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        self.relay(up, client, response, buf, close_client).await
+    }
+
+    /// Writes the request and reads up to the final answer head.
+    async fn exchange(&self, up: &mut Stream, head: &[u8], head_only: bool, buf: &mut BytesMut) -> Result<h1::ResponseHead, Failure> {
+        let opts = &self.peer.options;
+        timed(opts.write_timeout, async {
+            up.write_all(head).await?;
+            up.flush().await
+        })
+        .await
+        .map_err(|e| io_failure(e, false))?;
         let mut informational = 0;
         loop {
-            up.read_response().await.map_err(|e| e.into_up())?;
-            match up.get_status() {
-                Some(s) if s.is_informational() && informational < MAX_INFORMATIONAL => informational += 1,
-                _ => break,
+            if !buf.is_empty() {
+                match h1::response(buf, head_only).map_err(|e| Failure::portal(502, e.to_string()))? {
+                    Response::Final(h) => return Ok(h),
+                    Response::Informational(len) if informational < MAX_INFORMATIONAL => {
+                        informational += 1;
+                        buf.advance(len);
+                        continue;
+                    }
+                    Response::Informational(_) => return Err(Failure::portal(502, "too many informational answers")),
+                    Response::Partial if buf.len() > MAX_RESPONSE_HEAD => return Err(Failure::portal(502, "answer head too long")),
+                    Response::Partial => {}
+                }
+            }
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(READ_BUFFER);
+            }
+            let n = timed(opts.read_timeout, up.read_buf(buf)).await.map_err(|e| io_failure(e, false))?;
+            if n == 0 {
+                return Err(Failure::portal(502, "the portal closed the connection before answering"));
             }
         }
-        up.respect_keepalive();
-        let Some(resp) = up.resp_header().cloned() else {
-            return pingora::Error::e_explain(pingora::ErrorType::InvalidHTTPHeader, "no response header").map_err(|e| e.into_up());
-        };
-        let first = up.read_body_bytes().await.map_err(|e| e.into_up())?;
-        let mut end = first.is_none() || up.is_body_done();
-        session
-            .response_duplex_vec(vec![HttpTask::Header(Box::new(resp), false), HttpTask::Body(first, end)])
-            .await
-            .map_err(|e| e.into_down())?;
-        while !end {
-            let chunk = up.read_body_bytes().await.map_err(|e| e.into_up())?;
-            end = chunk.is_none() || up.is_body_done();
-            session.write_response_body(chunk.unwrap_or_default(), end).await.map_err(|e| e.into_down())?;
-        }
-        if let Some(stream) = up.reuse().await {
-            self.checkin(stream);
-        }
-        Ok(())
     }
+
+    /// Copies the answer's head and body to the client; the portal's
+    /// connection goes back to the pool when the body ended exactly.
+    async fn relay(
+        &self,
+        mut up: Stream,
+        client: &mut Stream,
+        r: h1::ResponseHead,
+        mut buf: BytesMut,
+        close_client: bool,
+    ) -> Result<Answered, Failure> {
+        let close_client = close_client || r.framing == Framing::UntilClose;
+        let mut out = r.downstream;
+        if close_client {
+            out.extend_from_slice(b"Connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        buf.advance(r.len);
+        let mut chunks = Chunks::default();
+        let mut left = match r.framing {
+            Framing::Length(n) => n,
+            _ => 0,
+        };
+        // Takes the body's share of what was read; whether the body ended,
+        // and whether bytes beyond it were read (the connection is then out
+        // of step).
+        let mut take = |buf: &mut BytesMut| -> Result<(BytesMut, bool, bool), Failure> {
+            let piece_len = match r.framing {
+                Framing::Empty => 0,
+                Framing::UntilClose => buf.len(),
+                Framing::Length(_) => {
+                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                    left -= n as u64;
+                    n
+                }
+                Framing::Chunked => match chunks.feed(buf).map_err(|e| Failure::Portal { status: 502, reason: e.to_string(), started: true })? {
+                    Some(end) => end,
+                    None => buf.len(),
+                },
+            };
+            let piece = buf.split_to(piece_len);
+            let done = match r.framing {
+                Framing::Empty => true,
+                Framing::UntilClose => false,
+                Framing::Length(_) => left == 0,
+                Framing::Chunked => chunks.is_done(),
+            };
+            Ok((piece, done, !buf.is_empty()))
+        };
+        let (piece, mut done, mut extra) = take(&mut buf)?;
+        out.extend_from_slice(&piece);
+        write_client(client, &out).await?;
+        let opts = &self.peer.options;
+        while !done && !extra {
+            buf.clear();
+            if buf.capacity() < READ_BUFFER / 2 {
+                buf.reserve(READ_BUFFER);
+            }
+            let n = timed(opts.read_timeout, up.read_buf(&mut buf)).await.map_err(|e| io_failure(e, true))?;
+            if n == 0 {
+                if r.framing == Framing::UntilClose {
+                    break;
+                }
+                return Err(Failure::Portal { status: 502, reason: "the portal closed the connection mid-answer".into(), started: true });
+            }
+            let (piece, d, x) = take(&mut buf)?;
+            (done, extra) = (d, x);
+            write_client(client, &piece).await?;
+        }
+        if done && !extra && !r.upstream_close {
+            self.checkin(up);
+        }
+        Ok(Answered { status: r.status, close_client })
+    }
+}
+
+async fn write_client(client: &mut Stream, bytes: &[u8]) -> Result<(), Failure> {
+    let w = async {
+        client.write_all(bytes).await?;
+        client.flush().await
+    };
+    w.await.map_err(Failure::Client)
 }

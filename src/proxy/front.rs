@@ -1,28 +1,29 @@
 //! Serves a client connection from accept to close. Each request head is
-//! read here, under the header timeout, and looked at before Pingora parses
-//! it: a GET or HEAD without a body, upgrade or `Expect` (what almost every
-//! click is) is answered on Pingora's HTTP/1 session directly, by riegel's
+//! read here, under the header timeout, and looked at before anything else
+//! ([`h1::way`]): an HTTP/1.1 GET or HEAD without a body, upgrade or
+//! `Expect` (what almost every click is) is answered on bytes, by riegel's
 //! own pages or the short way to the portal ([`super::direct`]). Anything
 //! else goes, head included, to Pingora's proxy framework with
 //! [`super::Gateway`]; the connection comes back here afterwards.
 
-use std::future::pending;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Stream, ALPN};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
-use pingora::ErrorType;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
 
-use super::direct::Direct;
-use super::{log_request, peer_ip, write_reply, Core, Gateway};
-use crate::web::{self, Outcome};
+use super::direct::{Direct, Failure};
+use super::h1::{self, push_header, valid_value, ShortHead, Strip, Way};
+use super::{log_request, Core, Gateway};
+use crate::web::{self, Method, Outcome, Reply};
 
 /// Requests served on one connection before riegel asks the client to open
 /// a new one.
@@ -32,54 +33,12 @@ const REQUESTS_PER_CONNECTION: u32 = 10_000;
 /// refuses it (its own limit is 1 MiB).
 const MAX_HEAD: usize = 1 << 20;
 
-/// Headers looked at when deciding the way; a request with more takes the
-/// framework's (Pingora allows 256).
-const HEADERS_LOOKED_AT: usize = 96;
-
-/// What a request head, read in full, asks for.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) enum Way {
-    /// GET or HEAD without body, upgrade or `Expect`: served here.
-    Short,
-    /// Anything else, including heads Pingora will refuse.
-    Framework,
-}
-
-/// Decides the way for the bytes read so far; `None` while the head is
-/// incomplete.
-pub(super) fn way(buf: &[u8]) -> Option<Way> {
-    let mut headers = [httparse::EMPTY_HEADER; HEADERS_LOOKED_AT];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(buf) {
-        Ok(httparse::Status::Partial) => None,
-        Err(_) => Some(Way::Framework),
-        Ok(httparse::Status::Complete(_)) => {
-            if !matches!(req.method, Some("GET" | "HEAD")) {
-                return Some(Way::Framework);
-            }
-            for h in req.headers.iter() {
-                let n = h.name.as_bytes();
-                let bodiless_length = n.eq_ignore_ascii_case(b"content-length") && h.value == b"0";
-                if !bodiless_length
-                    && (n.eq_ignore_ascii_case(b"content-length")
-                        || n.eq_ignore_ascii_case(b"transfer-encoding")
-                        || n.eq_ignore_ascii_case(b"upgrade")
-                        || n.eq_ignore_ascii_case(b"expect"))
-                {
-                    return Some(Way::Framework);
-                }
-            }
-            Some(Way::Short)
-        }
-    }
-}
-
 /// Reads until `buf` holds a whole request head; `None` when the client
 /// closed or failed first.
-async fn read_head(stream: &mut Stream, buf: &mut BytesMut) -> Option<Way> {
+async fn read_head(stream: &mut Stream, buf: &mut BytesMut, strip: &Strip<'_>) -> Option<Way> {
     loop {
         if !buf.is_empty() {
-            if let Some(w) = way(buf) {
+            if let Some(w) = h1::way(buf, strip) {
                 return Some(w);
             }
             if buf.len() > MAX_HEAD {
@@ -96,6 +55,55 @@ async fn read_head(stream: &mut Stream, buf: &mut BytesMut) -> Option<Way> {
     }
 }
 
+/// The client's address as the socket sees it.
+fn peer_of(stream: &Stream) -> IpAddr {
+    stream
+        .get_socket_digest()
+        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+}
+
+/// `Date` for riegel's own answers, formatted once per second per thread.
+fn http_date() -> String {
+    thread_local! {
+        static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = std::time::SystemTime::now();
+    let secs = now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != secs {
+            *d = (secs, httpdate::fmt_http_date(now));
+        }
+        d.1.clone()
+    })
+}
+
+/// One of riegel's own answers as bytes.
+fn reply_bytes(reply: &Reply, head_only: bool, close: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + reply.body.len());
+    let reason = http::StatusCode::from_u16(reply.status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
+    out.extend_from_slice(format!("HTTP/1.1 {} {reason}\r\n", reply.status).as_bytes());
+    for (name, value) in &reply.headers {
+        push_header(&mut out, name, value.as_bytes());
+    }
+    push_header(&mut out, "content-length", reply.body.len().to_string().as_bytes());
+    push_header(&mut out, "date", http_date().as_bytes());
+    if close {
+        push_header(&mut out, "connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head_only {
+        out.extend_from_slice(&reply.body);
+    }
+    out
+}
+
+async fn write_all(stream: &mut Stream, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
+}
+
 /// A connection cap, the header timeout and the choice of way around
 /// Pingora's proxy framework.
 pub(super) struct Front {
@@ -103,6 +111,9 @@ pub(super) struct Front {
     proxy: Arc<HttpProxy<Gateway>>,
     direct: Direct,
     open: Arc<AtomicUsize>,
+    /// Set, and idle connections woken, when the server shuts down.
+    closing: AtomicBool,
+    idle: Notify,
 }
 
 struct OpenGuard(Arc<AtomicUsize>);
@@ -115,90 +126,126 @@ impl Drop for OpenGuard {
 impl Front {
     pub(super) fn new(core: Arc<Core>, proxy: HttpProxy<Gateway>, open: Arc<AtomicUsize>) -> Self {
         let direct = Direct::new(core.peer.clone());
-        Self { core, proxy: Arc::new(proxy), direct, open }
+        Self { core, proxy: Arc::new(proxy), direct, open, closing: AtomicBool::new(false), idle: Notify::new() }
     }
 
     /// Serves requests until the client leaves, idles past the header
     /// timeout, a request ends the connection, or the server shuts down.
     async fn serve(&self, mut stream: Stream, shutdown: &ShutdownWatch) {
-        let server = &self.core.services.cfg.server;
-        let mut stop = shutdown.clone();
+        let core = &*self.core;
+        let strip = Strip {
+            identity: core.identity_headers,
+            cookies: [core.strip_cookies[0].as_str(), core.strip_cookies[1].as_str()],
+        };
+        let peer = peer_of(&stream);
         let mut buf = BytesMut::new();
         let mut served = 0u32;
         loop {
-            if *stop.borrow() {
+            let idle = self.idle.notified();
+            if self.closing.load(Ordering::Relaxed) {
                 return;
             }
             let head = tokio::select! {
                 biased;
-                r = tokio::time::timeout(server.header_timeout, read_head(&mut stream, &mut buf)) => r,
-                _ = async { if stop.changed().await.is_err() { pending::<()>().await } } => return,
+                r = tokio::time::timeout(core.services.cfg.server.header_timeout, read_head(&mut stream, &mut buf, &strip)) => r,
+                _ = idle => return,
             };
             // Ok(None): the client closed; Err: no whole head within the
             // header timeout (slowloris, or an idle keep-alive connection).
             let Ok(Some(way)) = head else { return };
             served += 1;
-            let mut session = ServerSession::new_http1(stream);
-            session.set_pipelined_prefix(std::mem::take(&mut buf));
-            if served >= REQUESTS_PER_CONNECTION {
-                session.set_keepalive_reuses_remaining(Some(0));
+            let last = served >= REQUESTS_PER_CONNECTION || self.closing.load(Ordering::Relaxed);
+            match way {
+                Way::Short(head) => {
+                    let len = head.len;
+                    if !self.short(&mut stream, &buf, head, peer, last).await {
+                        return;
+                    }
+                    buf.advance(len);
+                }
+                Way::Framework => {
+                    let mut session = ServerSession::new_http1(stream);
+                    session.set_pipelined_prefix(std::mem::take(&mut buf));
+                    if last {
+                        session.set_keepalive_reuses_remaining(Some(0));
+                    }
+                    let Some(reused) = self.proxy.process_new_http(session, shutdown).await else { return };
+                    stream = reused.consume().0;
+                }
             }
-            let next = match way {
-                Way::Short => self.short(session, served >= REQUESTS_PER_CONNECTION).await,
-                Way::Framework => self.proxy.process_new_http(session, shutdown).await.map(|r| (r.consume().0, None)),
-            };
-            let Some((s, rest)) = next else { return };
-            stream = s;
-            buf = rest.unwrap_or_default();
         }
     }
 
-    /// One request the short way; the connection back when it can carry
-    /// the next one, with any bytes of that one already read.
-    async fn short(&self, mut session: ServerSession, last: bool) -> Option<(Stream, Option<BytesMut>)> {
-        match session.read_request().await {
-            Ok(true) => {}
-            Ok(false) => return None,
-            Err(e) => {
-                if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
-                    let _ = session.respond_error(400).await;
-                }
-                session.shutdown().await;
-                return None;
-            }
-        }
-        // read_request applies the client's keep-alive wish; riegel's own
-        // limits come on top.
-        if last {
-            session.set_keepalive_reuses_remaining(Some(0));
-        }
-        session.set_pipelining_enabled(true);
+    /// One request the short way; whether the connection can carry the
+    /// next one.
+    async fn short(&self, stream: &mut Stream, buf: &[u8], head: ShortHead, peer: IpAddr, last: bool) -> bool {
         let core = &*self.core;
-        let peer = peer_ip(&session);
-        let client = core.resolve_client_ip(peer, session.req_header());
-        let head_only = session.req_header().method == http::Method::HEAD;
-        let outcome = web::handle(&core.web_request(session.req_header(), client, &[]), &core.services).await;
-        let done = match outcome {
-            Outcome::Reply(reply) => write_reply(&mut session, reply, head_only).await,
+        let text = |r: &Option<std::ops::Range<usize>>| r.clone().and_then(|r| std::str::from_utf8(&buf[r]).ok());
+        let Ok(path) = std::str::from_utf8(&buf[head.path.clone()]) else { return false };
+        let xff: Vec<&str> = text(&head.x_forwarded_for).into_iter().collect();
+        let client = core.resolve_client_ip(peer, &xff);
+        let req = web::Request {
+            method: if head.head_only { Method::Head } else { Method::Get },
+            path,
+            query: text(&head.query),
+            cookie: text(&head.cookie),
+            origin: text(&head.origin),
+            sec_fetch_site: text(&head.sec_fetch_site),
+            content_type: None,
+            client_ip: client,
+            body: &[],
+        };
+        let method = if head.head_only { "HEAD" } else { "GET" };
+        let close = head.close || last;
+        let (status, keep) = match web::handle(&req, &core.services).await {
+            Outcome::Reply(reply) => {
+                let ok = write_all(stream, &reply_bytes(&reply, head.head_only, close)).await.is_ok();
+                (reply.status, ok && !close)
+            }
             Outcome::Forward(identity) => {
-                let mut req = session.req_header().clone();
-                match core.prepare_upstream(peer, client, identity.as_ref(), &mut req) {
-                    Ok(()) => self.direct.forward(&mut session, req).await,
-                    Err(e) => Err(e),
+                let fwd = core.forwarded(peer, client, &xff, text(&head.x_forwarded_proto), text(&head.x_forwarded_host), text(&head.host));
+                let mut up = head.upstream;
+                if let Some(id) = &identity {
+                    for (name, value) in core.identity_headers.iter().zip([id.user(), id.email(), id.name()]) {
+                        if !valid_value(value.as_bytes()) {
+                            tracing::warn!(header = %name, "identity value with control characters; not forwarded");
+                            let reply = web::error_page(&core.services, 500, "error_500");
+                            let _ = write_all(stream, &reply_bytes(&reply, head.head_only, true)).await;
+                            log_request(&core.services, method, path, 500, Some("identity value"));
+                            return false;
+                        }
+                        push_header(&mut up, name, value.as_bytes());
+                    }
+                }
+                push_header(&mut up, "x-forwarded-for", fwd.xff.as_bytes());
+                push_header(&mut up, "x-forwarded-proto", fwd.proto.as_bytes());
+                if let Some(h) = &fwd.host {
+                    push_header(&mut up, "x-forwarded-host", h.as_bytes());
+                }
+                up.extend_from_slice(b"\r\n");
+                match self.direct.forward(stream, &up, head.head_only, close).await {
+                    Ok(a) => (a.status, !a.close_client),
+                    Err(Failure::Portal { status, reason, started }) => {
+                        tracing::warn!(status, error = %reason, "portal request failed");
+                        if !started {
+                            let reply = web::upstream_error_page(&core.services, status);
+                            let _ = write_all(stream, &reply_bytes(&reply, head.head_only, true)).await;
+                        }
+                        log_request(&core.services, method, path, status, Some("portal"));
+                        return false;
+                    }
+                    Err(Failure::Client(e)) => {
+                        tracing::debug!(error = %e, "client went away");
+                        (0, false)
+                    }
                 }
             }
         };
-        if let Err(e) = done {
-            let status = core.fail(&mut session, &e).await;
-            log_request(&core.services, session.req_header(), status, Some(&e));
-            return None;
+        log_request(&core.services, method, path, status, None);
+        if !keep {
+            let _ = stream.shutdown().await;
         }
-        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
-        log_request(&core.services, session.req_header(), status, None);
-        match session.finish().await {
-            Ok(Some(reusable)) => Some(reusable.into_parts()),
-            _ => None,
-        }
+        keep
     }
 }
 
@@ -222,36 +269,25 @@ impl ServerApp for Front {
     }
 
     async fn cleanup(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+        self.idle.notify_waiters();
         self.proxy.http_cleanup().await
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{way, Way};
+    use super::reply_bytes;
+    use crate::web::Reply;
 
     #[test]
-    fn only_whole_bodiless_gets_and_heads_without_upgrade_take_the_short_way() {
-        let w = |s: &str| way(s.as_bytes());
-        assert_eq!(w("GET /mieter HTTP/1.1\r\nHost: a\r\n\r\n"), Some(Way::Short));
-        assert_eq!(w("HEAD / HTTP/1.0\r\n\r\n"), Some(Way::Short));
-        assert_eq!(w("GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"), Some(Way::Short));
-        // Incomplete heads wait for more bytes.
-        assert_eq!(w("GET /mieter HTTP/1.1\r\nHost: a\r\n"), None);
-        assert_eq!(w("GE"), None);
-        // Everything else is the framework's.
-        assert_eq!(w("POST /_riegel/login HTTP/1.1\r\nContent-Length: 3\r\n\r\na=b"), Some(Way::Framework));
-        assert_eq!(w("PUT / HTTP/1.1\r\n\r\n"), Some(Way::Framework));
-        assert_eq!(w("OPTIONS * HTTP/1.1\r\n\r\n"), Some(Way::Framework));
-        assert_eq!(w("GET / HTTP/1.1\r\ncontent-LENGTH: 5\r\n\r\nhello"), Some(Way::Framework));
-        assert_eq!(w("GET / HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 7\r\n\r\n"), Some(Way::Framework));
-        assert_eq!(w("GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"), Some(Way::Framework));
-        assert_eq!(w("GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"), Some(Way::Framework));
-        assert_eq!(w("GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n"), Some(Way::Framework));
-        // Heads httparse refuses, and heads with very many headers, too:
-        // Pingora answers them.
-        assert_eq!(w("GET / HTTP/1.1\r\nBad Header: x\r\n\r\n"), Some(Way::Framework));
-        let many: String = (0..200).map(|i| format!("X-{i}: y\r\n")).collect();
-        assert_eq!(w(&format!("GET / HTTP/1.1\r\n{many}\r\n")), Some(Way::Framework));
+    fn own_answers_carry_length_date_and_close_when_asked() {
+        let r = Reply { status: 303, headers: vec![("location", "/_riegel/login".to_string())], body: bytes::Bytes::from_static(b"see") };
+        let s = String::from_utf8(reply_bytes(&r, false, false)).expect("utf8");
+        assert!(s.starts_with("HTTP/1.1 303 See Other\r\nlocation: /_riegel/login\r\ncontent-length: 3\r\ndate: "), "{s}");
+        assert!(s.ends_with(" GMT\r\n\r\nsee"), "{s}");
+        assert!(!s.contains("connection"));
+        let s = String::from_utf8(reply_bytes(&r, true, true)).expect("utf8");
+        assert!(s.ends_with("connection: close\r\n\r\n"), "{s}");
     }
 }

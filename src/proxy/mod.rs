@@ -31,6 +31,8 @@ use pingora::{Error, ErrorType, Result};
 
 mod direct;
 mod front;
+mod h1;
+mod moved;
 
 use crate::auth::session::strip_cookie;
 use crate::web::headers::{client_ip, headers_to_strip};
@@ -98,14 +100,31 @@ impl Core {
         }
     }
 
-    /// The client's address after the trusted-proxy rules.
-    fn resolve_client_ip(&self, peer: IpAddr, req: &RequestHeader) -> IpAddr {
+    /// The client's address after the trusted-proxy rules; `xff`: the
+    /// request's X-Forwarded-For values.
+    fn resolve_client_ip(&self, peer: IpAddr, xff: &[&str]) -> IpAddr {
         let trusted = &self.services.cfg.server.trusted_proxies;
         if trusted.is_empty() {
             return peer;
         }
-        let xff: Vec<&str> = req.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
-        client_ip(peer, &xff, trusted)
+        client_ip(peer, xff, trusted)
+    }
+
+    /// X-Forwarded-* for the portal: a trusted proxy's values are kept and
+    /// extended, anyone else's replaced. `prev_xff`, `proto` and
+    /// `fwd_host` are the request's own X-Forwarded-For, -Proto and -Host,
+    /// `host` its Host.
+    fn forwarded(&self, peer: IpAddr, client: IpAddr, prev_xff: &[&str], proto: Option<&str>, fwd_host: Option<&str>, host: Option<&str>) -> Forwarded {
+        let trusted = self.services.cfg.server.trusted_proxies.iter().any(|n| n.contains(&peer));
+        let xff = if trusted && !prev_xff.is_empty() { format!("{}, {peer}", prev_xff.join(", ")) } else { client.to_string() };
+        let proto = match (trusted, proto) {
+            (true, Some("https")) => "https",
+            (true, Some("http")) => "http",
+            _ if self.tls_listener => "https",
+            _ => "http",
+        };
+        let host = if trusted { fwd_host.or(host) } else { host }.map(str::to_string);
+        Forwarded { xff, proto, host }
     }
 
     /// The request as [`web::handle`] sees it.
@@ -165,30 +184,15 @@ impl Core {
             req.insert_header(ids[1], id.email())?;
             req.insert_header(ids[2], id.name())?;
         }
-        // 4. X-Forwarded-*: trusted proxies' values are kept and extended,
-        //    anyone else's are replaced.
-        let trusted = self.services.cfg.server.trusted_proxies.iter().any(|n| n.contains(&peer));
-        let xff = if trusted {
-            let prev: Vec<String> = req.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).map(str::to_string).collect();
-            if prev.is_empty() {
-                client.to_string()
-            } else {
-                format!("{}, {peer}", prev.join(", "))
-            }
-        } else {
-            client.to_string()
+        // 4. X-Forwarded-*.
+        let fwd = {
+            let prev: Vec<&str> = req.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
+            let host = header_str(req, "host").or_else(|| req.uri.host());
+            self.forwarded(peer, client, &prev, header_str(req, "x-forwarded-proto"), header_str(req, "x-forwarded-host"), host)
         };
-        req.insert_header("x-forwarded-for", xff)?;
-        let proto: &'static str = match (trusted, header_str(req, "x-forwarded-proto")) {
-            (true, Some("https")) => "https",
-            (true, Some("http")) => "http",
-            _ if self.tls_listener => "https",
-            _ => "http",
-        };
-        req.insert_header("x-forwarded-proto", proto)?;
-        let host_in = if trusted { header_str(req, "x-forwarded-host").map(str::to_string) } else { None };
-        let host = host_in.or_else(|| header_str(req, "host").map(str::to_string)).or_else(|| req.uri.host().map(str::to_string));
-        match host {
+        req.insert_header("x-forwarded-for", fwd.xff)?;
+        req.insert_header("x-forwarded-proto", fwd.proto)?;
+        match fwd.host {
             Some(h) => req.insert_header("x-forwarded-host", h)?,
             None => {
                 req.remove_header("x-forwarded-host");
@@ -217,6 +221,13 @@ impl Core {
         }
         code
     }
+}
+
+/// X-Forwarded-* values for the portal.
+struct Forwarded {
+    xff: String,
+    proto: &'static str,
+    host: Option<String>,
 }
 
 /// The status for a failed request: 502 when the portal cannot be reached
@@ -269,10 +280,10 @@ async fn write_reply(session: &mut ServerSession, reply: Reply, head_only: bool)
 
 /// Debug log line of a finished request: path only (queries may carry
 /// tokens; cookies are never logged), no reset token.
-fn log_request(services: &Services, req: &RequestHeader, status: u16, e: Option<&Error>) {
+fn log_request(services: &Services, method: &str, path: &str, status: u16, error: Option<&str>) {
     if tracing::enabled!(tracing::Level::DEBUG) {
-        let path = web::loggable_path(&services.prefix, req.uri.path());
-        tracing::debug!(method = %req.method, path = %path, status, error = ?e.map(|e| e.etype().as_str()), "request");
+        let path = web::loggable_path(&services.prefix, path);
+        tracing::debug!(method, path = %path, status, error, "request");
     }
 }
 
@@ -333,7 +344,11 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let core = &*self.0;
-        let ip = core.resolve_client_ip(peer_ip(session), session.req_header());
+        let ip = {
+            let xff: Vec<&str> =
+                session.req_header().headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
+            core.resolve_client_ip(peer_ip(session), &xff)
+        };
         ctx.client_ip = Some(ip);
         let method = method_of(&session.req_header().method);
         let ours = {
@@ -398,7 +413,8 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, _ctx: &mut Ctx) {
         let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
-        log_request(&self.0.services, session.req_header(), status, e);
+        let h = session.req_header();
+        log_request(&self.0.services, h.method.as_str(), h.uri.path(), status, e.map(|e| e.etype().as_str()));
     }
 }
 
@@ -441,7 +457,8 @@ impl BackgroundService for ShardRuntime {
 }
 
 /// Accepts on the listener and hands each new connection, round robin, to a
-/// shard, where it is served by that shard's app until it closes.
+/// shard, where it is served by that shard's app until it closes. A plain
+/// TCP connection moves to the shard's reactor too ([`moved`]).
 pub struct Dispatch<A> {
     shards: Vec<(Arc<Shard>, Arc<A>)>,
     next: AtomicUsize,
@@ -454,7 +471,18 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Dispatch<A> {
         let (shard, app) = &self.shards[i];
         let app = app.clone();
         let shutdown = shutdown.clone();
+        let stream = moved::detach(stream);
         let serve = async move {
+            let stream = match stream {
+                Ok(fd) => match moved::attach(fd) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "could not move a client connection to its shard");
+                        return;
+                    }
+                },
+                Err(stream) => stream,
+            };
             let mut next = A::process_new(&app, stream, &shutdown).await;
             while let Some(s) = next {
                 next = A::process_new(&app, s, &shutdown).await;

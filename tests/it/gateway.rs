@@ -399,3 +399,149 @@ fn connection_cap_refuses_connections_beyond_the_limit() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(r.client().get("/_riegel/healthz").status, 200);
 }
+
+/// A portal that answers by path with every framing riegel must relay, on
+/// keep-alive connections; it records each request head it gets.
+fn framing_portal() -> (std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { return };
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end + 4);
+                    seen.lock().expect("lock").push(head.clone());
+                    let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                    let w = |s: &mut TcpStream, b: &[u8]| s.write_all(b).is_ok();
+                    let ok = match path.as_str() {
+                        "/chunked" => {
+                            w(&mut s, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+                                && {
+                                    std::thread::sleep(Duration::from_millis(50));
+                                    w(&mut s, b"6;x=y\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n")
+                                }
+                        }
+                        "/early" => w(&mut s, b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nearly"),
+                        "/big" => {
+                            let body = vec![b'x'; 300_000];
+                            w(&mut s, format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes()) && w(&mut s, &body)
+                        }
+                        "/304" => w(&mut s, b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\n\r\n"),
+                        "/hop" => w(&mut s, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: X-Secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=9\r\n\r\nhop"),
+                        "/close" => {
+                            let _ = w(&mut s, b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end");
+                            return;
+                        }
+                        p if head.starts_with("HEAD ") => w(&mut s, format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", p.len()).as_bytes()),
+                        p => w(&mut s, format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{p}", p.len()).as_bytes()),
+                    };
+                    if !ok {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, heads)
+}
+
+/// Splits a stream of answers (to requests in `methods`) into status,
+/// lowercased head and body.
+fn answers(mut b: &[u8], methods: &[&str]) -> Vec<(u16, String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for m in methods {
+        let end = b.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| panic!("no head in {:?}", String::from_utf8_lossy(b)));
+        let head = String::from_utf8_lossy(&b[..end]).to_ascii_lowercase();
+        let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status");
+        b = &b[end + 4..];
+        let len = head.lines().find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().expect("length")));
+        let body = if *m == "HEAD" || status == 304 {
+            Vec::new()
+        } else if head.contains("transfer-encoding: chunked") {
+            // The last chunk, then the trailer section up to its blank line.
+            let last = b.windows(5).position(|w| w == b"\r\n0\r\n").expect("last chunk") + 2;
+            let trailer_end = if b[last + 3..].starts_with(b"\r\n") {
+                last + 5
+            } else {
+                b[last + 3..].windows(4).position(|w| w == b"\r\n\r\n").expect("trailer end") + last + 3 + 4
+            };
+            let body = b[..trailer_end].to_vec();
+            b = &b[trailer_end..];
+            body
+        } else if let Some(n) = len {
+            let body = b[..n].to_vec();
+            b = &b[n..];
+            body
+        } else {
+            let body = b.to_vec();
+            b = &[];
+            body
+        };
+        out.push((status, head, body));
+    }
+    assert!(b.is_empty(), "bytes after the last answer: {:?}", String::from_utf8_lossy(b));
+    out
+}
+
+#[test]
+fn short_way_relays_every_framing_pipelined_on_one_connection() {
+    let (portal, heads) = framing_portal();
+    let r = Riegel::start_with(Options { upstream: Some(portal), extra_yaml: "public_paths: [\"/*\"]\n".into(), ..Options::default() });
+    let paths = ["/plain", "/chunked", "/early", "/big", "/304", "/hop", "/plain", "/close"];
+    let methods = ["GET", "GET", "GET", "GET", "GET", "GET", "HEAD", "GET"];
+    let mut raw = String::new();
+    for (m, p) in methods.iter().zip(paths) {
+        raw.push_str(&format!("{m} {p} HTTP/1.1\r\nHost: portal.example\r\nConnection: keep-alive, X-Drop\r\nX-Drop: 1\r\nRemote_User: admin\r\n\r\n"));
+    }
+    // All at once: the requests are pipelined, answered in order.
+    let mut s = TcpStream::connect(r.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.write_all(raw.as_bytes()).expect("write");
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).expect("read until riegel closes");
+    let a = answers(&got, &methods);
+    assert_eq!(a.len(), paths.len());
+    assert_eq!((a[0].0, a[0].2.as_slice()), (200, &b"/plain"[..]));
+    assert!(a[1].1.contains("transfer-encoding: chunked"), "{}", a[1].1);
+    assert_eq!(a[1].2, b"5\r\nhello\r\n6;x=y\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n");
+    assert_eq!((a[2].0, a[2].2.as_slice()), (200, &b"early"[..]), "the 103 is not passed on");
+    assert_eq!(a[3].2.len(), 300_000);
+    assert!(a[3].2.iter().all(|&c| c == b'x'));
+    assert_eq!(a[4].0, 304);
+    assert!(a[4].1.contains("etag: \"v1\""));
+    assert_eq!(a[5].2, b"hop");
+    assert!(!a[5].1.contains("x-secret") && !a[5].1.contains("keep-alive: timeout"), "hop-by-hop headers passed on: {}", a[5].1);
+    assert_eq!((a[6].0, a[6].1.contains("content-length: 6"), a[6].2.len()), (200, true, 0));
+    // Delimited by close: riegel closes the client connection too.
+    assert_eq!(a[7].2, b"until the end");
+    assert!(a[7].1.contains("connection: close"), "{}", a[7].1);
+    // What the portal got: no hop-by-hop headers, no spoofed identity,
+    // riegel's X-Forwarded-*; and the pooled connection served them all in
+    // step.
+    let heads = heads.lock().expect("lock").clone();
+    assert_eq!(heads.len(), paths.len(), "{heads:?}");
+    for h in &heads {
+        let l = h.to_ascii_lowercase();
+        assert!(l.contains("\r\nhost: portal.example"), "{h}");
+        assert!(l.contains("\r\nx-forwarded-for: 127.0.0.1"), "{h}");
+        assert!(l.contains("\r\nx-forwarded-proto: http"), "{h}");
+        assert!(l.contains("\r\nx-forwarded-host: portal.example"), "{h}");
+        for gone in ["x-drop", "connection", "remote_user", "remote-user"] {
+            assert!(!l.contains(&format!("\r\n{gone}:")), "{gone} reached the portal: {h}");
+        }
+    }
+}

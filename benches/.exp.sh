@@ -1,0 +1,449 @@
+#!/usr/bin/env bash
+# riegel load comparison, on loopback, bounded in time (< 10 min incl. build).
+#
+#   bash benches/load.sh                       # 3 interleaved rounds of 10 s
+#   ROUNDS=2 DURATION=5 bash benches/load.sh   # a quicker, rougher pass
+#
+# What it measures (all on 127.0.0.1, authenticated GETs of a 1 KiB file):
+#   A  nginx serving the file directly         (reference: the upstream alone)
+#   B  riegel serve -> A                       (the product)
+#   C  nginx proxy_pass -> A, upstream keepalive 64   (baseline 1)
+#   D  nginx auth_request -> riegel /_riegel/auth, then proxy_pass -> A (baseline 2)
+# with `wrk -t$THREADS -c$CONNS -d${DURATION}s --latency`, rounds interleaved
+# (A B C D, A B C D, ...), medians over rounds; then
+#   - riegel's RSS idle, holding 1,000 keep-alive connections (python3), and
+#     under wrk -c1000 (measured before the storm: argon2 memory would hide it);
+#   - a login storm: p99 through riegel alone vs while $STORM concurrent
+#     logins (one wrk process with a Lua script) POST wrong passwords for
+#     random usernames to /_riegel/login.
+# The Markdown report is printed at the end and written to $WORK/results.md.
+#
+# nginx processes: the upstream (A) runs `worker_processes 1` (UPSTREAM_WORKERS):
+# one worker serves ~100k req/s of a static file here, far above what any
+# proxy in front of it reaches, and it leaves the second core to the proxy
+# under test. The front nginx (C and D) runs `worker_processes auto`
+# (NGINX_WORKERS), i.e. one worker per CPU, like riegel, whose worker threads
+# default to the number of CPUs. Both nginx instances: access_log off,
+# keepalive_requests 1000000 (riegel logs no per-request line at its default
+# level `info` and has no per-connection request limit either).
+#
+# Environment knobs: ROUNDS (3) DURATION (10, seconds per wrk run) THREADS (2)
+# CONNS (50) STORM (50 login workers) HOLD_CONNS (1000) UPSTREAM_WORKERS (1)
+# NGINX_WORKERS (auto) KEEP_WORK (0: on exit, delete the work dir except the
+# report and the logs; 1: keep everything) SKIP_BUILD (0: build when a source
+# is newer than the binary) RIEGEL_PRELOAD (empty; e.g.
+# /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 to try another allocator
+# without rebuilding: `riegel serve` then runs with LD_PRELOAD=that file).
+#
+# Everything started here is stopped by PID on exit (trap), whatever happens.
+
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+THREADS=${THREADS:-2}
+CONNS=${CONNS:-50}
+STORM=${STORM:-50}
+HOLD_CONNS=${HOLD_CONNS:-1000}
+UPSTREAM_WORKERS=${UPSTREAM_WORKERS:-1}
+NGINX_WORKERS=${NGINX_WORKERS:-auto}
+KEEP_WORK=${KEEP_WORK:-0}
+SKIP_BUILD=${SKIP_BUILD:-0}
+RIEGEL_PRELOAD=${RIEGEL_PRELOAD:-}
+
+COMMAND="ROUNDS=$ROUNDS DURATION=$DURATION THREADS=$THREADS CONNS=$CONNS STORM=$STORM${RIEGEL_PRELOAD:+ RIEGEL_PRELOAD=$RIEGEL_PRELOAD} bash benches/load.sh"
+ROOT=/work/main
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$TARGET_DIR/release/riegel
+
+say() { printf '\n==> %s\n' "$*" >&2; }
+info() { printf '    %s\n' "$*" >&2; }
+die() { printf '\nload.sh: ERROR: %s\n' "$*" >&2; exit 1; }
+
+for v in ROUNDS DURATION THREADS CONNS STORM HOLD_CONNS; do
+    [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive whole number (got '${!v}')"
+done
+
+# ---------------------------------------------------------------- cleanup ---
+PIDS=()          # every background process we started, stopped by PID on exit
+WORK=""
+cleanup() {
+    local rc=$?
+    set +e
+    [[ -n $WORK ]] && touch "$WORK/storm/stop" 2>/dev/null
+    local p
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
+    for _ in $(seq 1 50); do
+        local alive=0
+        for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        [[ $alive == 0 ]] && break
+        sleep 0.1
+    done
+    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; done
+    wait 2>/dev/null
+    if [[ -n $WORK && -d $WORK ]]; then
+        if [[ $KEEP_WORK == 1 ]]; then
+            info "work dir kept: $WORK"
+        else
+            # Keys, the store and the temp files go; report and logs stay.
+            rm -rf "$WORK/data" "$WORK/keys" "$WORK/storm" "$WORK/ngx" "$WORK/www" "$WORK/outbox" "$WORK/jar" 2>/dev/null
+            info "report and logs kept in: $WORK"
+        fi
+    fi
+    [[ $rc != 0 ]] && printf 'load.sh: failed (exit %s); logs in %s\n' "$rc" "${WORK:-?}" >&2
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ----------------------------------------------------------- prerequisites ---
+say "checking tools"
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need+=(nginx)
+command -v oathtool >/dev/null || need+=(oathtool)
+command -v curl >/dev/null || need+=(curl)
+command -v openssl >/dev/null || need+=(openssl)
+command -v python3 >/dev/null || need+=(python3)
+if ((${#need[@]})); then
+    info "installing: ${need[*]}"
+    SUDO=""
+    if [[ $EUID != 0 ]]; then
+        command -v sudo >/dev/null || die "missing ${need[*]} and not root (no sudo): install them first"
+        SUDO=sudo
+    fi
+    command -v apt-get >/dev/null || die "missing ${need[*]} and no apt-get: install them first"
+    $SUDO apt-get update -qq || die "apt-get update failed"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
+        || die "apt-get install ${need[*]} failed"
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+"$NGINX" -V 2>&1 | grep -q -- --with-http_auth_request_module \
+    || die "this nginx lacks http_auth_request_module (needed for the auth_request baseline)"
+
+# Enough file descriptors for 1,000 connections on each side (inherited by
+# everything started below).
+hard=$(ulimit -Hn)
+want=65536
+[[ $hard != unlimited && $hard -lt $want ]] && want=$hard
+ulimit -n "$want" 2>/dev/null || true
+(($(ulimit -n) >= HOLD_CONNS * 2 + 100)) || die "ulimit -n is $(ulimit -n); need at least $((HOLD_CONNS * 2 + 100))"
+
+# ------------------------------------------------------------------- build ---
+say "riegel release binary"
+if [[ $SKIP_BUILD == 1 && -x $BIN ]]; then
+    info "SKIP_BUILD=1: using $BIN as is"
+elif [[ -x $BIN ]] && [[ -z $(find "$ROOT/src" "$ROOT/pages" "$ROOT/Cargo.toml" "$ROOT/Cargo.lock" "$ROOT/build.rs" \
+    -newer "$BIN" -print -quit 2>/dev/null) ]]; then
+    info "reusing $BIN (newer than every source)"
+else
+    command -v cargo >/dev/null || die "cargo not found (install Rust: https://rustup.rs)"
+    command -v cmake >/dev/null || info "note: pingora needs cmake to build (apt-get install cmake)"
+    info "cargo build --release (fat LTO: several minutes on 2 cores)"
+    t0=$SECONDS
+    (cd "$ROOT" && cargo build --release --bin riegel) || die "cargo build --release failed"
+    info "built in $((SECONDS - t0)) s"
+fi
+[[ -x $BIN ]] || die "no binary at $BIN"
+
+# ----------------------------------------------------------------- helpers ---
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/riegel-load.XXXXXX")
+mkdir -p "$WORK"/{www,ngx,data,keys,outbox,wrk,storm,logs}
+chmod 700 "$WORK/keys"
+info "work dir: $WORK"
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+USED_PORTS=" "
+free_port() {
+    local p
+    for _ in $(seq 1 200); do
+        p=$((20000 + RANDOM % 40000))
+        [[ $USED_PORTS == *" $p "* ]] && continue
+        if ! port_busy "$p"; then USED_PORTS+="$p "; echo "$p"; return 0; fi
+    done
+    die "no free port found"
+}
+# wait_port PORT PID NAME LOG
+wait_port() {
+    local port=$1 pid=$2 name=$3 log=$4
+    for _ in $(seq 1 150); do
+        port_busy "$port" && return 0
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail -n 30 "$log" >&2 2>/dev/null || true
+            die "$name exited before listening on 127.0.0.1:$port (log: $log)"
+        fi
+        sleep 0.1
+    done
+    tail -n 30 "$log" >&2 2>/dev/null || true
+    die "$name did not listen on 127.0.0.1:$port within 15 s (log: $log)"
+}
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+# The value of the hidden csrf input of an HTML page (stdin).
+extract_csrf() {
+    { grep -o '<input[^>]*name="csrf"[^>]*>' || true; } | head -n1 | sed -n 's/.*value="\([^"]*\)".*/\1/p'
+}
+# wrk latency value (e.g. 812.00us, 1.23ms, 2.01s, 1.00m) -> milliseconds
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        if (v ~ /us$/) { sub(/us$/, "", v); printf "%.3f", v / 1000 }
+        else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.3f", v }
+        else if (v ~ /m$/) { sub(/m$/, "", v); printf "%.3f", v * 60000 }
+        else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.3f", v * 1000 }
+        else printf "nan" }'
+}
+median() {
+    sort -g | awk '{ a[NR] = $1 } END {
+        if (NR == 0) { print "nan"; exit }
+        if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
+
+PA=$(free_port) # nginx upstream (the 1 KiB file)
+PB=$(free_port) # riegel
+PC=$(free_port) # nginx proxy_pass
+PD=$(free_port) # nginx auth_request
+RB=http://127.0.0.1:$PB
+
+# ------------------------------------------------------------ the upstream ---
+say "nginx upstream on 127.0.0.1:$PA (worker_processes $UPSTREAM_WORKERS)"
+head -c 1024 /dev/zero | tr '\0' 'x' >"$WORK/www/1k.html"
+cp "$WORK/www/1k.html" "$WORK/www/index.html"
+head -c 318 /dev/zero | tr '\0' 'i' >"$WORK/www/favicon.ico"
+USER_LINE=""
+# As root, nginx workers would switch to `nobody`; keep them as the caller so
+# they can read the temp dir.
+[[ $EUID == 0 ]] && USER_LINE="user $(id -un) $(id -gn);"
+
+ngx_common() { # $1 = name
+    cat <<EOF
+daemon off;
+$USER_LINE
+pid $WORK/ngx/$1.pid;
+error_log $WORK/logs/nginx-$1.error.log warn;
+events { worker_connections 8192; }
+EOF
+}
+ngx_http_common() { # $1 = name
+    cat <<EOF
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    client_body_temp_path $WORK/ngx/$1-body;
+    proxy_temp_path $WORK/ngx/$1-proxy;
+    fastcgi_temp_path $WORK/ngx/$1-fastcgi;
+    uwsgi_temp_path $WORK/ngx/$1-uwsgi;
+    scgi_temp_path $WORK/ngx/$1-scgi;
+    default_type text/html;
+EOF
+}
+
+# start_nginx NAME PORT...: checks and starts $WORK/nginx-NAME.conf in the
+# background, records its PID in NGX_PID and PIDS, waits for every PORT.
+start_nginx() {
+    local name=$1 conf="$WORK/nginx-$1.conf" log="$WORK/logs/nginx-$1.error.log" port
+    shift
+    "$NGINX" -t -q -c "$conf" -p "$WORK/ngx" -e "$log" || die "nginx $name config is invalid ($conf)"
+    "$NGINX" -c "$conf" -p "$WORK/ngx" -e "$log" >"$WORK/logs/nginx-$name.out" 2>&1 &
+    NGX_PID=$!
+    PIDS+=("$NGX_PID")
+    for port in "$@"; do
+        wait_port "$port" "$NGX_PID" "nginx $name" "$log"
+    done
+}
+
+{
+    echo "worker_processes $UPSTREAM_WORKERS;"
+    ngx_common upstream
+    echo "http {"
+    ngx_http_common upstream
+    cat <<EOF
+    server {
+        listen 127.0.0.1:$PA;
+        root $WORK/www;
+        location / { }
+    }
+}
+EOF
+} >"$WORK/nginx-upstream.conf"
+start_nginx upstream "$PA"
+
+# ------------------------------------------------------------------ riegel ---
+say "riegel on 127.0.0.1:$PB"
+(umask 077 && openssl rand -hex 32 >"$WORK/keys/session.key" && openssl rand -hex 32 >"$WORK/keys/storage.key")
+chmod 600 "$WORK/keys/session.key" "$WORK/keys/storage.key"
+CFG=$WORK/riegel.yaml
+cat >"$CFG" <<EOF
+# generated by benches/load.sh
+listen: "127.0.0.1:$PB"
+public_url: "http://127.0.0.1:$PB"
+upstream:
+  url: "http://127.0.0.1:$PA"
+store:
+  path: "$WORK/data"
+secrets:
+  session_key_file: "$WORK/keys/session.key"
+  storage_key_file: "$WORK/keys/storage.key"
+mail:
+  from: "Bench <bench@example.invalid>"
+  outbox: "$WORK/outbox"
+branding:
+  company: "Bench GmbH"
+  portal_name: "Portal"
+  language: en
+totp:
+  issuer: "Bench"
+# The login storm comes from one address (127.0.0.1) with random usernames:
+# per-account counters never fill; the per-address limit (4 x max_failures =
+# 400 failures within find_time) resets every second.
+regulation:
+  max_failures: 100
+  find_time: 1s
+  delay_after: 100
+  delay_step: 1ms
+EOF
+"$BIN" check-config --config "$CFG" >"$WORK/logs/check-config.out" 2>&1 \
+    || { cat "$WORK/logs/check-config.out" >&2; die "riegel check-config refused the generated config ($CFG)"; }
+
+PW="bench-$(openssl rand -hex 12)"
+printf '%s\n' "$PW" >"$WORK/keys/password"
+"$BIN" user add bench --config "$CFG" --email b@example.invalid <"$WORK/keys/password" >"$WORK/logs/user-add.out" 2>&1 \
+    || { cat "$WORK/logs/user-add.out" >&2; die "riegel user add failed"; }
+
+if [[ -n $RIEGEL_PRELOAD ]]; then
+    [[ -r $RIEGEL_PRELOAD ]] || die "RIEGEL_PRELOAD=$RIEGEL_PRELOAD is not a readable file"
+    info "riegel runs with LD_PRELOAD=$RIEGEL_PRELOAD"
+    LD_PRELOAD=$RIEGEL_PRELOAD "$BIN" serve --config "$CFG" >"$WORK/logs/riegel.log" 2>&1 &
+else
+    "$BIN" serve --config "$CFG" >"$WORK/logs/riegel.log" 2>&1 &
+fi
+RIEGEL=$!
+PIDS+=("$RIEGEL")
+wait_port "$PB" "$RIEGEL" "riegel" "$WORK/logs/riegel.log"
+RSS_START=$(rss_kb "$RIEGEL")
+
+# ------------------------------------------------------------------- login ---
+say "logging in user 'bench' through the real pages"
+JAR=$WORK/jar
+: >"$JAR"
+c() { curl -sS --max-time 10 -b "$JAR" -c "$JAR" "$@"; }
+page=$(c "$RB/_riegel/login") || die "GET /_riegel/login failed"
+csrf=$(extract_csrf <<<"$page")
+[[ -n $csrf ]] || { printf '%s\n' "$page" | head -c 2000 >&2; die "no hidden csrf input on /_riegel/login (are the real pages built in?)"; }
+code=$(c -o "$WORK/logs/login-post.html" -w '%{http_code}' -H "Origin: $RB" \
+    --data-urlencode "username=bench" --data-urlencode "password=$PW" --data-urlencode "csrf=$csrf" "$RB/_riegel/login")
+[[ $code == 303 || $code == 302 ]] || die "POST /_riegel/login answered $code, expected a redirect (see $WORK/logs/login-post.html)"
+page=$(c "$RB/_riegel/setup") || die "GET /_riegel/setup failed"
+uri=$({ grep -o 'href="otpauth://[^"]*"' || true; } <<<"$page" | head -n1 | sed -e 's/^href="//' -e 's/"$//' -e 's/&amp;/\&/g')
+[[ -n $uri ]] || { printf '%s\n' "$page" | head -c 2000 >&2; die "no otpauth:// link on /_riegel/setup"; }
+secret=$(sed -n 's/.*[?&]secret=\([A-Za-z2-7=%]*\).*/\1/p' <<<"$uri")
+[[ -n $secret ]] || die "no secret in the otpauth URI"
+page=$(c "$RB/_riegel/setup/confirm") || die "GET /_riegel/setup/confirm failed"
+csrf=$(extract_csrf <<<"$page")
+[[ -n $csrf ]] || die "no hidden csrf input on /_riegel/setup/confirm"
+totp=$(oathtool --totp -b "$secret") || die "oathtool failed on the secret from the page"
+code=$(c -o "$WORK/logs/confirm-post.html" -w '%{http_code}' -H "Origin: $RB" \
+    --data-urlencode "code=$totp" --data-urlencode "csrf=$csrf" "$RB/_riegel/setup/confirm")
+[[ $code == 200 || $code == 303 ]] || die "POST /_riegel/setup/confirm answered $code (see $WORK/logs/confirm-post.html)"
+SESSION=$(awk -F'\t' '$6 == "riegel_session" { v = $7 } END { print v }' "$JAR")
+[[ -n $SESSION ]] || die "no riegel_session cookie in the jar after enrolment"
+COOKIE="Cookie: riegel_session=$SESSION"
+info "session cookie obtained (${#SESSION} characters)"
+
+# --------------------------------------------------------- nginx baselines ---
+say "nginx proxy_pass on 127.0.0.1:$PC and nginx+auth_request on 127.0.0.1:$PD (worker_processes $NGINX_WORKERS)"
+{
+    echo "worker_processes $NGINX_WORKERS;"
+    ngx_common front
+    echo "http {"
+    ngx_http_common front
+    cat <<EOF
+    upstream backend {
+        server 127.0.0.1:$PA;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    upstream riegel_auth {
+        server 127.0.0.1:$PB;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    # C: plain proxy_pass, upstream keep-alive.
+    server {
+        listen 127.0.0.1:$PC;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+    # D: auth_request against riegel's forward-auth endpoint, then proxy_pass.
+    server {
+        listen 127.0.0.1:$PD;
+        location = /_auth {
+            internal;
+            proxy_pass http://riegel_auth/_riegel/auth;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host 127.0.0.1:$PB;
+            proxy_set_header Cookie \$http_cookie;
+            proxy_set_header X-Original-URI \$request_uri;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+        }
+        location / {
+            auth_request /_auth;
+            auth_request_set \$user \$upstream_http_x_riegel_user;
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Remote-User \$user;
+        }
+    }
+}
+EOF
+} >"$WORK/nginx-front.conf"
+start_nginx front "$PC" "$PD"
+
+# ------------------------------------------------------------ sanity checks ---
+say "checking every set-up answers 200 with the 1 KiB file"
+NAMES=(direct riegel proxy_pass auth_request)
+declare -A URL=(
+    [direct]="http://127.0.0.1:$PA/1k.html"
+    [riegel]="$RB/1k.html"
+    [proxy_pass]="http://127.0.0.1:$PC/1k.html"
+    [auth_request]="http://127.0.0.1:$PD/1k.html"
+)
+declare -A LABEL=(
+    [direct]="nginx direct (reference, no proxy)"
+    [riegel]="**riegel**"
+    [proxy_pass]="nginx proxy_pass"
+    [auth_request]="nginx + auth_request (riegel /_riegel/auth)"
+)
+for n in "${NAMES[@]}"; do
+    got=$(curl -sS --max-time 5 -o /dev/null -w '%{http_code} %{size_download}' -H "$COOKIE" "${URL[$n]}") || got="error"
+    [[ $got == "200 1024" ]] || die "$n: ${URL[$n]} with the session cookie answered '$got', expected '200 1024'"
+done
+got=$(curl -sS --max-time 5 -o /dev/null -w '%{http_code}' "$RB/1k.html")
+[[ $got == 303 || $got == 302 ]] || die "riegel without cookie answered $got, expected a redirect to the login"
+got=$(curl -sS --max-time 5 -o /dev/null -w '%{http_code}' "${URL[auth_request]}")
+[[ $got == 401 ]] || die "auth_request without cookie answered $got, expected 401"
+got=$(curl -sS --max-time 5 -o /dev/null -w '%{http_code}' -H "$COOKIE" "$RB/")
+[[ $got == 200 ]] || die "GET / through riegel answered $got, expected 200 from the upstream"
+info "all four answer 200/1024 B with the cookie; riegel redirects and auth_request says 401 without it"
+
+sleep 1
+cat > /tmp/exp.env <<EOT
+PA=$PA
+PB=$PB
+PC=$PC
+PD=$PD
+RB=$RB
+RIEGEL=$RIEGEL
+COOKIE="$COOKIE"
+WORK=$WORK
+EOT
+echo READY >&2
+sleep infinity & wait $!
