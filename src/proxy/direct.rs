@@ -32,6 +32,11 @@ const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Read buffer for the portal's answer.
 const READ_BUFFER: usize = 8 * 1024;
 
+/// Longest wait for a client to take the next piece of an answer (nginx's
+/// `send_timeout`): a client that stops reading does not hold the portal's
+/// connection for ever.
+const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Why a request could not be answered.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum Failure {
@@ -250,10 +255,11 @@ impl Direct {
     }
 }
 
-async fn write_client(client: &mut Stream, bytes: &[u8]) -> Result<(), Failure> {
+/// Writes to the client and flushes, within [`CLIENT_WRITE_TIMEOUT`].
+pub(super) async fn write_client(client: &mut Stream, bytes: &[u8]) -> Result<(), Failure> {
     let w = async {
         client.write_all(bytes).await?;
         client.flush().await
     };
-    w.await.map_err(Failure::Client)
+    timed(Some(CLIENT_WRITE_TIMEOUT), w).await.map_err(Failure::Client)
 }

@@ -17,10 +17,10 @@ use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Stream, ALPN};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::Notify;
 
-use super::direct::{Direct, Failure};
+use super::direct::{write_client, Direct, Failure};
 use super::h1::{self, push_header, valid_value, ShortHead, Strip, Way};
 use super::{log_request, Core, Gateway};
 use crate::web::{self, Method, Outcome, Reply};
@@ -97,11 +97,6 @@ fn reply_bytes(reply: &Reply, head_only: bool, close: bool) -> Vec<u8> {
         out.extend_from_slice(&reply.body);
     }
     out
-}
-
-async fn write_all(stream: &mut Stream, bytes: &[u8]) -> std::io::Result<()> {
-    stream.write_all(bytes).await?;
-    stream.flush().await
 }
 
 /// A connection cap, the header timeout and the choice of way around
@@ -199,7 +194,7 @@ impl Front {
         let close = head.close || last;
         let (status, keep) = match web::handle(&req, &core.services).await {
             Outcome::Reply(reply) => {
-                let ok = write_all(stream, &reply_bytes(&reply, head.head_only, close)).await.is_ok();
+                let ok = write_client(stream, &reply_bytes(&reply, head.head_only, close)).await.is_ok();
                 (reply.status, ok && !close)
             }
             Outcome::Forward(identity) => {
@@ -210,7 +205,7 @@ impl Front {
                         if !valid_value(value.as_bytes()) {
                             tracing::warn!(header = %name, "identity value with control characters; not forwarded");
                             let reply = web::error_page(&core.services, 500, "error_500");
-                            let _ = write_all(stream, &reply_bytes(&reply, head.head_only, true)).await;
+                            let _ = write_client(stream, &reply_bytes(&reply, head.head_only, true)).await;
                             log_request(&core.services, method, path, 500, Some("identity value"));
                             return false;
                         }
@@ -229,7 +224,7 @@ impl Front {
                         tracing::warn!(status, error = %reason, "portal request failed");
                         if !started {
                             let reply = web::upstream_error_page(&core.services, status);
-                            let _ = write_all(stream, &reply_bytes(&reply, head.head_only, true)).await;
+                            let _ = write_client(stream, &reply_bytes(&reply, head.head_only, true)).await;
                         }
                         log_request(&core.services, method, path, status, Some("portal"));
                         return false;

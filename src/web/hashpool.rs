@@ -1,9 +1,15 @@
 //! A small, fixed pool of threads for password hashing. argon2 is CPU- and
 //! memory-heavy (19 MiB, ~15 ms per hash): running it on a few dedicated
-//! threads at a lower scheduling priority keeps a login storm from starving
+//! threads at the lowest scheduling class keeps a login storm from starving
 //! proxied requests, and keeps the 19 MiB buffers on a few threads instead
 //! of spreading them over every blocking thread of the runtime. The queue is
 //! bounded; jobs wait their turn asynchronously.
+//!
+//! Lowest class: `SCHED_IDLE` on Linux. A merely nice thread still keeps
+//! the CPU for its time slice (milliseconds) when a proxy thread wakes up;
+//! an idle-class thread gives it up at once, so proxied requests do not
+//! wait behind an argon2 hash. Should the class be refused, the thread
+//! stays at nice 19.
 
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -28,14 +34,30 @@ pub struct HashPool {
 /// How nice the hashing threads are (0 = normal, 19 = lowest).
 const NICENESS: i32 = 19;
 
+/// Linux's `SCHED_IDLE` scheduling policy.
+const SCHED_IDLE: i32 = 5;
+
+#[repr(C)]
+struct SchedParam {
+    sched_priority: i32,
+}
+
 extern "C" {
     fn setpriority(which: i32, who: u32, prio: i32) -> i32;
+    fn sched_setscheduler(pid: i32, policy: i32, param: *const SchedParam) -> i32;
 }
 
 fn lower_this_threads_priority() {
-    // On Linux the nice value belongs to the thread (PRIO_PROCESS = 0, who 0 = caller).
-    // SAFETY: setpriority only changes this thread's scheduling priority.
-    let _ = unsafe { setpriority(0, 0, NICENESS) };
+    // On Linux the nice value and the policy belong to the thread
+    // (PRIO_PROCESS = 0 and pid 0: the caller).
+    // SAFETY: both calls only change this thread's scheduling; `param`
+    // points to a live, properly laid out sched_param.
+    unsafe {
+        let _ = setpriority(0, 0, NICENESS);
+        if sched_setscheduler(0, SCHED_IDLE, &SchedParam { sched_priority: 0 }) != 0 {
+            tracing::debug!("SCHED_IDLE refused; password hashing stays at nice {NICENESS}");
+        }
+    }
 }
 
 impl HashPool {
