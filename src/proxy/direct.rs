@@ -111,37 +111,47 @@ impl Direct {
                 return Ok((stream, true));
             }
         }
-        let stream = self.connector.new_stream(&self.peer).await.map_err(|e| {
+        Ok((self.connect().await?, false))
+    }
+
+    /// A new connection to the portal.
+    async fn connect(&self) -> Result<Stream, Failure> {
+        self.connector.new_stream(&self.peer).await.map_err(|e| {
             let status = if matches!(e.etype(), pingora::ErrorType::ConnectTimedout) { 504 } else { 502 };
             Failure::portal(status, e.to_string())
-        })?;
-        Ok((stream, false))
+        })
     }
 
     fn checkin(&self, stream: Stream) {
         let mut pool = self.pool.get_or(|| RefCell::new(Vec::new())).borrow_mut();
+        // The pool is used from the top: connections at the bottom may idle
+        // past the timeout unseen. One look per check-in closes them.
+        if let (Some((_, since)), Some(t)) = (pool.first(), self.peer.options.idle_timeout) {
+            if since.elapsed() >= t {
+                pool.remove(0);
+            }
+        }
         if pool.len() < POOL_PER_THREAD {
             pool.push((stream, Instant::now()));
         }
     }
 
     /// Sends `head` (the portal's request head, blank line included) and
-    /// relays the answer to `client`. A pooled connection that fails before
-    /// the first byte of an answer (the portal closed it meanwhile) is
-    /// replaced by a new one, once: the request is a GET or HEAD.
+    /// relays the answer to `client`. When a pooled connection fails before
+    /// the first byte of an answer (the portal closed it meanwhile), the
+    /// request is sent once more, on a new connection: it is a GET or HEAD.
     /// `close_client`: the client connection ends after this answer.
     pub(super) async fn forward(&self, client: &mut Stream, head: &[u8], head_only: bool, close_client: bool) -> Result<Answered, Failure> {
-        let (mut up, mut reused) = self.checkout().await?;
+        let (mut up, reused) = self.checkout().await?;
         let mut buf = BytesMut::with_capacity(READ_BUFFER);
-        let response = loop {
-            match self.exchange(&mut up, head, head_only, &mut buf).await {
-                Ok(r) => break r,
-                // Not after a timeout: that would double the wait.
-                Err(Failure::Portal { status: 502, .. }) if reused && buf.is_empty() => {
-                    (up, reused) = self.checkout().await?;
-                }
-                Err(e) => return Err(e),
+        let response = match self.exchange(&mut up, head, head_only, &mut buf).await {
+            Ok(r) => r,
+            // Not after a timeout: that would double the wait.
+            Err(Failure::Portal { status: 502, .. }) if reused && buf.is_empty() => {
+                up = self.connect().await?;
+                self.exchange(&mut up, head, head_only, &mut buf).await?
             }
+            Err(e) => return Err(e),
         };
         self.relay(up, client, response, buf, close_client).await
     }
@@ -228,7 +238,12 @@ impl Direct {
             };
             Ok((piece, done, !buf.is_empty()))
         };
-        let (piece, mut done, mut extra) = take(&mut buf)?;
+        // Nothing has reached the client yet: a bad first piece still gets
+        // the 502 page.
+        let (piece, mut done, mut extra) = take(&mut buf).map_err(|e| match e {
+            Failure::Portal { status, reason, .. } => Failure::Portal { status, reason, started: false },
+            other => other,
+        })?;
         out.extend_from_slice(&piece);
         write_client(client, &out).await?;
         let opts = &self.peer.options;

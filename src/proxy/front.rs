@@ -33,6 +33,9 @@ const REQUESTS_PER_CONNECTION: u32 = 10_000;
 /// refuses it (its own limit is 1 MiB).
 const MAX_HEAD: usize = 1 << 20;
 
+/// Longest wait for a connection's orderly close.
+const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Reads until `buf` holds a whole request head; `None` when the client
 /// closed or failed first.
 async fn read_head(stream: &mut Stream, buf: &mut BytesMut, strip: &Strip<'_>) -> Option<Way> {
@@ -79,8 +82,12 @@ fn http_date() -> String {
     })
 }
 
-/// One of riegel's own answers as bytes.
-fn reply_bytes(reply: &Reply, head_only: bool, close: bool) -> Vec<u8> {
+/// One of riegel's own answers as bytes; `None` when a header value has
+/// control characters (it could only come from stored data).
+fn reply_bytes(reply: &Reply, head_only: bool, close: bool) -> Option<Vec<u8>> {
+    if !reply.headers.iter().all(|(_, v)| valid_value(v.as_bytes())) {
+        return None;
+    }
     let mut out = Vec::with_capacity(256 + reply.body.len());
     let reason = http::StatusCode::from_u16(reply.status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
     out.extend_from_slice(format!("HTTP/1.1 {} {reason}\r\n", reply.status).as_bytes());
@@ -96,7 +103,7 @@ fn reply_bytes(reply: &Reply, head_only: bool, close: bool) -> Vec<u8> {
     if !head_only {
         out.extend_from_slice(&reply.body);
     }
-    out
+    Some(out)
 }
 
 /// A connection cap, the header timeout and the choice of way around
@@ -122,6 +129,17 @@ impl Front {
     pub(super) fn new(core: Arc<Core>, proxy: HttpProxy<Gateway>, open: Arc<AtomicUsize>) -> Self {
         let direct = Direct::new(core.peer.clone());
         Self { core, proxy: Arc::new(proxy), direct, open, closing: AtomicBool::new(false), idle: Notify::new() }
+    }
+
+    /// One of riegel's own answers as bytes, or the 500 page (closing the
+    /// connection) when the answer cannot be sent as it is.
+    fn answer(&self, reply: &Reply, head_only: bool, close: bool) -> Vec<u8> {
+        reply_bytes(reply, head_only, close).unwrap_or_else(|| {
+            tracing::warn!(status = reply.status, "answer header with control characters; 500 instead");
+            let page = web::error_page(&self.core.services, 500, "error_500");
+            // The error page's headers are riegel's own constants.
+            reply_bytes(&page, head_only, true).unwrap_or_default()
+        })
     }
 
     /// Serves requests until the client leaves, idles past the header
@@ -157,6 +175,11 @@ impl Front {
                         return;
                     }
                     buf.advance(len);
+                    // A huge head once does not pin its buffer for the
+                    // connection's life.
+                    if buf.is_empty() && buf.capacity() > 16 * 1024 {
+                        buf = BytesMut::new();
+                    }
                 }
                 Way::Framework => {
                     let mut session = ServerSession::new_http1(stream);
@@ -165,6 +188,9 @@ impl Front {
                         session.set_keepalive_reuses_remaining(Some(0));
                     }
                     let Some(reused) = self.proxy.process_new_http(session, shutdown).await else { return };
+                    // The settings would carry bytes of a pipelined next
+                    // request only with Pingora's pipelining on, which riegel
+                    // leaves off: Pingora then closes instead of reusing.
                     stream = reused.consume().0;
                 }
             }
@@ -194,7 +220,7 @@ impl Front {
         let close = head.close || last;
         let (status, keep) = match web::handle(&req, &core.services).await {
             Outcome::Reply(reply) => {
-                let ok = write_client(stream, &reply_bytes(&reply, head.head_only, close)).await.is_ok();
+                let ok = write_client(stream, &self.answer(&reply, head.head_only, close)).await.is_ok();
                 (reply.status, ok && !close)
             }
             Outcome::Forward(identity) => {
@@ -205,7 +231,7 @@ impl Front {
                         if !valid_value(value.as_bytes()) {
                             tracing::warn!(header = %name, "identity value with control characters; not forwarded");
                             let reply = web::error_page(&core.services, 500, "error_500");
-                            let _ = write_client(stream, &reply_bytes(&reply, head.head_only, true)).await;
+                            let _ = write_client(stream, &self.answer(&reply, head.head_only, true)).await;
                             log_request(&core.services, method, path, 500, Some("identity value"));
                             return false;
                         }
@@ -224,7 +250,7 @@ impl Front {
                         tracing::warn!(status, error = %reason, "portal request failed");
                         if !started {
                             let reply = web::upstream_error_page(&core.services, status);
-                            let _ = write_client(stream, &reply_bytes(&reply, head.head_only, true)).await;
+                            let _ = write_client(stream, &self.answer(&reply, head.head_only, true)).await;
                         }
                         log_request(&core.services, method, path, status, Some("portal"));
                         return false;
@@ -238,7 +264,9 @@ impl Front {
         };
         log_request(&core.services, method, path, status, None);
         if !keep {
-            let _ = stream.shutdown().await;
+            // Bounded: after a write timeout the flush in shutdown would
+            // wait for the same silent client.
+            let _ = tokio::time::timeout(SHUTDOWN_WAIT, stream.shutdown()).await;
         }
         keep
     }
@@ -278,11 +306,13 @@ mod tests {
     #[test]
     fn own_answers_carry_length_date_and_close_when_asked() {
         let r = Reply { status: 303, headers: vec![("location", "/_riegel/login".to_string())], body: bytes::Bytes::from_static(b"see") };
-        let s = String::from_utf8(reply_bytes(&r, false, false)).expect("utf8");
+        let s = String::from_utf8(reply_bytes(&r, false, false).expect("valid")).expect("utf8");
         assert!(s.starts_with("HTTP/1.1 303 See Other\r\nlocation: /_riegel/login\r\ncontent-length: 3\r\ndate: "), "{s}");
         assert!(s.ends_with(" GMT\r\n\r\nsee"), "{s}");
         assert!(!s.contains("connection"));
-        let s = String::from_utf8(reply_bytes(&r, true, true)).expect("utf8");
+        let s = String::from_utf8(reply_bytes(&r, true, true).expect("valid")).expect("utf8");
         assert!(s.ends_with("connection: close\r\n\r\n"), "{s}");
+        let bad = Reply { status: 200, headers: vec![("x-user", "a\r\nSet-Cookie: x=1".to_string())], body: bytes::Bytes::new() };
+        assert!(reply_bytes(&bad, false, false).is_none());
     }
 }

@@ -68,12 +68,21 @@ fn is(name: &str, lower: &str) -> bool {
     name.eq_ignore_ascii_case(lower)
 }
 
-/// Hop-by-hop headers (RFC 9110 7.6.1) and the ones riegel sets itself.
+/// Hop-by-hop headers (RFC 9110 7.6.1), and the forwarding headers riegel
+/// sets itself, in any spelling (`_` for `-`: some servers fold them).
 fn never_forwarded(name: &str) -> bool {
-    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"]
-        .iter()
-        .any(|h| is(name, h))
+    ["connection", "keep-alive", "proxy-connection", "te", "trailer"].iter().any(|h| is(name, h))
+        || FORWARDING.iter().any(|h| same_header(name, h))
 }
+
+/// Forwarding headers: riegel's own X-Forwarded-* replace the client's;
+/// a client's `Forwarded` would be a second, unchecked say.
+pub(crate) const FORWARDING: [&str; 4] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"];
+
+/// Headers a request must not name in `Connection` for the short way: riegel
+/// decides on them, so removing them would make the two ways differ.
+const READ_BY_RIEGEL: [&str; 8] =
+    ["host", "cookie", "origin", "sec-fetch-site", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "content-length"];
 
 /// Decides the way for the bytes read so far; `None` while the head is
 /// incomplete.
@@ -136,6 +145,10 @@ fn short(buf: &[u8], req: &httparse::Request<'_, '_>, len: usize, strip: &Strip<
             }
         } else if is(n, "transfer-encoding") || is(n, "upgrade") || is(n, "expect") {
             return None;
+        } else if same_header(n, "content-length") || same_header(n, "transfer-encoding") {
+            // `Content_Length` and the like: a server that folds `_` would
+            // see a body riegel does not; Pingora's way decides.
+            return None;
         } else if is(n, "cookie") {
             once(&mut h.cookie)?;
         } else if is(n, "origin") {
@@ -155,6 +168,9 @@ fn short(buf: &[u8], req: &httparse::Request<'_, '_>, len: usize, strip: &Strip<
                 if is(t, "close") {
                     h.close = true;
                 } else if !t.is_empty() && !is(t, "keep-alive") {
+                    if READ_BY_RIEGEL.iter().chain(strip.identity.iter()).any(|r| same_header(t, r)) {
+                        return None;
+                    }
                     connection_tokens.push(t);
                 }
             }
@@ -281,7 +297,9 @@ pub(super) fn response(buf: &[u8], head_only: bool) -> Result<Response, BadRespo
                     close = true;
                 } else if is(t, "keep-alive") {
                     close = close && !http10;
-                } else if !t.is_empty() {
+                } else if !t.is_empty() && !is(t, "content-length") && !is(t, "transfer-encoding") {
+                    // Framing headers stay whatever Connection says: the
+                    // client needs them to find the end of the answer.
                     connection_tokens.push(t);
                 }
             }
@@ -301,7 +319,11 @@ pub(super) fn response(buf: &[u8], head_only: bool) -> Result<Response, BadRespo
     };
     // Both Content-Length and Transfer-Encoding: answered by the coding,
     // and the portal's connection is not trusted with another request.
-    let upstream_close = close || framing == Framing::UntilClose || (length.is_some() && (chunked || other_coding));
+    // After HEAD the portal's connection is not reused either: a portal that
+    // runs GET for HEAD may send the body late, and the next request on
+    // that connection would read it as its answer. (204 and 304 are trusted
+    // to have no body, as nginx does.)
+    let upstream_close = close || head_only || framing == Framing::UntilClose || (length.is_some() && (chunked || other_coding));
     let mut out = Vec::with_capacity(len + 64);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.to_string().as_bytes());
@@ -389,7 +411,7 @@ impl Chunks {
                     }
                 }
                 ChunkState::Data(n) => {
-                    let take = (n as usize).min(data.len() - i) as u64;
+                    let take = usize::try_from(n).unwrap_or(usize::MAX).min(data.len() - i) as u64;
                     i += take as usize;
                     let left = n - take;
                     self.state = if left == 0 { ChunkState::DataCr } else { ChunkState::Data(left) };
@@ -482,6 +504,12 @@ mod tests {
             "GET / HTTP/1.1\r\nCookie: a=1\r\nCookie: b=2\r\n\r\n",
             "GET / HTTP/1.1\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-For: 5.6.7.8\r\n\r\n",
             "GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nContent_Length: 40\r\n\r\n",
+            "GET / HTTP/1.1\r\nTransfer_Encoding: chunked\r\n\r\n",
+            // Connection naming a header riegel reads.
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: host\r\n\r\n",
+            "GET / HTTP/1.1\r\nConnection: X_Forwarded_For\r\n\r\n",
+            "GET / HTTP/1.1\r\nConnection: x-riegel-user\r\n\r\n",
         ] {
             assert_eq!(w(s), Some(false), "{s:?}");
         }
@@ -491,7 +519,7 @@ mod tests {
 
     #[test]
     fn a_short_head_keeps_what_riegel_decides_on_and_writes_the_portals_head() {
-        let s = "GET /mieter/konto?x=1&y=2 HTTP/1.1\r\nHost: portal.example\r\nCookie: riegel_session=abc; lang=de\r\nOrigin: https://portal.example\r\nSec-Fetch-Site: same-origin\r\nX-Forwarded-For: 9.9.9.9\r\nx-forwarded-proto: https\r\nX-Forwarded-Host: evil\r\nx_riegel_user: admin\r\nX-RIEGEL-EMAIL: a@b\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nAccept: */*\r\n\r\nNEXT";
+        let s = "GET /mieter/konto?x=1&y=2 HTTP/1.1\r\nHost: portal.example\r\nCookie: riegel_session=abc; lang=de\r\nOrigin: https://portal.example\r\nSec-Fetch-Site: same-origin\r\nX-Forwarded-For: 9.9.9.9\r\nx-forwarded-proto: https\r\nX-Forwarded-Host: evil\r\nX_Forwarded_For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nx_riegel_user: admin\r\nX-RIEGEL-EMAIL: a@b\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nAccept: */*\r\n\r\nNEXT";
         let h = short_head(s);
         assert_eq!(h.len, s.len() - 4);
         assert!(!h.head_only && !h.close);
@@ -546,7 +574,10 @@ mod tests {
         let h = final_head("HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n", false);
         assert_eq!((h.framing, h.upstream_close), (Framing::Empty, false));
         let h = final_head("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", true);
-        assert_eq!(h.framing, Framing::Empty);
+        assert_eq!((h.framing, h.upstream_close), (Framing::Empty, true));
+        // Connection cannot take the framing away from the client.
+        let h = final_head("HTTP/1.1 200 OK\r\nConnection: content-length, transfer-encoding\r\nContent-Length: 5\r\n\r\n", false);
+        assert_eq!(String::from_utf8(h.downstream).expect("utf8"), "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n");
         let h = final_head("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false);
         assert!(h.upstream_close);
         let h = final_head("HTTP/1.0 200 OK\r\nContent-Length: 1\r\nConnection: keep-alive\r\n\r\n", false);

@@ -35,7 +35,7 @@ mod h1;
 mod moved;
 
 use crate::auth::session::strip_cookie;
-use crate::web::headers::{client_ip, headers_to_strip};
+use crate::web::headers::{client_ip, headers_to_strip, same_header};
 use crate::web::{self, Identity, Method, Outcome, Reply, Services};
 
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +158,29 @@ impl Core {
         for name in &strip {
             req.remove_header(name.as_str());
         }
+        // The X-Forwarded-* riegel sends, from what is left; then every
+        // spelling of the client's own forwarding headers goes, and any
+        // `Content_Length`-like name a `_`-folding server would misread.
+        let fwd = {
+            let prev: Vec<&str> = req.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
+            let host = header_str(req, "host").or_else(|| req.uri.host());
+            self.forwarded(peer, client, &prev, header_str(req, "x-forwarded-proto"), header_str(req, "x-forwarded-host"), host)
+        };
+        let spoofable: Vec<String> = req
+            .headers
+            .keys()
+            .map(|k| k.as_str())
+            .filter(|n| {
+                h1::FORWARDING.iter().any(|f| same_header(n, f))
+                    || ((same_header(n, "content-length") || same_header(n, "transfer-encoding"))
+                        && !n.eq_ignore_ascii_case("content-length")
+                        && !n.eq_ignore_ascii_case("transfer-encoding"))
+            })
+            .map(str::to_string)
+            .collect();
+        for name in &spoofable {
+            req.remove_header(name.as_str());
+        }
         // 2. riegel's own cookies never reach the portal (the header is only
         //    rewritten when one of them is in it).
         let ours = req
@@ -185,11 +208,6 @@ impl Core {
             req.insert_header(ids[2], id.name())?;
         }
         // 4. X-Forwarded-*.
-        let fwd = {
-            let prev: Vec<&str> = req.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
-            let host = header_str(req, "host").or_else(|| req.uri.host());
-            self.forwarded(peer, client, &prev, header_str(req, "x-forwarded-proto"), header_str(req, "x-forwarded-host"), host)
-        };
         req.insert_header("x-forwarded-for", fwd.xff)?;
         req.insert_header("x-forwarded-proto", fwd.proto)?;
         match fwd.host {
