@@ -155,10 +155,15 @@ info "work dir: $WORK"
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 USED_PORTS=" "
+# Listening ports come from below the kernel's ephemeral range: a port in it
+# may be taken between the check and the bind by an outgoing connection
+# (wrk opens thousands), and nginx then fails with "Address already in use".
+EPHEMERAL_LOW=$(awk '{ print $1 }' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+(( EPHEMERAL_LOW > 12000 )) || EPHEMERAL_LOW=32768
 free_port() {
     local p
     for _ in $(seq 1 200); do
-        p=$((20000 + RANDOM % 40000))
+        p=$((10000 + RANDOM % (EPHEMERAL_LOW - 10000)))
         [[ $USED_PORTS == *" $p "* ]] && continue
         if ! port_busy "$p"; then USED_PORTS+="$p "; echo "$p"; return 0; fi
     done
