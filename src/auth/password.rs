@@ -4,8 +4,10 @@
 //! These functions are CPU-heavy and blocking: callers run them off the
 //! async executor.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use std::cell::RefCell;
+
+use argon2::password_hash::{Output, PasswordHash, PasswordHasher as _, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 
 use super::crypto::{random_array, Random};
 use crate::config::Argon2Params;
@@ -79,10 +81,10 @@ impl Hasher {
             return Err(PasswordError::UnsupportedHash);
         }
         // Verify with the parameters recorded in the hash itself.
-        match Argon2::default().verify_password(password.as_bytes(), &parsed) {
-            Ok(()) => Ok(Verified::Right { upgrade: self.weaker_than_configured(&parsed) }),
-            Err(argon2::password_hash::Error::Password) => Ok(Verified::Wrong),
-            Err(_) => Err(PasswordError::UnsupportedHash),
+        if verify_argon2(&parsed, password.as_bytes())? {
+            Ok(Verified::Right { upgrade: self.weaker_than_configured(&parsed) })
+        } else {
+            Ok(Verified::Wrong)
         }
     }
 
@@ -100,6 +102,52 @@ impl Hasher {
         let pw = super::crypto::random_token::<24>(rng);
         self.hash(&pw, rng)
     }
+}
+
+thread_local! {
+    /// argon2's working memory (19 MiB with the defaults), kept between
+    /// verifications on this thread: allocating and returning it for every
+    /// login makes the kernel map, fault in and unmap 19 MiB per login, and
+    /// the unmapping interrupts every other thread of the process (TLB
+    /// shootdown). `web::hashpool` releases it when its queue runs dry.
+    static SCRATCH: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Gives this thread's argon2 working memory back.
+pub fn release_scratch() {
+    SCRATCH.with(|s| *s.borrow_mut() = Vec::new());
+}
+
+/// What argon2's `verify_password` does, on this thread's reused working
+/// memory: the algorithm, version, parameters, salt and output length all
+/// come from the stored hash; the comparison is constant-time.
+fn verify_argon2(parsed: &PasswordHash<'_>, password: &[u8]) -> Result<bool, PasswordError> {
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return Err(PasswordError::UnsupportedHash);
+    };
+    fn unsupported<E>(_: E) -> PasswordError {
+        PasswordError::UnsupportedHash
+    }
+    let algorithm = Algorithm::try_from(parsed.algorithm).map_err(unsupported)?;
+    let version = parsed.version.map(Version::try_from).transpose().map_err(unsupported)?.unwrap_or_default();
+    let params = Params::try_from(parsed).map_err(unsupported)?;
+    let mut salt_buf = [0u8; 64];
+    let salt = salt.decode_b64(&mut salt_buf).map_err(unsupported)?;
+    let blocks = params.block_count();
+    let out_len = expected.len();
+    let argon = Argon2::new(algorithm, version, params);
+    let mut out = [0u8; Output::MAX_LENGTH];
+    let out = out.get_mut(..out_len).ok_or(PasswordError::UnsupportedHash)?;
+    SCRATCH.with(|s| {
+        let mut memory = s.borrow_mut();
+        if memory.len() < blocks {
+            memory.resize(blocks, Block::new());
+        }
+        argon.hash_password_into_with_memory(password, salt, out, &mut memory[..blocks]).map_err(|e| PasswordError::Params(e.to_string()))
+    })?;
+    let computed = Output::new(out).map_err(unsupported)?;
+    // `Output`'s equality is constant-time.
+    Ok(computed == expected)
 }
 
 fn is_bcrypt(s: &str) -> bool {
@@ -183,6 +231,33 @@ mod tests {
         assert_eq!(h.verify(&stored, "sommer 2024!"), Ok(Verified::Wrong));
         assert_eq!(h.verify(&stored, "Sommer 2024! "), Ok(Verified::Wrong));
         assert_eq!(h.verify(&stored, " Sommer 2024!"), Ok(Verified::Wrong));
+    }
+
+    #[test]
+    fn reused_memory_verifies_like_argon2_itself() {
+        use argon2::password_hash::PasswordVerifier;
+        let salt = SaltString::encode_b64(b"0123456789abcdef").expect("salt");
+        // Every algorithm and version, odd parameters and output lengths;
+        // the same thread's memory is reused (and grown) between them.
+        let cases = [
+            (Algorithm::Argon2id, Version::V0x13, Params::new(1024, 1, 1, None)),
+            (Algorithm::Argon2i, Version::V0x13, Params::new(2048, 2, 2, Some(16))),
+            (Algorithm::Argon2d, Version::V0x10, Params::new(1100, 3, 1, Some(64))),
+            (Algorithm::Argon2id, Version::V0x10, Params::new(512, 1, 4, Some(40))),
+        ];
+        for (alg, ver, params) in cases {
+            let argon = Argon2::new(alg, ver, params.expect("params"));
+            let stored = argon.hash_password(b"Sommer 2024!", &salt).expect("hash").to_string();
+            let parsed = PasswordHash::new(&stored).expect("parse");
+            for (pw, right) in [(&b"Sommer 2024!"[..], true), (b"Sommer 2024?", false), (b"", false)] {
+                assert_eq!(verify_argon2(&parsed, pw), Ok(right), "{stored} {pw:?}");
+                assert_eq!(Argon2::default().verify_password(pw, &parsed).is_ok(), right, "reference {stored}");
+            }
+            release_scratch();
+        }
+        // A hash without its output cannot be checked.
+        let bare = PasswordHash::new("$argon2id$v=19$m=1024,t=1,p=1$MDEyMzQ1Njc4OWFiY2RlZg").expect("parse");
+        assert_eq!(verify_argon2(&bare, b"x"), Err(PasswordError::UnsupportedHash));
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! wait behind an argon2 hash. Should the class be refused, the thread
 //! stays at nice 19.
 
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender};
+use std::time::Duration;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
@@ -30,6 +31,9 @@ pub struct HashPool {
     tx: SyncSender<Job>,
     slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// How long a hashing thread keeps argon2's working memory without work.
+const KEEP_MEMORY: Duration = Duration::from_millis(100);
 
 /// How nice the hashing threads are (0 = normal, 19 = lowest).
 const NICENESS: i32 = 19;
@@ -73,7 +77,16 @@ impl HashPool {
                 lower_this_threads_priority();
                 loop {
                     let job = match rx.lock() {
-                        Ok(r) => r.recv(),
+                        // argon2's working memory stays while logins keep
+                        // coming, and goes once the queue has been dry for
+                        // a moment.
+                        Ok(r) => match r.recv_timeout(KEEP_MEMORY) {
+                            Err(RecvTimeoutError::Timeout) => {
+                                crate::auth::password::release_scratch();
+                                r.recv().map_err(|_| RecvTimeoutError::Disconnected)
+                            }
+                            other => other,
+                        },
                         Err(_) => return,
                     };
                     match job {
