@@ -322,6 +322,8 @@ fn journey(d: &Driver, lang: &str, width: u32, height: u32, label: &str) {
     b.shot("forgot");
     b.type_into("input[name=username]", "anna");
     b.click("button[type=submit]");
+    // The answer comes after a flushed store write: wait for the page.
+    b.wait_source("page-forgot-sent");
     b.assert_texts_translated();
     if lang == "de" {
         assert!(b.text().to_uppercase().contains("SPAM"), "spam hint missing");
@@ -342,6 +344,8 @@ fn journey(d: &Driver, lang: &str, width: u32, height: u32, label: &str) {
     b.type_into("input[name=password]", "Neues-Passwort-2025");
     b.type_into("input[name=password2]", "Neues-Passwort-2025");
     b.click("button[type=submit]");
+    // The new password is hashed first (argon2, lowest CPU class).
+    b.wait_source("page-reset-done");
     b.assert_texts_translated();
     b.shot("reset-done");
 
