@@ -9,7 +9,8 @@
 //! the CPU for its time slice (milliseconds) when a proxy thread wakes up;
 //! an idle-class thread gives it up at once, so proxied requests do not
 //! wait behind an argon2 hash. Should the class be refused, the thread
-//! stays at nice 19.
+//! stays at nice 19. And each thread rests after a hash as long as the
+//! hash took ([`REST_PER_WORK`]).
 
 use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender};
 use std::time::Duration;
@@ -31,6 +32,15 @@ pub struct HashPool {
     tx: SyncSender<Job>,
     slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// After each hash a thread rests this many times as long as the hash took
+/// (the answer has gone out already): under a login storm argon2 gets at
+/// most half of a core per thread, and the proxy keeps the rest. A single
+/// login is not slowed; logins per second are capped at about 1 / (2 x hash
+/// time) per thread (some 20/s per thread with the defaults on the
+/// benchmark machine). Without the rest, the hashing thread filled every
+/// moment the proxy left idle, and proxied p99 doubled during a storm.
+const REST_PER_WORK: f32 = 1.0;
 
 /// How long a hashing thread keeps argon2's working memory without work.
 const KEEP_MEMORY: Duration = Duration::from_millis(100);
@@ -90,7 +100,11 @@ impl HashPool {
                         Err(_) => return,
                     };
                     match job {
-                        Ok(job) => job(&hasher),
+                        Ok(job) => {
+                            let started = std::time::Instant::now();
+                            job(&hasher);
+                            std::thread::sleep(started.elapsed().mul_f32(REST_PER_WORK));
+                        }
                         Err(_) => return,
                     }
                 }
