@@ -172,6 +172,9 @@ fn short(buf: &[u8], req: &httparse::Request<'_, '_>, len: usize, strip: &Strip<
                         return None;
                     }
                     connection_tokens.push(t);
+                    if connection_tokens.len() > super::MAX_CONNECTION_TOKENS {
+                        return None; // Pingora's way refuses it
+                    }
                 }
             }
         }

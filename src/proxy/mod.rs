@@ -305,6 +305,9 @@ fn log_request(services: &Services, method: &str, path: &str, status: u16, error
     }
 }
 
+/// Most names a request's `Connection` headers may list.
+const MAX_CONNECTION_TOKENS: usize = 32;
+
 /// Per-request state of the framework's way.
 pub struct Ctx {
     identity: Option<Identity>,
@@ -362,6 +365,13 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let core = &*self.0;
+        // Each name in Connection is checked against every header: a head
+        // naming thousands would cost seconds of CPU.
+        let tokens: usize = session.req_header().headers.get_all("connection").iter().map(|v| v.as_bytes().split(|&b| b == b',').count()).sum();
+        if tokens > MAX_CONNECTION_TOKENS {
+            write_reply(session.as_downstream_mut(), web::error_page(&core.services, 400, "error_400"), false).await?;
+            return Ok(true);
+        }
         let ip = {
             let xff: Vec<&str> =
                 session.req_header().headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();

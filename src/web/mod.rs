@@ -321,10 +321,26 @@ pub fn loggable_path<'a>(prefix: &str, path: &'a str) -> std::borrow::Cow<'a, st
 }
 
 pub fn is_public(public: &[String], path: &str) -> bool {
+    // A path the portal might resolve to somewhere else is never public:
+    // `/static/../mieter` or `/static/%2e%2e/mieter` would otherwise reach
+    // a non-public page without a login.
+    if !plain_path(path) {
+        return false;
+    }
     public.iter().any(|p| match p.strip_suffix('*') {
         Some(prefix) => path.starts_with(prefix),
         None => path == p,
     })
+}
+
+/// No dot segments, no encoded dots or slashes, no backslashes, no empty
+/// segments: the path means the same to every server.
+fn plain_path(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    if lower.contains('\\') || lower.contains("//") || ["%2e", "%2f", "%5c", "%00"].iter().any(|e| lower.contains(e)) {
+        return false;
+    }
+    !path.split('/').any(|seg| seg == "." || seg == "..")
 }
 
 /// The identity of a valid, fully authenticated session, if any.
@@ -589,5 +605,22 @@ mod tests {
         assert!(is_public(&p, "/assets/app.css"));
         assert!(!is_public(&p, "/favicon.ico/x"));
         assert!(!is_public(&p, "/"));
+        // Paths a server could resolve elsewhere are never public.
+        for sneaky in [
+            "/assets/../mieter/konto",
+            "/assets/./x/../../mieter",
+            "/assets/..",
+            "/assets/%2e%2e/mieter",
+            "/assets/%2E%2e/mieter",
+            "/assets/..%2fmieter",
+            "/assets/..%5Cmieter",
+            "/assets/..\\mieter",
+            "/assets//../mieter",
+            "/assets/x%00.css",
+        ] {
+            assert!(!is_public(&p, sneaky), "{sneaky}");
+        }
+        assert!(is_public(&p, "/assets/app.min.css"));
+        assert!(is_public(&p, "/assets/a..b.css"));
     }
 }

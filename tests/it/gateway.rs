@@ -545,3 +545,22 @@ fn short_way_relays_every_framing_pipelined_on_one_connection() {
         }
     }
 }
+
+#[test]
+fn dot_segments_never_make_a_path_public_and_huge_connection_lists_are_refused() {
+    let r = Riegel::start_with(Options { extra_yaml: "public_paths: [\"/favicon.ico\", \"/assets/*\"]\n".into(), ..Options::default() });
+    let mut c = r.client();
+    assert_eq!(c.get("/assets/app.css").status, 200);
+    for sneaky in ["/assets/../mieter", "/assets/%2e%2e/mieter", "/assets/..%2fmieter"] {
+        let resp = c.get(sneaky);
+        assert_eq!(resp.status, 303, "{sneaky} passed without a login");
+        assert!(resp.location().contains("/_riegel/login"), "{sneaky}: {}", resp.location());
+    }
+    // Both ways: a GET (short way) and a POST (Pingora's way).
+    let names: Vec<String> = (0..40).map(|i| format!("x-{i}")).collect();
+    let conn = names.join(", ");
+    let get = raw_request(r.addr, format!("GET /assets/app.css HTTP/1.1\r\nHost: x\r\nConnection: close, {conn}\r\n\r\n").as_bytes());
+    assert_eq!(get.status, 400);
+    let post = raw_request(r.addr, format!("POST /assets/app.css HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close, {conn}\r\n\r\n").as_bytes());
+    assert_eq!(post.status, 400);
+}
