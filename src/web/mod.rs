@@ -321,26 +321,24 @@ pub fn loggable_path<'a>(prefix: &str, path: &'a str) -> std::borrow::Cow<'a, st
 }
 
 pub fn is_public(public: &[String], path: &str) -> bool {
+    let listed = public.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => path.starts_with(prefix),
+        None => path == p,
+    });
     // A path the portal might resolve to somewhere else is never public:
     // `/static/../mieter` or `/static/%2e%2e/mieter` would otherwise reach
     // a non-public page without a login.
-    if !plain_path(path) {
-        return false;
-    }
-    public.iter().any(|p| match p.strip_suffix('*') {
-        Some(prefix) => path.starts_with(prefix),
-        None => path == p,
-    })
+    listed && plain_path(path)
 }
 
-/// No dot segments, no encoded dots or slashes, no backslashes, no empty
-/// segments: the path means the same to every server.
+/// No dot segments, no encoded dots, slashes, backslashes or NULs, no
+/// backslashes and no empty segments: the path means the same to every server.
 fn plain_path(path: &str) -> bool {
-    let lower = path.to_ascii_lowercase();
-    if lower.contains('\\') || lower.contains("//") || ["%2e", "%2f", "%5c", "%00"].iter().any(|e| lower.contains(e)) {
-        return false;
-    }
-    !path.split('/').any(|seg| seg == "." || seg == "..")
+    let b = path.as_bytes();
+    let encoded = b.windows(3).any(|w| {
+        w[0] == b'%' && matches!((w[1], w[2].to_ascii_lowercase()), (b'2', b'e' | b'f') | (b'5', b'c') | (b'0', b'0'))
+    });
+    !encoded && !path.contains('\\') && !path.contains("//") && !path.split('/').any(|seg| seg == "." || seg == "..")
 }
 
 /// The identity of a valid, fully authenticated session, if any.
