@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 
 use super::direct::{write_client, Direct, Failure};
 use super::h1::{self, push_header, valid_value, ShortHead, Strip, Way};
-use super::{log_request, Core, Gateway};
+use super::{inet_ip, log_request, Core, Gateway};
 use crate::web::{self, Method, Outcome, Reply};
 
 /// Requests served on one connection before riegel asks the client to open
@@ -60,10 +60,7 @@ async fn read_head(stream: &mut Stream, buf: &mut BytesMut, strip: &Strip<'_>) -
 
 /// The client's address as the socket sees it.
 fn peer_of(stream: &Stream) -> IpAddr {
-    stream
-        .get_socket_digest()
-        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
-        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+    inet_ip(stream.get_socket_digest().as_deref().and_then(|d| d.peer_addr()))
 }
 
 /// `Date` for riegel's own answers, formatted once per second per thread.
@@ -203,8 +200,9 @@ impl Front {
         let core = &*self.core;
         let text = |r: &Option<std::ops::Range<usize>>| r.clone().and_then(|r| std::str::from_utf8(&buf[r]).ok());
         let Ok(path) = std::str::from_utf8(&buf[head.path.clone()]) else { return false };
-        let xff: Vec<&str> = text(&head.x_forwarded_for).into_iter().collect();
-        let client = core.resolve_client_ip(peer, &xff);
+        let xff_value = text(&head.x_forwarded_for);
+        let xff = xff_value.as_slice();
+        let client = core.resolve_client_ip(peer, xff);
         let req = web::Request {
             method: if head.head_only { Method::Head } else { Method::Get },
             path,
@@ -224,7 +222,7 @@ impl Front {
                 (reply.status, ok && !close)
             }
             Outcome::Forward(identity) => {
-                let fwd = core.forwarded(peer, client, &xff, text(&head.x_forwarded_proto), text(&head.x_forwarded_host), text(&head.host));
+                let fwd = core.forwarded(peer, client, xff, text(&head.x_forwarded_proto), text(&head.x_forwarded_host), text(&head.host));
                 let mut up = head.upstream;
                 if let Some(id) = &identity {
                     for (name, value) in core.identity_headers.iter().zip([id.user(), id.email(), id.name()]) {

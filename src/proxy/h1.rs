@@ -84,6 +84,19 @@ pub(crate) const FORWARDING: [&str; 4] = ["x-forwarded-for", "x-forwarded-proto"
 const READ_BY_RIEGEL: [&str; 8] =
     ["host", "cookie", "origin", "sec-fetch-site", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "content-length"];
 
+/// `Content_Length`, `transfer_encoding` and the like: the framing headers
+/// in a spelling only a server that folds `_` into `-` understands.
+pub(super) fn folded_framing(name: &str) -> bool {
+    (same_header(name, "content-length") && !is(name, "content-length"))
+        || (same_header(name, "transfer-encoding") && !is(name, "transfer-encoding"))
+}
+
+/// How many names one `Connection` value lists, counted as both ways count
+/// them against their limit: every comma-separated piece.
+pub(super) fn connection_names(value: &[u8]) -> usize {
+    value.split(|&b| b == b',').count()
+}
+
 /// Decides the way for the bytes read so far; `None` while the head is
 /// incomplete.
 pub(super) fn way(buf: &[u8], strip: &Strip<'_>) -> Option<Way> {
@@ -129,6 +142,7 @@ fn short(buf: &[u8], req: &httparse::Request<'_, '_>, len: usize, strip: &Strip<
     }
     // First pass: what the head says about itself.
     let mut connection_tokens: Vec<&str> = Vec::new();
+    let mut connection_count = 0;
     for hd in req.headers.iter() {
         let n = hd.name;
         let once = |slot: &mut Option<Range<usize>>| -> Option<()> {
@@ -145,9 +159,9 @@ fn short(buf: &[u8], req: &httparse::Request<'_, '_>, len: usize, strip: &Strip<
             }
         } else if is(n, "transfer-encoding") || is(n, "upgrade") || is(n, "expect") {
             return None;
-        } else if same_header(n, "content-length") || same_header(n, "transfer-encoding") {
-            // `Content_Length` and the like: a server that folds `_` would
-            // see a body riegel does not; Pingora's way decides.
+        } else if folded_framing(n) {
+            // A server that folds `_` would see a body riegel does not;
+            // Pingora's way decides (and drops the header).
             return None;
         } else if is(n, "cookie") {
             once(&mut h.cookie)?;
@@ -164,6 +178,10 @@ fn short(buf: &[u8], req: &httparse::Request<'_, '_>, len: usize, strip: &Strip<
         } else if is(n, "x-forwarded-host") {
             once(&mut h.x_forwarded_host)?;
         } else if is(n, "connection") {
+            connection_count += connection_names(hd.value);
+            if connection_count > super::MAX_CONNECTION_TOKENS {
+                return None; // Pingora's way refuses it
+            }
             for t in std::str::from_utf8(hd.value).ok()?.split(',').map(str::trim) {
                 if is(t, "close") {
                     h.close = true;
@@ -172,9 +190,6 @@ fn short(buf: &[u8], req: &httparse::Request<'_, '_>, len: usize, strip: &Strip<
                         return None;
                     }
                     connection_tokens.push(t);
-                    if connection_tokens.len() > super::MAX_CONNECTION_TOKENS {
-                        return None; // Pingora's way refuses it
-                    }
                 }
             }
         }
@@ -516,6 +531,12 @@ mod tests {
         ] {
             assert_eq!(w(s), Some(false), "{s:?}");
         }
+        // Both ways allow 32 names in Connection, counted the same way.
+        let names = |n: usize| (0..n).map(|i| format!("x-{i}")).collect::<Vec<_>>().join(", ");
+        assert_eq!(w(&format!("GET / HTTP/1.1\r\nConnection: {}\r\n\r\n", names(32))), Some(true));
+        assert_eq!(w(&format!("GET / HTTP/1.1\r\nConnection: close, {}\r\n\r\n", names(32))), Some(false));
+        assert!(folded_framing("Content_Length") && folded_framing("transfer_ENCODING"));
+        assert!(!folded_framing("content-length") && !folded_framing("Transfer-Encoding") && !folded_framing("x-length"));
         let many: String = (0..200).map(|i| format!("X-{i}: y\r\n")).collect();
         assert_eq!(w(&format!("GET / HTTP/1.1\r\n{many}\r\n")), Some(false));
     }

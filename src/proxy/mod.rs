@@ -79,13 +79,15 @@ fn upstream_peer(u: &crate::config::UpstreamConfig) -> std::result::Result<HttpP
     Ok(peer)
 }
 
+/// An IP address from a socket address Pingora recorded (unspecified when
+/// there is none, e.g. a Unix socket).
+fn inet_ip(addr: Option<&pingora::protocols::l4::socket::SocketAddr>) -> IpAddr {
+    addr.and_then(|a| a.as_inet()).map(|a| a.ip()).unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+}
+
 /// The client's address as the socket sees it.
 fn peer_ip(session: &ServerSession) -> IpAddr {
-    session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
-        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+    inet_ip(session.client_addr())
 }
 
 impl Core {
@@ -171,10 +173,7 @@ impl Core {
             .keys()
             .map(|k| k.as_str())
             .filter(|n| {
-                h1::FORWARDING.iter().any(|f| same_header(n, f))
-                    || ((same_header(n, "content-length") || same_header(n, "transfer-encoding"))
-                        && !n.eq_ignore_ascii_case("content-length")
-                        && !n.eq_ignore_ascii_case("transfer-encoding"))
+                h1::FORWARDING.iter().any(|f| same_header(n, f)) || h1::folded_framing(n)
             })
             .map(str::to_string)
             .collect();
@@ -367,7 +366,7 @@ impl ProxyHttp for Gateway {
         let core = &*self.0;
         // Each name in Connection is checked against every header: a head
         // naming thousands would cost seconds of CPU.
-        let tokens: usize = session.req_header().headers.get_all("connection").iter().map(|v| v.as_bytes().split(|&b| b == b',').count()).sum();
+        let tokens: usize = session.req_header().headers.get_all("connection").iter().map(|v| h1::connection_names(v.as_bytes())).sum();
         if tokens > MAX_CONNECTION_TOKENS {
             write_reply(session.as_downstream_mut(), web::error_page(&core.services, 400, "error_400"), false).await?;
             return Ok(true);
