@@ -19,6 +19,7 @@ use thread_local::ThreadLocal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::h1::{self, Chunks, Framing, Response};
+use super::wait::{soon, Deadline};
 
 /// Idle upstream connections kept per thread.
 const POOL_PER_THREAD: usize = 64;
@@ -69,12 +70,28 @@ pub(super) struct Direct {
     peer: HttpPeer,
     /// Per thread, so that a connection is taken and given back without a
     /// lock; with one shard per thread it never changes threads.
-    pool: ThreadLocal<RefCell<Vec<(Stream, Instant)>>>,
+    pool: ThreadLocal<RefCell<Vec<Upstream>>>,
 }
 
-async fn timed<T>(limit: Option<Duration>, f: impl Future<Output = std::io::Result<T>>) -> std::io::Result<T> {
+/// A connection to the portal with its own timer for reads.
+struct Upstream {
+    stream: Stream,
+    deadline: Deadline,
+}
+
+impl Upstream {
+    /// Idle since about then: the start of its last read, which is a little
+    /// early, so that idle connections expire a little early, never late.
+    fn idle_since(&self) -> Instant {
+        self.deadline.started()
+    }
+}
+
+/// Runs `f`, within `limit` if there is one, timing it only when it
+/// cannot finish at once.
+async fn write_within<T>(limit: Option<Duration>, f: impl Future<Output = std::io::Result<T>>) -> std::io::Result<T> {
     match limit {
-        Some(t) => tokio::time::timeout(t, f).await.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
+        Some(t) => soon(t, f).await,
         None => f.await,
     }
 }
@@ -90,12 +107,12 @@ impl Direct {
     }
 
     /// A live pooled connection (`true`), or a new one.
-    async fn checkout(&self) -> Result<(Stream, bool), Failure> {
+    async fn checkout(&self, now: Instant) -> Result<(Upstream, bool), Failure> {
         let pool = self.pool.get_or(|| RefCell::new(Vec::new()));
         loop {
             let taken = pool.borrow_mut().pop();
-            let Some((mut stream, since)) = taken else { break };
-            if self.peer.options.idle_timeout.is_some_and(|t| since.elapsed() >= t) {
+            let Some(mut up) = taken else { break };
+            if self.peer.options.idle_timeout.is_some_and(|t| now.saturating_duration_since(up.idle_since()) >= t) {
                 continue;
             }
             // An idle connection must have nothing to read: EOF means the
@@ -104,35 +121,40 @@ impl Direct {
             // Pending even for a closed connection.
             let mut probe = [0u8; 1];
             let idle = {
-                let mut read = std::pin::pin!(tokio::task::unconstrained(stream.read(&mut probe)));
+                let mut read = std::pin::pin!(tokio::task::unconstrained(up.stream.read(&mut probe)));
                 read.as_mut().poll(&mut Context::from_waker(Waker::noop())).is_pending()
             };
             if idle {
-                return Ok((stream, true));
+                return Ok((up, true));
             }
         }
         Ok((self.connect().await?, false))
     }
 
     /// A new connection to the portal.
-    async fn connect(&self) -> Result<Stream, Failure> {
-        self.connector.new_stream(&self.peer).await.map_err(|e| {
-            let status = if matches!(e.etype(), pingora::ErrorType::ConnectTimedout) { 504 } else { 502 };
-            Failure::portal(status, e.to_string())
-        })
+    async fn connect(&self) -> Result<Upstream, Failure> {
+        match self.connector.new_stream(&self.peer).await {
+            Ok(stream) => Ok(Upstream { stream, deadline: Deadline::new() }),
+            Err(e) => {
+                let status = if matches!(e.etype(), pingora::ErrorType::ConnectTimedout) { 504 } else { 502 };
+                Err(Failure::portal(status, e.to_string()))
+            }
+        }
     }
 
-    fn checkin(&self, stream: Stream) {
+    /// Pools a connection whose answer ended exactly. `now`: the time the
+    /// request began.
+    fn checkin(&self, up: Upstream, now: Instant) {
         let mut pool = self.pool.get_or(|| RefCell::new(Vec::new())).borrow_mut();
         // The pool is used from the top: connections at the bottom may idle
         // past the timeout unseen. One look per check-in closes them.
-        if let (Some((_, since)), Some(t)) = (pool.first(), self.peer.options.idle_timeout) {
-            if since.elapsed() >= t {
+        if let (Some(first), Some(t)) = (pool.first(), self.peer.options.idle_timeout) {
+            if now.saturating_duration_since(first.idle_since()) >= t {
                 pool.remove(0);
             }
         }
         if pool.len() < POOL_PER_THREAD {
-            pool.push((stream, Instant::now()));
+            pool.push(up);
         }
     }
 
@@ -142,7 +164,8 @@ impl Direct {
     /// request is sent once more, on a new connection: it is a GET or HEAD.
     /// `close_client`: the client connection ends after this answer.
     pub(super) async fn forward(&self, client: &mut Stream, head: &[u8], head_only: bool, close_client: bool) -> Result<Answered, Failure> {
-        let (mut up, reused) = self.checkout().await?;
+        let now = Instant::now();
+        let (mut up, reused) = self.checkout(now).await?;
         let mut buf = BytesMut::with_capacity(READ_BUFFER);
         let response = match self.exchange(&mut up, head, head_only, &mut buf).await {
             Ok(r) => r,
@@ -153,15 +176,16 @@ impl Direct {
             }
             Err(e) => return Err(e),
         };
-        self.relay(up, client, response, buf, close_client).await
+        self.relay(up, client, response, buf, close_client, now).await
     }
 
     /// Writes the request and reads up to the final answer head.
-    async fn exchange(&self, up: &mut Stream, head: &[u8], head_only: bool, buf: &mut BytesMut) -> Result<h1::ResponseHead, Failure> {
+    async fn exchange(&self, up: &mut Upstream, head: &[u8], head_only: bool, buf: &mut BytesMut) -> Result<h1::ResponseHead, Failure> {
         let opts = &self.peer.options;
-        timed(opts.write_timeout, async {
-            up.write_all(head).await?;
-            up.flush().await
+        let stream = &mut up.stream;
+        write_within(opts.write_timeout, async {
+            stream.write_all(head).await?;
+            stream.flush().await
         })
         .await
         .map_err(|e| io_failure(e, false))?;
@@ -183,7 +207,7 @@ impl Direct {
             if buf.capacity() - buf.len() < 1024 {
                 buf.reserve(READ_BUFFER);
             }
-            let n = timed(opts.read_timeout, up.read_buf(buf)).await.map_err(|e| io_failure(e, false))?;
+            let n = up.deadline.io(opts.read_timeout, up.stream.read_buf(buf)).await.map_err(|e| io_failure(e, false))?;
             if n == 0 {
                 return Err(Failure::portal(502, "the portal closed the connection before answering"));
             }
@@ -194,11 +218,12 @@ impl Direct {
     /// connection goes back to the pool when the body ended exactly.
     async fn relay(
         &self,
-        mut up: Stream,
+        mut up: Upstream,
         client: &mut Stream,
         r: h1::ResponseHead,
         mut buf: BytesMut,
         close_client: bool,
+        now: Instant,
     ) -> Result<Answered, Failure> {
         let close_client = close_client || r.framing == Framing::UntilClose;
         let mut out = r.downstream;
@@ -252,7 +277,7 @@ impl Direct {
             if buf.capacity() < READ_BUFFER / 2 {
                 buf.reserve(READ_BUFFER);
             }
-            let n = timed(opts.read_timeout, up.read_buf(&mut buf)).await.map_err(|e| io_failure(e, true))?;
+            let n = up.deadline.io(opts.read_timeout, up.stream.read_buf(&mut buf)).await.map_err(|e| io_failure(e, true))?;
             if n == 0 {
                 if r.framing == Framing::UntilClose {
                     break;
@@ -264,17 +289,18 @@ impl Direct {
             write_client(client, &piece).await?;
         }
         if done && !extra && !r.upstream_close {
-            self.checkin(up);
+            self.checkin(up, now);
         }
         Ok(Answered { status: r.status, close_client })
     }
 }
 
-/// Writes to the client and flushes, within [`CLIENT_WRITE_TIMEOUT`].
+/// Writes to the client and flushes, within [`CLIENT_WRITE_TIMEOUT`] from
+/// the moment the client's socket could not take all of it at once.
 pub(super) async fn write_client(client: &mut Stream, bytes: &[u8]) -> Result<(), Failure> {
     let w = async {
         client.write_all(bytes).await?;
         client.flush().await
     };
-    timed(Some(CLIENT_WRITE_TIMEOUT), w).await.map_err(Failure::Client)
+    soon(CLIENT_WRITE_TIMEOUT, w).await.map_err(Failure::Client)
 }

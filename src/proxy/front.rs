@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 
 use super::direct::{write_client, Direct, Failure};
 use super::h1::{self, push_header, valid_value, ShortHead, Strip, Way};
+use super::wait::Deadline;
 use super::{inet_ip, log_request, Core, Gateway};
 use crate::web::{self, Method, Outcome, Reply};
 
@@ -150,15 +151,19 @@ impl Front {
         let peer = peer_of(&stream);
         let mut buf = BytesMut::new();
         let mut served = 0u32;
+        // Created before the flag is read, so a shutdown in between still
+        // wakes it; it stays armed for the connection's life.
+        let mut idle = std::pin::pin!(self.idle.notified());
+        let mut deadline = Deadline::new();
+        let header_timeout = core.services.cfg.server.header_timeout;
         loop {
-            let idle = self.idle.notified();
             if self.closing.load(Ordering::Relaxed) {
                 return;
             }
             let head = tokio::select! {
                 biased;
-                r = tokio::time::timeout(core.services.cfg.server.header_timeout, read_head(&mut stream, &mut buf, &strip)) => r,
-                _ = idle => return,
+                r = deadline.within(header_timeout, read_head(&mut stream, &mut buf, &strip)) => r,
+                _ = idle.as_mut() => return,
             };
             // Ok(None): the client closed; Err: no whole head within the
             // header timeout (slowloris, or an idle keep-alive connection).

@@ -33,6 +33,7 @@ mod direct;
 mod front;
 mod h1;
 mod moved;
+mod wait;
 
 use crate::auth::session::strip_cookie;
 use crate::web::headers::{client_ip, headers_to_strip, same_header};

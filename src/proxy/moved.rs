@@ -29,6 +29,10 @@ use tokio::net::TcpStream;
 /// a small body leave in one segment.
 const WRITE_BUFFER: usize = 1460;
 
+/// Writes at least this long skip the buffer when it is empty: they carry
+/// a whole answer or a body piece, not a header line to be gathered.
+const DIRECT_WRITE: usize = 512;
+
 /// Takes the socket out of a plain TCP stream that nothing has read from
 /// yet; hands a TLS stream (or anything else) back unchanged.
 pub(super) fn detach(stream: Stream) -> Result<OwnedFd, Stream> {
@@ -83,6 +87,11 @@ impl AsyncRead for Moved {
 
 impl AsyncWrite for Moved {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        // A whole answer (the short way writes head and body at once) goes
+        // straight to the socket instead of through the buffer's copy.
+        if buf.len() >= DIRECT_WRITE && self.io.buffer().is_empty() {
+            return Pin::new(self.io.get_mut()).poll_write(cx, buf);
+        }
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
