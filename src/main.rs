@@ -169,25 +169,10 @@ fn check_config(path: &Path) -> ExitCode {
     }
 }
 
-/// Gives memory freed during start-up (the 19 MiB of the dummy argon2 hash)
-/// back to the system now instead of within the decay time, so that riegel
-/// is at its idle size from the first request on.
-fn return_freed_memory() {
-    // MALLCTL_ARENAS_ALL (4096): every arena.
-    const PURGE_ALL: &[u8] = b"arena.4096.purge\0";
-    // SAFETY: the name is NUL-terminated; `purge` reads and writes nothing,
-    // so all the pointers are null and the length 0.
-    let rc = unsafe { tikv_jemalloc_sys::mallctl(PURGE_ALL.as_ptr().cast(), std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut(), 0) };
-    if rc != 0 {
-        tracing::debug!(rc, "jemalloc did not purge");
-    }
-}
-
 fn serve(cfg: Config) -> Result<ExitCode> {
     let listen = cfg.listen;
     let upstream = cfg.upstream.clone();
     let services = riegel::app::build(cfg, Arc::new(SystemClock), None).context("cannot start")?;
-    return_freed_memory();
     tracing::info!(%listen, upstream = %format!("{}:{}", upstream.host, upstream.port), "riegel is listening");
     riegel::proxy::run(services, None)?;
     Ok(ExitCode::SUCCESS)

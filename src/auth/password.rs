@@ -6,7 +6,7 @@
 
 use std::cell::RefCell;
 
-use argon2::password_hash::{Output, PasswordHash, PasswordHasher as _, SaltString};
+use argon2::password_hash::{Output, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 
 use super::crypto::{random_array, Random};
@@ -56,11 +56,22 @@ impl Hasher {
             return Err(PasswordError::TooLong);
         }
         let salt_bytes = random_array::<16>(rng);
-        let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| PasswordError::Params(e.to_string()))?;
-        self.argon
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| PasswordError::Params(e.to_string()))
+        let salt = SaltString::encode_b64(&salt_bytes).map_err(params_error)?;
+        // What argon2's `hash_password` does, on this thread's working
+        // memory (see [`SCRATCH`]).
+        let params = self.argon.params();
+        let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+        let out = out.get_mut(..params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN)).ok_or(PasswordError::Params("output length".into()))?;
+        with_scratch(params.block_count(), |memory| self.argon.hash_password_into_with_memory(password.as_bytes(), &salt_bytes, out, memory))?
+            .map_err(params_error)?;
+        let phc = PasswordHash {
+            algorithm: Algorithm::Argon2id.ident(),
+            version: Some(Version::V0x13.into()),
+            params: params.try_into().map_err(params_error)?,
+            salt: Some(salt.as_salt()),
+            hash: Some(Output::new(out).map_err(params_error)?),
+        };
+        Ok(phc.to_string())
     }
 
     /// Checks a password against a stored argon2 or bcrypt hash. Passwords
@@ -104,18 +115,44 @@ impl Hasher {
     }
 }
 
+fn params_error(e: impl std::fmt::Display) -> PasswordError {
+    PasswordError::Params(e.to_string())
+}
+
 thread_local! {
     /// argon2's working memory (19 MiB with the defaults), kept between
-    /// verifications on this thread: allocating and returning it for every
-    /// login makes the kernel map, fault in and unmap 19 MiB per login, and
-    /// the unmapping interrupts every other thread of the process (TLB
+    /// hashes on this thread: allocating and returning it for every login
+    /// makes the kernel map, fault in and unmap 19 MiB per login, and the
+    /// unmapping interrupts every other thread of the process (TLB
     /// shootdown). `web::hashpool` releases it when its queue runs dry.
-    static SCRATCH: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
+    /// It is mapped from the system directly, not taken from the memory
+    /// allocator, so that releasing it returns it at once (an allocator
+    /// keeps freed memory for a while).
+    static SCRATCH: RefCell<Option<memmap2::MmapMut>> = const { RefCell::new(None) };
 }
 
 /// Gives this thread's argon2 working memory back.
 pub fn release_scratch() {
-    SCRATCH.with(|s| *s.borrow_mut() = Vec::new());
+    SCRATCH.with(|s| *s.borrow_mut() = None);
+}
+
+/// Runs `f` on at least `blocks` blocks of this thread's working memory.
+fn with_scratch<T>(blocks: usize, f: impl FnOnce(&mut [Block]) -> T) -> Result<T, PasswordError> {
+    let bytes = blocks.checked_mul(std::mem::size_of::<Block>()).ok_or(PasswordError::Params("memory size".into()))?;
+    SCRATCH.with(|s| {
+        let mut map = s.borrow_mut();
+        if map.as_ref().is_none_or(|m| m.len() < bytes) {
+            *map = None;
+            *map = Some(memmap2::MmapMut::map_anon(bytes.max(1)).map_err(|e| PasswordError::Params(format!("argon2 memory: {e}")))?);
+        }
+        let map = map.as_mut().ok_or(PasswordError::Params("argon2 memory".into()))?;
+        // SAFETY: the mapping is at least `blocks` blocks long, page-aligned
+        // (a `Block` needs 64), zero-filled by the kernel (a valid `Block`
+        // is any bit pattern: it is a `[u64; 128]`), and borrowed mutably
+        // for as long as the slice lives.
+        let memory = unsafe { std::slice::from_raw_parts_mut(map.as_mut_ptr().cast::<Block>(), blocks) };
+        Ok(f(memory))
+    })
 }
 
 /// What argon2's `verify_password` does, on this thread's reused working
@@ -138,13 +175,7 @@ fn verify_argon2(parsed: &PasswordHash<'_>, password: &[u8]) -> Result<bool, Pas
     let argon = Argon2::new(algorithm, version, params);
     let mut out = [0u8; Output::MAX_LENGTH];
     let out = out.get_mut(..out_len).ok_or(PasswordError::UnsupportedHash)?;
-    SCRATCH.with(|s| {
-        let mut memory = s.borrow_mut();
-        if memory.len() < blocks {
-            memory.resize(blocks, Block::new());
-        }
-        argon.hash_password_into_with_memory(password, salt, out, &mut memory[..blocks]).map_err(|e| PasswordError::Params(e.to_string()))
-    })?;
+    with_scratch(blocks, |memory| argon.hash_password_into_with_memory(password, salt, out, memory))?.map_err(params_error)?;
     let computed = Output::new(out).map_err(unsupported)?;
     // `Output`'s equality is constant-time.
     Ok(computed == expected)
@@ -234,8 +265,26 @@ mod tests {
     }
 
     #[test]
+    fn hashes_on_reused_memory_like_argon2_itself() {
+        use argon2::password_hash::PasswordHasher;
+        for p in [Argon2Params { memory_kib: 1024, iterations: 1, parallelism: 1 }, Argon2Params { memory_kib: 2048, iterations: 2, parallelism: 2 }] {
+            let ours = Hasher::new(&p).expect("params").hash("Sommer 2024!", &TestRandom::default()).expect("hash");
+            let salt = SaltString::encode_b64(&random_array::<16>(&TestRandom::default())).expect("salt");
+            let params = Params::new(p.memory_kib, p.iterations, p.parallelism, None).expect("params");
+            let reference = Argon2::new(Algorithm::Argon2id, Version::V0x13, params).hash_password(b"Sommer 2024!", &salt).expect("hash").to_string();
+            assert_eq!(ours, reference);
+        }
+        // The memory goes, and comes back when needed.
+        release_scratch();
+        assert!(SCRATCH.with(|s| s.borrow().is_none()));
+        let stored = fast().hash("x", &TestRandom::default()).expect("hash");
+        assert_eq!(fast().verify(&stored, "x"), Ok(Verified::Right { upgrade: false }));
+        assert!(SCRATCH.with(|s| s.borrow().as_ref().is_some_and(|m| m.len() >= 1024 * 1024)));
+    }
+
+    #[test]
     fn reused_memory_verifies_like_argon2_itself() {
-        use argon2::password_hash::PasswordVerifier;
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
         let salt = SaltString::encode_b64(b"0123456789abcdef").expect("salt");
         // Every algorithm and version, odd parameters and output lengths;
         // the same thread's memory is reused (and grown) between them.

@@ -148,6 +148,8 @@ impl Services {
     ) -> Result<Self, WebError> {
         let hasher = Hasher::new(&cfg.password.argon2).map_err(|e| WebError::Internal(e.to_string()))?;
         let dummy_hash = hasher.dummy_hash(rng.as_ref()).map_err(|e| WebError::Internal(e.to_string()))?;
+        // This thread hashes nothing else.
+        crate::auth::password::release_scratch();
         let origin = cfg.public_url.origin().ascii_serialization();
         Ok(Self {
             codec: SessionCodec::new(&cfg.secrets.session_keys),
