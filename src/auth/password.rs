@@ -143,7 +143,8 @@ fn with_scratch<T>(blocks: usize, f: impl FnOnce(&mut [Block]) -> T) -> Result<T
         let mut map = s.borrow_mut();
         if map.as_ref().is_none_or(|m| m.len() < bytes) {
             *map = None;
-            *map = Some(memmap2::MmapMut::map_anon(bytes.max(1)).map_err(|e| PasswordError::Params(format!("argon2 memory: {e}")))?);
+            // Faulted in by the kernel in one go rather than page by page.
+            *map = Some(memmap2::MmapOptions::new().len(bytes.max(1)).populate().map_anon().map_err(|e| PasswordError::Params(format!("argon2 memory: {e}")))?);
         }
         let map = map.as_mut().ok_or(PasswordError::Params("argon2 memory".into()))?;
         // SAFETY: the mapping is at least `blocks` blocks long, page-aligned
