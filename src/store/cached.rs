@@ -2,8 +2,14 @@
 //! on every proxied request costs no database read and no decoding. Every
 //! session write and delete goes through here (the web layer and the admin
 //! socket share one store object per process), so the cache is exact.
+//!
+//! Every change to sessions raises a generation number, both before and
+//! after it reaches the database, and a record read from the database
+//! enters the cache only if the generation did not move meanwhile: a
+//! request racing a logout cannot put the logged-out session back.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use super::{NewUser, SessionRecord, Store, StoreError, Update, User};
@@ -20,11 +26,12 @@ type Key = (u64, SessionId);
 pub struct CachedStore<S> {
     inner: S,
     sessions: RwLock<HashMap<Key, Arc<SessionRecord>>>,
+    generation: AtomicU64,
 }
 
 impl<S: Store> CachedStore<S> {
     pub fn new(inner: S) -> Self {
-        Self { inner, sessions: RwLock::new(HashMap::new()) }
+        Self { inner, sessions: RwLock::new(HashMap::new()), generation: AtomicU64::new(0) }
     }
 
     fn key(uid: u64, sid: &[u8]) -> Option<Key> {
@@ -32,10 +39,31 @@ impl<S: Store> CachedStore<S> {
         Some((uid, sid))
     }
 
-    fn forget_user(&self, uid: u64) {
+    /// Applies `f` to the cache and raises the generation (also when the
+    /// map is unusable).
+    fn change(&self, f: impl FnOnce(&mut HashMap<Key, Arc<SessionRecord>>)) {
         if let Ok(mut m) = self.sessions.write() {
-            m.retain(|k, _| k.0 != uid);
+            f(&mut m);
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        } else {
+            self.generation.fetch_add(1, Ordering::AcqRel);
         }
+    }
+
+    /// Changes sessions in the database with `write`, the cache before and
+    /// after it with `forget`.
+    fn change_around<T>(
+        &self,
+        forget: impl Fn(&mut HashMap<Key, Arc<SessionRecord>>),
+        write: impl FnOnce() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        // Before: a failed write must not leave a usable cache entry.
+        self.change(&forget);
+        let r = write();
+        // After: a reader that fetched the old record meanwhile does not
+        // cache it (the generation moved).
+        self.change(&forget);
+        r
     }
 }
 
@@ -59,72 +87,69 @@ impl<S: Store> Store for CachedStore<S> {
         self.inner.update_user(id, f)
     }
     fn delete_user(&self, id: u64) -> Result<bool, StoreError> {
-        let r = self.inner.delete_user(id);
-        self.forget_user(id);
-        r
+        self.change_around(|m| m.retain(|k, _| k.0 != id), || self.inner.delete_user(id))
     }
 
     fn put_session(&self, s: &SessionRecord) -> Result<(), StoreError> {
-        self.inner.put_session(s)?;
-        if let (Some(k), Ok(mut m)) = (Self::key(s.uid, &s.sid), self.sessions.write()) {
-            if m.len() >= MAX_ENTRIES {
-                m.clear();
+        let key = Self::key(s.uid, &s.sid);
+        let r = self.change_around(|m| _ = key.map(|k| m.remove(&k)), || self.inner.put_session(s));
+        if r.is_ok() {
+            if let Some(k) = key {
+                self.change(|m| {
+                    if m.len() >= MAX_ENTRIES {
+                        m.clear();
+                    }
+                    m.insert(k, Arc::new(s.clone()));
+                });
             }
-            m.insert(k, Arc::new(s.clone()));
         }
-        Ok(())
+        r
     }
 
     fn session(&self, uid: u64, sid: &SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        let key = (uid, *sid);
         if let Ok(m) = self.sessions.read() {
-            if let Some(r) = m.get(&(uid, *sid)) {
+            if let Some(r) = m.get(&key) {
                 return Ok(Some(r.clone()));
             }
         }
+        let generation = self.generation.load(Ordering::Acquire);
         let found = self.inner.session(uid, sid)?;
         if let (Some(r), Ok(mut m)) = (&found, self.sessions.write()) {
-            if m.len() >= MAX_ENTRIES {
-                m.clear();
+            // Only if no change happened since the database was asked.
+            if self.generation.load(Ordering::Acquire) == generation {
+                if m.len() >= MAX_ENTRIES {
+                    m.clear();
+                }
+                m.insert(key, r.clone());
             }
-            m.insert((uid, *sid), r.clone());
         }
         Ok(found)
     }
 
     fn touch_session(&self, uid: u64, sid: &SessionId, now: UnixTime) -> Result<(), StoreError> {
-        self.inner.touch_session(uid, sid, now)?;
-        // Only refresh an entry that is still there: deletes remove the
-        // entry before the record, so a racing delete always wins.
-        if let Ok(mut m) = self.sessions.write() {
+        // Refreshed in place rather than forgotten: an entry that is gone
+        // (a racing delete) stays gone.
+        let refresh = |m: &mut HashMap<Key, Arc<SessionRecord>>| {
             if let Some(r) = m.get_mut(&(uid, *sid)) {
                 let mut rec = (**r).clone();
                 rec.last_seen = rec.last_seen.max(now);
                 *r = Arc::new(rec);
             }
-        }
-        Ok(())
+        };
+        self.change_around(refresh, || self.inner.touch_session(uid, sid, now))
     }
 
     fn delete_session(&self, uid: u64, sid: &SessionId) -> Result<(), StoreError> {
-        // Forget first: a failed delete must not leave a usable cache entry.
-        if let Ok(mut m) = self.sessions.write() {
-            m.remove(&(uid, *sid));
-        }
-        self.inner.delete_session(uid, sid)
+        self.change_around(|m| _ = m.remove(&(uid, *sid)), || self.inner.delete_session(uid, sid))
     }
 
     fn delete_sessions_of(&self, uid: u64, keep: Option<&SessionId>) -> Result<usize, StoreError> {
-        if let Ok(mut m) = self.sessions.write() {
-            m.retain(|k, _| k.0 != uid || Some(&k.1) == keep);
-        }
-        self.inner.delete_sessions_of(uid, keep)
+        self.change_around(|m| m.retain(|k, _| k.0 != uid || Some(&k.1) == keep), || self.inner.delete_sessions_of(uid, keep))
     }
 
     fn purge_sessions(&self, now: UnixTime, idle: i64) -> Result<usize, StoreError> {
-        if let Ok(mut m) = self.sessions.write() {
-            m.retain(|_, s| now < s.expires_at && now - s.last_seen <= idle);
-        }
-        self.inner.purge_sessions(now, idle)
+        self.change_around(|m| m.retain(|_, s| now < s.expires_at && now - s.last_seen <= idle), || self.inner.purge_sessions(now, idle))
     }
 
     fn counter(&self, key: &str) -> Result<Counter, StoreError> {
@@ -147,5 +172,175 @@ impl<S: Store> Store for CachedStore<S> {
     }
     fn flush(&self) -> Result<(), StoreError> {
         self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Mutex, Weak};
+
+    use super::*;
+    use crate::auth::session::Stage;
+    use crate::store::SledStore;
+
+    type Hook = Box<dyn FnOnce() + Send>;
+
+    /// The database, with a hook that runs inside a session read: after
+    /// the database answered, before the cache saw the answer.
+    struct Hooked {
+        db: SledStore,
+        hook: Mutex<Option<Hook>>,
+    }
+
+    impl Store for Hooked {
+        fn insert_user(&self, user: NewUser, now: UnixTime) -> Result<User, StoreError> {
+            self.db.insert_user(user, now)
+        }
+        fn insert_users(&self, users: Vec<NewUser>, now: UnixTime) -> Result<Vec<User>, StoreError> {
+            self.db.insert_users(users, now)
+        }
+        fn user(&self, id: u64) -> Result<Option<User>, StoreError> {
+            self.db.user(id)
+        }
+        fn find_user(&self, login: &str) -> Result<Option<User>, StoreError> {
+            self.db.find_user(login)
+        }
+        fn users(&self) -> Result<Vec<User>, StoreError> {
+            self.db.users()
+        }
+        fn update_user(&self, id: u64, f: &mut dyn FnMut(&mut User) -> Update) -> Result<Option<User>, StoreError> {
+            self.db.update_user(id, f)
+        }
+        fn delete_user(&self, id: u64) -> Result<bool, StoreError> {
+            self.db.delete_user(id)
+        }
+        fn put_session(&self, s: &SessionRecord) -> Result<(), StoreError> {
+            self.db.put_session(s)
+        }
+        fn session(&self, uid: u64, sid: &SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+            let r = self.db.session(uid, sid);
+            let hook = self.hook.lock().expect("hook").take();
+            if let Some(h) = hook {
+                h();
+            }
+            r
+        }
+        fn touch_session(&self, uid: u64, sid: &SessionId, now: UnixTime) -> Result<(), StoreError> {
+            self.db.touch_session(uid, sid, now)
+        }
+        fn delete_session(&self, uid: u64, sid: &SessionId) -> Result<(), StoreError> {
+            self.db.delete_session(uid, sid)
+        }
+        fn delete_sessions_of(&self, uid: u64, keep: Option<&SessionId>) -> Result<usize, StoreError> {
+            self.db.delete_sessions_of(uid, keep)
+        }
+        fn purge_sessions(&self, now: UnixTime, idle: i64) -> Result<usize, StoreError> {
+            self.db.purge_sessions(now, idle)
+        }
+        fn counter(&self, key: &str) -> Result<Counter, StoreError> {
+            self.db.counter(key)
+        }
+        fn update_counter(&self, key: &str, f: &dyn Fn(Counter) -> Counter) -> Result<Counter, StoreError> {
+            self.db.update_counter(key, f)
+        }
+        fn delete_counters(&self, prefix: &str) -> Result<usize, StoreError> {
+            self.db.delete_counters(prefix)
+        }
+        fn put_reset_index(&self, token_hash: &str, uid: u64) -> Result<(), StoreError> {
+            self.db.put_reset_index(token_hash, uid)
+        }
+        fn reset_index(&self, token_hash: &str) -> Result<Option<u64>, StoreError> {
+            self.db.reset_index(token_hash)
+        }
+        fn delete_reset_index(&self, token_hash: &str) -> Result<(), StoreError> {
+            self.db.delete_reset_index(token_hash)
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            self.db.flush()
+        }
+    }
+
+    fn cached() -> (Arc<CachedStore<Hooked>>, std::path::PathBuf) {
+        use std::sync::atomic::AtomicU32;
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!("riegel-cached-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+        let _ = std::fs::remove_dir_all(&p);
+        let db = SledStore::open(&p).expect("open");
+        (Arc::new(CachedStore::new(Hooked { db, hook: Mutex::new(None) })), p)
+    }
+
+    fn rec(uid: u64, sid: u8) -> SessionRecord {
+        SessionRecord {
+            uid,
+            sid: vec![sid; 16],
+            stage: Stage::Full,
+            created_at: 1,
+            last_seen: 1,
+            expires_at: 1_000,
+            username: "u".into(),
+            email: None,
+            display_name: "U".into(),
+            rd: None,
+        }
+    }
+
+    fn on_next_read(c: &Arc<CachedStore<Hooked>>, f: impl FnOnce(&CachedStore<Hooked>) + Send + 'static) {
+        let weak: Weak<CachedStore<Hooked>> = Arc::downgrade(c);
+        *c.inner.hook.lock().expect("hook") = Some(Box::new(move || {
+            if let Some(c) = weak.upgrade() {
+                f(&c);
+            }
+        }));
+    }
+
+    #[test]
+    fn a_read_racing_a_logout_does_not_bring_the_session_back() {
+        let (c, p) = cached();
+        // In the database only: the next read misses the cache.
+        c.inner.db.put_session(&rec(1, 1)).expect("put");
+        on_next_read(&c, |c| c.delete_session(1, &[1; 16]).expect("delete"));
+        // This read began before the logout and may still see the session;
+        assert!(c.session(1, &[1; 16]).expect("get").is_some());
+        // every read after the logout must not, on any thread.
+        assert!(c.session(1, &[1; 16]).expect("get").is_none());
+        let other = c.clone();
+        assert!(std::thread::spawn(move || other.session(1, &[1; 16]).expect("get").is_none()).join().expect("thread"));
+        // The same for revoking all of a user's sessions and for deleting the user.
+        c.inner.db.put_session(&rec(2, 2)).expect("put");
+        on_next_read(&c, |c| _ = c.delete_sessions_of(2, None).expect("delete"));
+        assert!(c.session(2, &[2; 16]).expect("get").is_some());
+        assert!(c.session(2, &[2; 16]).expect("get").is_none());
+        let _ = std::fs::remove_dir_all(p);
+    }
+
+    #[test]
+    fn every_thread_sees_every_change() {
+        let (c, p) = cached();
+        c.put_session(&rec(1, 1)).expect("put");
+        c.put_session(&rec(1, 2)).expect("put");
+        let read = |c: &Arc<CachedStore<Hooked>>, sid: u8| {
+            let c = c.clone();
+            let here = c.session(1, &[sid; 16]).expect("get").map(|r| r.last_seen);
+            let there = std::thread::spawn(move || c.session(1, &[sid; 16]).expect("get").map(|r| r.last_seen)).join().expect("thread");
+            assert_eq!(here, there);
+            here
+        };
+        // Read twice so that both layers hold it on this thread.
+        assert_eq!(read(&c, 1), Some(1));
+        assert_eq!(read(&c, 1), Some(1));
+        c.touch_session(1, &[1; 16], 50).expect("touch");
+        assert_eq!(read(&c, 1), Some(50));
+        assert_eq!(c.inner.db.session(1, &[1; 16]).expect("get").map(|r| r.last_seen), Some(50));
+        // A new stage under the same id replaces the copy.
+        let mut partial = rec(1, 1);
+        partial.stage = Stage::Password;
+        c.put_session(&partial).expect("put");
+        assert_eq!(c.session(1, &[1; 16]).expect("get").map(|r| r.stage), Some(Stage::Password));
+        c.delete_session(1, &[1; 16]).expect("delete");
+        assert_eq!(read(&c, 1), None);
+        assert_eq!(read(&c, 2), Some(1));
+        assert_eq!(c.purge_sessions(2_000, 10).expect("purge"), 1);
+        assert_eq!(read(&c, 2), None);
+        let _ = std::fs::remove_dir_all(p);
     }
 }
