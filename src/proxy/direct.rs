@@ -77,14 +77,10 @@ pub(super) struct Direct {
 struct Upstream {
     stream: Stream,
     deadline: Deadline,
-}
-
-impl Upstream {
-    /// Idle since about then: the start of its last read, which is a little
-    /// early, so that idle connections expire a little early, never late.
-    fn idle_since(&self) -> Instant {
-        self.deadline.started()
-    }
+    /// Idle since no later than then: the start of its last request (the
+    /// portal's own idle timer cannot start before it had the request), so
+    /// that an idle connection expires early rather than late.
+    idle_since: Instant,
 }
 
 /// Runs `f`, within `limit` if there is one, timing it only when it
@@ -112,7 +108,7 @@ impl Direct {
         loop {
             let taken = pool.borrow_mut().pop();
             let Some(mut up) = taken else { break };
-            if self.peer.options.idle_timeout.is_some_and(|t| now.saturating_duration_since(up.idle_since()) >= t) {
+            if self.peer.options.idle_timeout.is_some_and(|t| now.saturating_duration_since(up.idle_since) >= t) {
                 continue;
             }
             // An idle connection must have nothing to read: EOF means the
@@ -134,7 +130,7 @@ impl Direct {
     /// A new connection to the portal.
     async fn connect(&self) -> Result<Upstream, Failure> {
         match self.connector.new_stream(&self.peer).await {
-            Ok(stream) => Ok(Upstream { stream, deadline: Deadline::new() }),
+            Ok(stream) => Ok(Upstream { stream, deadline: Deadline::new(), idle_since: Instant::now() }),
             Err(e) => {
                 let status = if matches!(e.etype(), pingora::ErrorType::ConnectTimedout) { 504 } else { 502 };
                 Err(Failure::portal(status, e.to_string()))
@@ -144,12 +140,13 @@ impl Direct {
 
     /// Pools a connection whose answer ended exactly. `now`: the time the
     /// request began.
-    fn checkin(&self, up: Upstream, now: Instant) {
+    fn checkin(&self, mut up: Upstream, now: Instant) {
+        up.idle_since = now;
         let mut pool = self.pool.get_or(|| RefCell::new(Vec::new())).borrow_mut();
         // The pool is used from the top: connections at the bottom may idle
         // past the timeout unseen. One look per check-in closes them.
         if let (Some(first), Some(t)) = (pool.first(), self.peer.options.idle_timeout) {
-            if now.saturating_duration_since(first.idle_since()) >= t {
+            if now.saturating_duration_since(first.idle_since) >= t {
                 pool.remove(0);
             }
         }

@@ -31,8 +31,6 @@ impl From<Elapsed> for std::io::Error {
 /// One timer for a connection's life; see the module documentation.
 pub(super) struct Deadline {
     sleep: Pin<Box<Sleep>>,
-    /// When the last wait started.
-    started: Instant,
 }
 
 /// A deadline far enough away not to fire before the first wait sets one.
@@ -40,14 +38,12 @@ const UNSET: Duration = Duration::from_secs(365 * 24 * 3600);
 
 impl Deadline {
     pub(super) fn new() -> Self {
-        let now = Instant::now();
-        Self { sleep: Box::pin(tokio::time::sleep_until(now + UNSET)), started: now }
+        Self { sleep: Box::pin(tokio::time::sleep_until(Instant::now() + UNSET)) }
     }
 
     /// Runs `f` for at most `limit` from now.
     pub(super) async fn within<F: Future>(&mut self, limit: Duration, f: F) -> Result<F::Output, Elapsed> {
-        self.started = Instant::now();
-        self.sleep.as_mut().reset(self.started + limit);
+        self.sleep.as_mut().reset(Instant::now() + limit);
         tokio::select! {
             biased;
             out = f => Ok(out),
@@ -62,12 +58,6 @@ impl Deadline {
             Some(limit) => self.within(limit, f).await?,
             None => f.await,
         }
-    }
-
-    /// When the last wait started: a recent clock reading, for stamps that
-    /// may err a little early.
-    pub(super) fn started(&self) -> std::time::Instant {
-        self.started.into_std()
     }
 }
 

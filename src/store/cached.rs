@@ -91,19 +91,10 @@ impl<S: Store> Store for CachedStore<S> {
     }
 
     fn put_session(&self, s: &SessionRecord) -> Result<(), StoreError> {
+        // Not cached here: the next read caches it, under the generation
+        // rule (a revocation right after this write must win).
         let key = Self::key(s.uid, &s.sid);
-        let r = self.change_around(|m| _ = key.map(|k| m.remove(&k)), || self.inner.put_session(s));
-        if r.is_ok() {
-            if let Some(k) = key {
-                self.change(|m| {
-                    if m.len() >= MAX_ENTRIES {
-                        m.clear();
-                    }
-                    m.insert(k, Arc::new(s.clone()));
-                });
-            }
-        }
-        r
+        self.change_around(|m| _ = key.map(|k| m.remove(&k)), || self.inner.put_session(s))
     }
 
     fn session(&self, uid: u64, sid: &SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError> {
@@ -128,16 +119,18 @@ impl<S: Store> Store for CachedStore<S> {
     }
 
     fn touch_session(&self, uid: u64, sid: &SessionId, now: UnixTime) -> Result<(), StoreError> {
+        self.inner.touch_session(uid, sid, now)?;
         // Refreshed in place rather than forgotten: an entry that is gone
-        // (a racing delete) stays gone.
-        let refresh = |m: &mut HashMap<Key, Arc<SessionRecord>>| {
+        // (a racing delete) stays gone. A read that fetched the record
+        // before the touch does not cache it (the generation moves).
+        self.change(|m| {
             if let Some(r) = m.get_mut(&(uid, *sid)) {
                 let mut rec = (**r).clone();
                 rec.last_seen = rec.last_seen.max(now);
                 *r = Arc::new(rec);
             }
-        };
-        self.change_around(refresh, || self.inner.touch_session(uid, sid, now))
+        });
+        Ok(())
     }
 
     fn delete_session(&self, uid: u64, sid: &SessionId) -> Result<(), StoreError> {
@@ -185,11 +178,20 @@ mod tests {
 
     type Hook = Box<dyn FnOnce() + Send>;
 
-    /// The database, with a hook that runs inside a session read: after
-    /// the database answered, before the cache saw the answer.
+    /// The database, with a hook that runs inside the next session read or
+    /// write: after the database, before the cache.
     struct Hooked {
         db: SledStore,
         hook: Mutex<Option<Hook>>,
+    }
+
+    impl Hooked {
+        fn run_hook(&self) {
+            let hook = self.hook.lock().expect("hook").take();
+            if let Some(h) = hook {
+                h();
+            }
+        }
     }
 
     impl Store for Hooked {
@@ -215,14 +217,13 @@ mod tests {
             self.db.delete_user(id)
         }
         fn put_session(&self, s: &SessionRecord) -> Result<(), StoreError> {
-            self.db.put_session(s)
+            let r = self.db.put_session(s);
+            self.run_hook();
+            r
         }
         fn session(&self, uid: u64, sid: &SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError> {
             let r = self.db.session(uid, sid);
-            let hook = self.hook.lock().expect("hook").take();
-            if let Some(h) = hook {
-                h();
-            }
+            self.run_hook();
             r
         }
         fn touch_session(&self, uid: u64, sid: &SessionId, now: UnixTime) -> Result<(), StoreError> {
@@ -284,7 +285,7 @@ mod tests {
         }
     }
 
-    fn on_next_read(c: &Arc<CachedStore<Hooked>>, f: impl FnOnce(&CachedStore<Hooked>) + Send + 'static) {
+    fn on_next_access(c: &Arc<CachedStore<Hooked>>, f: impl FnOnce(&CachedStore<Hooked>) + Send + 'static) {
         let weak: Weak<CachedStore<Hooked>> = Arc::downgrade(c);
         *c.inner.hook.lock().expect("hook") = Some(Box::new(move || {
             if let Some(c) = weak.upgrade() {
@@ -298,16 +299,20 @@ mod tests {
         let (c, p) = cached();
         // In the database only: the next read misses the cache.
         c.inner.db.put_session(&rec(1, 1)).expect("put");
-        on_next_read(&c, |c| c.delete_session(1, &[1; 16]).expect("delete"));
+        on_next_access(&c, |c| c.delete_session(1, &[1; 16]).expect("delete"));
         // This read began before the logout and may still see the session;
         assert!(c.session(1, &[1; 16]).expect("get").is_some());
         // every read after the logout must not, on any thread.
         assert!(c.session(1, &[1; 16]).expect("get").is_none());
         let other = c.clone();
         assert!(std::thread::spawn(move || other.session(1, &[1; 16]).expect("get").is_none()).join().expect("thread"));
+        // A revocation right after a login's database write wins.
+        on_next_access(&c, |c| _ = c.delete_sessions_of(3, None).expect("revoke"));
+        c.put_session(&rec(3, 3)).expect("put");
+        assert!(c.session(3, &[3; 16]).expect("get").is_none());
         // The same for revoking all of a user's sessions and for deleting the user.
         c.inner.db.put_session(&rec(2, 2)).expect("put");
-        on_next_read(&c, |c| _ = c.delete_sessions_of(2, None).expect("delete"));
+        on_next_access(&c, |c| _ = c.delete_sessions_of(2, None).expect("delete"));
         assert!(c.session(2, &[2; 16]).expect("get").is_some());
         assert!(c.session(2, &[2; 16]).expect("get").is_none());
         let _ = std::fs::remove_dir_all(p);
