@@ -266,8 +266,7 @@ impl Direct {
             Failure::Portal { status, reason, .. } => Failure::Portal { status, reason, started: false },
             other => other,
         })?;
-        out.extend_from_slice(&piece);
-        write_client(client, &out).await?;
+        write_head_and_body(client, out, &piece).await?;
         let opts = &self.peer.options;
         while !done && !extra {
             buf.clear();
@@ -290,6 +289,21 @@ impl Direct {
         }
         Ok(Answered { status: r.status, close_client })
     }
+}
+
+/// The answer's head and the body read with it, in one write: vectored
+/// where the client's stream takes that (no copy of the body), else copied
+/// behind the head.
+async fn write_head_and_body(client: &mut Stream, mut head: Vec<u8>, body: &[u8]) -> Result<(), Failure> {
+    if body.is_empty() || !client.is_write_vectored() {
+        head.extend_from_slice(body);
+        return write_client(client, &head).await;
+    }
+    let w = async {
+        client.write_all_buf(&mut Buf::chain(head.as_slice(), body)).await?;
+        client.flush().await
+    };
+    soon(CLIENT_WRITE_TIMEOUT, w).await.map_err(Failure::Client)
 }
 
 /// Writes to the client and flushes, within [`CLIENT_WRITE_TIMEOUT`] from

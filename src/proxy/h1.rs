@@ -16,10 +16,6 @@ const MAX_REQUEST_HEADERS: usize = 96;
 /// Headers in an answer from the portal; more is a bad answer.
 const MAX_RESPONSE_HEADERS: usize = 128;
 
-/// Body bytes read along with an answer's head that are sent on in the
-/// same write as the head, at most.
-const BODY_ROOM: usize = 16 * 1024;
-
 /// What a request head, read in full, asks for.
 // Not boxed: `Short` is what nearly every request is, and a box would be
 // one more allocation per request.
@@ -346,9 +342,8 @@ pub(super) fn response(buf: &[u8], head_only: bool) -> Result<Response, BadRespo
     // that connection would read it as its answer. (204 and 304 are trusted
     // to have no body, as nginx does.)
     let upstream_close = close || head_only || framing == Framing::UntilClose || (length.is_some() && (chunked || other_coding));
-    // Room for what the relay appends: the body bytes read with the head
-    // (a small answer then goes out in one write) and `Connection: close`.
-    let mut out = Vec::with_capacity(buf.len().min(len + BODY_ROOM) + 64);
+    // Room for `Connection: close` and the blank line the relay appends.
+    let mut out = Vec::with_capacity(len + 64);
     out.extend_from_slice(b"HTTP/1.1 ");
     // httparse reads the status as exactly three digits.
     out.extend_from_slice(&[b'0' + (status / 100 % 10) as u8, b'0' + (status / 10 % 10) as u8, b'0' + (status % 10) as u8]);

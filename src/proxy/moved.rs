@@ -98,6 +98,10 @@ impl AsyncWrite for Moved {
     }
 
     fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+        // The same for an answer's head and body written together.
+        if self.io.buffer().is_empty() && bufs.iter().map(|b| b.len()).sum::<usize>() >= DIRECT_WRITE {
+            return Pin::new(self.io.get_mut()).poll_write_vectored(cx, bufs);
+        }
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 

@@ -345,11 +345,11 @@ fn plain_path(path: &str) -> bool {
 
 /// The identity of a valid, fully authenticated session, if any.
 pub fn full_session(req: &Request<'_>, s: &Services) -> Option<Identity> {
-    let (claims, rec) = session(req, s)?;
+    let now = s.now();
+    let (claims, rec) = session_at(req, s, now)?;
     if claims.stage != Stage::Full {
         return None;
     }
-    let now = s.now();
     if now - rec.last_seen >= 60 {
         // Keep idle tracking coarse: at most one write a minute per session.
         if let Err(e) = s.store.touch_session(claims.uid, &claims.sid, now) {
@@ -362,8 +362,12 @@ pub fn full_session(req: &Request<'_>, s: &Services) -> Option<Identity> {
 /// A session whose cookie verifies and whose record still exists, matches
 /// the cookie's stage and is neither idle too long nor past its lifetime.
 fn session(req: &Request<'_>, s: &Services) -> Option<(SessionClaims, Arc<SessionRecord>)> {
+    session_at(req, s, s.now())
+}
+
+/// [`session`] at `now`.
+fn session_at(req: &Request<'_>, s: &Services, now: UnixTime) -> Option<(SessionClaims, Arc<SessionRecord>)> {
     let value = find_cookie(req.cookie?, &s.cookie_name)?;
-    let now = s.now();
     let claims = s.codec.decode(value, now).ok()?;
     let rec = match s.store.session(claims.uid, &claims.sid) {
         Ok(Some(r)) => r,
