@@ -324,23 +324,24 @@ fn tls_listener_serves_https_with_host_prefixed_secure_cookies_and_hsts() {
     assert!(s.contains("/_riegel/login?rd=%2Fmieter"), "{s}");
 }
 
-#[test]
-fn riegel_serve_binary_proxies_with_default_runtime_and_stops_on_sigterm() {
+/// `riegel serve` as a child process, with its default runtime (one
+/// shard per CPU, connections moved to their shard's reactor), in front
+/// of `upstream`; `extra` is more configuration.
+fn serve_binary(upstream: std::net::SocketAddr, extra: &str) -> (std::process::Child, std::net::SocketAddr) {
     let dir = tempdir("serve");
     for k in ["session.key", "storage.key"] {
         riegel::demo::write_key(&dir.join(k)).expect("key");
     }
-    let portal = riegel::demo::start_portal("127.0.0.1:0".parse().expect("addr")).expect("portal");
     let port = free_port();
     let cfg = dir.join("riegel.yaml");
     std::fs::write(
         &cfg,
         format!(
-            "listen: \"127.0.0.1:{port}\"\npublic_url: \"http://127.0.0.1:{port}\"\nupstream: {{ url: \"http://{portal}\" }}\nstore: {{ path: data }}\nsecrets: {{ session_key_file: session.key, storage_key_file: storage.key }}\nmail: {{ from: \"P <p@example.at>\", outbox: outbox }}\n"
+            "listen: \"127.0.0.1:{port}\"\npublic_url: \"http://127.0.0.1:{port}\"\nupstream: {{ url: \"http://{upstream}\" }}\nstore: {{ path: data }}\nsecrets: {{ session_key_file: session.key, storage_key_file: storage.key }}\nmail: {{ from: \"P <p@example.at>\", outbox: outbox }}\n{extra}"
         ),
     )
     .expect("config");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_riegel"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_riegel"))
         .args(["serve", "--config"])
         .arg(&cfg)
         .stderr(std::process::Stdio::null())
@@ -352,13 +353,11 @@ fn riegel_serve_binary_proxies_with_default_runtime_and_stops_on_sigterm() {
         assert!(start.elapsed() < Duration::from_secs(15), "riegel serve did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let mut c = Client::new(addr);
-    for _ in 0..20 {
-        // Several requests, so both runtime threads get work.
-        assert_eq!(c.get("/favicon.ico").status, 200);
-        assert_eq!(c.get("/mieter").status, 303);
-    }
-    assert_eq!(c.get("/_riegel/healthz").status, 200);
+    (child, addr)
+}
+
+/// Sends SIGTERM and waits for a clean exit.
+fn stop_binary(mut child: std::process::Child) {
     let t = Instant::now();
     let st = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
     assert!(st.success());
@@ -370,6 +369,20 @@ fn riegel_serve_binary_proxies_with_default_runtime_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn riegel_serve_binary_proxies_with_default_runtime_and_stops_on_sigterm() {
+    let portal = riegel::demo::start_portal("127.0.0.1:0".parse().expect("addr")).expect("portal");
+    let (child, addr) = serve_binary(portal, "");
+    let mut c = Client::new(addr);
+    for _ in 0..20 {
+        // Several requests, so both runtime threads get work.
+        assert_eq!(c.get("/favicon.ico").status, 200);
+        assert_eq!(c.get("/mieter").status, 303);
+    }
+    assert_eq!(c.get("/_riegel/healthz").status, 200);
+    stop_binary(child);
 }
 
 #[test]
@@ -501,6 +514,27 @@ fn answers(mut b: &[u8], methods: &[&str]) -> Vec<(u16, String, Vec<u8>)> {
 fn short_way_relays_every_framing_pipelined_on_one_connection() {
     let (portal, heads) = framing_portal();
     let r = Riegel::start_with(Options { upstream: Some(portal), extra_yaml: "public_paths: [\"/*\"]\n".into(), ..Options::default() });
+    check_framing(r.addr, &heads);
+}
+
+#[test]
+fn short_way_relays_every_framing_with_the_default_runtime() {
+    // The production set-up: shards, client sockets moved to their shard,
+    // answers written past the write buffer (vectored head and body).
+    let (portal, heads) = framing_portal();
+    let (child, addr) = serve_binary(portal, "public_paths: [\"/*\"]\n");
+    for _ in 0..4 {
+        // New connections, so that every shard serves one.
+        heads.lock().expect("lock").clear();
+        check_framing(addr, &heads);
+    }
+    stop_binary(child);
+}
+
+/// Pipelines one request for each framing on one connection to riegel at
+/// `addr` (in front of [`framing_portal`]) and checks every answer and what
+/// the portal got.
+fn check_framing(addr: std::net::SocketAddr, heads: &std::sync::Mutex<Vec<String>>) {
     let paths = ["/plain", "/chunked", "/early", "/big", "/304", "/hop", "/plain", "/close"];
     let methods = ["GET", "GET", "GET", "GET", "GET", "GET", "HEAD", "GET"];
     let mut raw = String::new();
@@ -508,7 +542,7 @@ fn short_way_relays_every_framing_pipelined_on_one_connection() {
         raw.push_str(&format!("{m} {p} HTTP/1.1\r\nHost: portal.example\r\nConnection: keep-alive, X-Drop\r\nX-Drop: 1\r\nRemote_User: admin\r\n\r\n"));
     }
     // All at once: the requests are pipelined, answered in order.
-    let mut s = TcpStream::connect(r.addr).expect("connect");
+    let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
     s.write_all(raw.as_bytes()).expect("write");
     let mut got = Vec::new();
