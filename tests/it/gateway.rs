@@ -388,8 +388,12 @@ fn riegel_serve_binary_proxies_with_default_runtime_and_stops_on_sigterm() {
 #[test]
 fn connection_cap_refuses_connections_beyond_the_limit() {
     let r = Riegel::start_with(Options { server_yaml: "  max_connections: 3\n  header_timeout: 5s\n".into(), ..Options::default() });
+    // The harness's start-up probe and this request are connections too;
+    // they count until riegel has seen them close.
+    assert_eq!(r.client().get("/_riegel/healthz").status, 200);
+    std::thread::sleep(Duration::from_millis(500));
     // Three connections in the middle of their request headers fill the cap.
-    let held: Vec<TcpStream> = (0..3)
+    let mut held: Vec<TcpStream> = (0..3)
         .map(|_| {
             let mut s = TcpStream::connect(r.addr).expect("connect");
             s.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
@@ -407,6 +411,13 @@ fn connection_cap_refuses_connections_beyond_the_limit() {
     let n = extra.read(&mut buf).unwrap_or(0);
     assert_eq!(n, 0, "a connection beyond the cap was served");
     assert!(t.elapsed() < Duration::from_secs(2), "refused only after {:?}", t.elapsed());
+    // The three were the ones counted: each is served once its head ends.
+    for s in &mut held {
+        s.write_all(b"\r\n").expect("write");
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).expect("answer");
+        assert_eq!(&head, b"HTTP/1.1 200");
+    }
     // Once they go, new connections are served again.
     drop(held);
     std::thread::sleep(Duration::from_millis(300));
