@@ -83,15 +83,6 @@ struct Upstream {
     idle_since: Instant,
 }
 
-/// Runs `f`, within `limit` if there is one, timing it only when it
-/// cannot finish at once.
-async fn write_within<T>(limit: Option<Duration>, f: impl Future<Output = std::io::Result<T>>) -> std::io::Result<T> {
-    match limit {
-        Some(t) => soon(t, f).await,
-        None => f.await,
-    }
-}
-
 fn io_failure(e: std::io::Error, started: bool) -> Failure {
     let status = if e.kind() == std::io::ErrorKind::TimedOut { 504 } else { 502 };
     Failure::Portal { status, reason: e.to_string(), started }
@@ -180,7 +171,7 @@ impl Direct {
     async fn exchange(&self, up: &mut Upstream, head: &[u8], head_only: bool, buf: &mut BytesMut) -> Result<h1::ResponseHead, Failure> {
         let opts = &self.peer.options;
         let stream = &mut up.stream;
-        write_within(opts.write_timeout, async {
+        soon(opts.write_timeout, async {
             stream.write_all(head).await?;
             stream.flush().await
         })
@@ -282,7 +273,7 @@ impl Direct {
             }
             let (piece, d, x) = take(&mut buf)?;
             (done, extra) = (d, x);
-            write_client(client, &piece).await?;
+            write_client(client, &piece[..]).await?;
         }
         if done && !extra && !r.upstream_close {
             self.checkin(up, now);
@@ -297,21 +288,17 @@ impl Direct {
 async fn write_head_and_body(client: &mut Stream, mut head: Vec<u8>, body: &[u8]) -> Result<(), Failure> {
     if body.is_empty() || !client.is_write_vectored() {
         head.extend_from_slice(body);
-        return write_client(client, &head).await;
+        return write_client(client, head.as_slice()).await;
     }
-    let w = async {
-        client.write_all_buf(&mut Buf::chain(head.as_slice(), body)).await?;
-        client.flush().await
-    };
-    soon(CLIENT_WRITE_TIMEOUT, w).await.map_err(Failure::Client)
+    write_client(client, Buf::chain(head.as_slice(), body)).await
 }
 
-/// Writes to the client and flushes, within [`CLIENT_WRITE_TIMEOUT`] from
-/// the moment the client's socket could not take all of it at once.
-pub(super) async fn write_client(client: &mut Stream, bytes: &[u8]) -> Result<(), Failure> {
+/// Writes `bytes` to the client and flushes, within [`CLIENT_WRITE_TIMEOUT`]
+/// from the moment the client's socket could not take all of it at once.
+pub(super) async fn write_client(client: &mut Stream, mut bytes: impl Buf) -> Result<(), Failure> {
     let w = async {
-        client.write_all(bytes).await?;
+        client.write_all_buf(&mut bytes).await?;
         client.flush().await
     };
-    soon(CLIENT_WRITE_TIMEOUT, w).await.map_err(Failure::Client)
+    soon(Some(CLIENT_WRITE_TIMEOUT), w).await.map_err(Failure::Client)
 }

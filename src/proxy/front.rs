@@ -223,7 +223,7 @@ impl Front {
         let close = head.close || last;
         let (status, keep) = match web::handle(&req, &core.services).await {
             Outcome::Reply(reply) => {
-                let ok = write_client(stream, &self.answer(&reply, head.head_only, close)).await.is_ok();
+                let ok = write_client(stream, self.answer(&reply, head.head_only, close).as_slice()).await.is_ok();
                 (reply.status, ok && !close)
             }
             Outcome::Forward(identity) => {
@@ -234,7 +234,7 @@ impl Front {
                         if !valid_value(value.as_bytes()) {
                             tracing::warn!(header = %name, "identity value with control characters; not forwarded");
                             let reply = web::error_page(&core.services, 500, "error_500");
-                            let _ = write_client(stream, &self.answer(&reply, head.head_only, true)).await;
+                            let _ = write_client(stream, self.answer(&reply, head.head_only, true).as_slice()).await;
                             log_request(&core.services, method, path, 500, Some("identity value"));
                             return false;
                         }
@@ -253,7 +253,7 @@ impl Front {
                         tracing::warn!(status, error = %reason, "portal request failed");
                         if !started {
                             let reply = web::upstream_error_page(&core.services, status);
-                            let _ = write_client(stream, &self.answer(&reply, head.head_only, true)).await;
+                            let _ = write_client(stream, self.answer(&reply, head.head_only, true).as_slice()).await;
                         }
                         log_request(&core.services, method, path, status, Some("portal"));
                         return false;

@@ -87,19 +87,25 @@ impl AsyncRead for Moved {
     }
 }
 
+impl Moved {
+    /// Whether a write of `len` bytes goes straight to the socket: a whole
+    /// answer (the short way writes head and body at once) gains nothing
+    /// from the buffer's copy; only an empty buffer keeps the order.
+    fn skips_buffer(&self, len: usize) -> bool {
+        len >= DIRECT_WRITE && self.io.buffer().is_empty()
+    }
+}
+
 impl AsyncWrite for Moved {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        // A whole answer (the short way writes head and body at once) goes
-        // straight to the socket instead of through the buffer's copy.
-        if buf.len() >= DIRECT_WRITE && self.io.buffer().is_empty() {
+        if self.skips_buffer(buf.len()) {
             return Pin::new(self.io.get_mut()).poll_write(cx, buf);
         }
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
-        // The same for an answer's head and body written together.
-        if self.io.buffer().is_empty() && bufs.iter().map(|b| b.len()).sum::<usize>() >= DIRECT_WRITE {
+        if self.skips_buffer(bufs.iter().map(|b| b.len()).sum()) {
             return Pin::new(self.io.get_mut()).poll_write_vectored(cx, bufs);
         }
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)

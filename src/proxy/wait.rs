@@ -61,8 +61,10 @@ impl Deadline {
     }
 }
 
-/// Runs `f`, with a `limit` that starts only if `f` cannot finish at once.
-pub(super) async fn soon<T>(limit: Duration, f: impl Future<Output = std::io::Result<T>>) -> std::io::Result<T> {
+/// Runs `f`, with a `limit` (none when `None`) that starts only if `f`
+/// cannot finish at once.
+pub(super) async fn soon<T>(limit: Option<Duration>, f: impl Future<Output = std::io::Result<T>>) -> std::io::Result<T> {
+    let Some(limit) = limit else { return f.await };
     let mut f = std::pin::pin!(f);
     match std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx))).await {
         Poll::Ready(out) => out,
@@ -95,14 +97,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn soon_limits_only_what_does_not_finish_at_once() {
-        assert_eq!(soon(Duration::from_secs(1), async { Ok(7) }).await.ok(), Some(7));
+        assert_eq!(soon(Some(Duration::from_secs(1)), async { Ok(7) }).await.ok(), Some(7));
         // Pending at first, done in time.
         let late = async {
             tokio::time::sleep(Duration::from_millis(500)).await;
             Ok(8)
         };
-        assert_eq!(soon(Duration::from_secs(1), late).await.ok(), Some(8));
-        let never = soon(Duration::from_secs(1), std::future::pending::<std::io::Result<()>>()).await;
+        assert_eq!(soon(Some(Duration::from_secs(1)), late).await.ok(), Some(8));
+        let never = soon(Some(Duration::from_secs(1)), std::future::pending::<std::io::Result<()>>()).await;
         assert_eq!(never.map_err(|e| e.kind()), Err(std::io::ErrorKind::TimedOut));
     }
 }

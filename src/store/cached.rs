@@ -42,12 +42,12 @@ impl<S: Store> CachedStore<S> {
     /// Applies `f` to the cache and raises the generation (also when the
     /// map is unusable).
     fn change(&self, f: impl FnOnce(&mut HashMap<Key, Arc<SessionRecord>>)) {
-        if let Ok(mut m) = self.sessions.write() {
-            f(&mut m);
-            self.generation.fetch_add(1, Ordering::AcqRel);
-        } else {
-            self.generation.fetch_add(1, Ordering::AcqRel);
+        let mut m = self.sessions.write();
+        if let Ok(m) = m.as_mut() {
+            f(m);
         }
+        // Raised while the lock is held: a read caches under the same lock.
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Changes sessions in the database with `write`, the cache before and
