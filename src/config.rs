@@ -105,6 +105,8 @@ pub struct ServerConfig {
     pub threads: usize,
     /// One work-stealing runtime (true) or one runtime per thread (false).
     pub work_stealing: bool,
+    /// Shard threads in `SCHED_BATCH` while busy (see `crate::sched`).
+    pub adaptive_scheduling: bool,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     pub max_connections: usize,
@@ -430,6 +432,7 @@ fn build(s: &mut Section<'_, '_>, env: &dyn Env) -> Option<Config> {
         let mut sv = s.section("server");
         let threads = sv.uint_or("threads", default_threads() as u64, 1, 256) as usize;
         let work_stealing = sv.bool_or("work_stealing", false);
+        let adaptive_scheduling = sv.bool_or("adaptive_scheduling", true);
         let header_timeout = sv.duration_or("header_timeout", Duration::from_secs(10));
         let body_timeout = sv.duration_or("body_timeout", Duration::from_secs(10));
         let max_connections = sv.uint_or("max_connections", 10_000, 1, 1_000_000) as usize;
@@ -446,7 +449,7 @@ fn build(s: &mut Section<'_, '_>, env: &dyn Env) -> Option<Config> {
             }
         }
         sv.finish();
-        ServerConfig { threads, work_stealing, header_timeout, body_timeout, max_connections, max_form_bytes, trusted_proxies }
+        ServerConfig { threads, work_stealing, adaptive_scheduling, header_timeout, body_timeout, max_connections, max_form_bytes, trusted_proxies }
     };
 
     let password = {

@@ -10,5 +10,6 @@ pub mod config;
 pub mod demo;
 pub mod mail;
 pub mod proxy;
+pub mod sched;
 pub mod store;
 pub mod web;

@@ -169,6 +169,7 @@ impl Front {
             // header timeout (slowloris, or an idle keep-alive connection).
             let Ok(Some(way)) = head else { return };
             served += 1;
+            super::count_request();
             let last = served >= REQUESTS_PER_CONNECTION || self.closing.load(Ordering::Relaxed);
             match way {
                 Way::Short(head) => {

@@ -8,6 +8,7 @@
 //! HTTP/1 sessions directly, and hands everything else, head included, to
 //! Pingora's proxy framework with [`Gateway`] as its `ProxyHttp`.
 
+use std::cell::Cell;
 use std::net::{IpAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -36,6 +37,7 @@ mod moved;
 mod wait;
 
 use crate::auth::session::strip_cookie;
+use crate::sched::{self, Policy};
 use crate::web::headers::{client_ip, headers_to_strip, same_header};
 use crate::web::{self, Identity, Method, Outcome, Reply, Services};
 
@@ -462,23 +464,66 @@ impl ShutdownSignalWatch for ChannelShutdown {
 /// One shard: a single-threaded runtime of its own. Connections handed to
 /// it stay there for their whole life, together with the app that serves
 /// them and its upstream keep-alive pools.
-#[derive(Default)]
 struct Shard {
     handle: OnceLock<tokio::runtime::Handle>,
+    /// `server.adaptive_scheduling`: see [`crate::sched`].
+    adaptive: bool,
 }
 
 /// The Pingora service that owns a shard's runtime: it records the handle
 /// and waits for shutdown.
 struct ShardRuntime(Arc<Shard>);
 
+thread_local! {
+    /// Request heads read on this thread (a shard's runtime is one thread).
+    static REQUESTS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Counts a request on the calling shard.
+fn count_request() {
+    REQUESTS.with(|r| r.set(r.get() + 1));
+}
+
+/// What the calling shard's runtime has done since it started.
+fn shard_totals(handle: &tokio::runtime::Handle) -> (u64, u64) {
+    (handle.metrics().worker_park_count(0), REQUESTS.with(Cell::get))
+}
+
 #[async_trait]
 impl BackgroundService for ShardRuntime {
     async fn start_with_ready_notifier(&self, mut shutdown: ShutdownWatch, ready: ServiceReadyNotifier) {
-        let _ = self.0.handle.set(tokio::runtime::Handle::current());
+        let handle = tokio::runtime::Handle::current();
+        let _ = self.0.handle.set(handle.clone());
         ready.notify_ready();
+        // This task runs on the shard's one thread: the policy set here is
+        // that thread's.
+        let mut adaptive = self.0.adaptive;
+        let mut policy = Policy::Normal;
+        let mut tick = tokio::time::interval(sched::SAMPLE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = (tokio::time::Instant::now(), shard_totals(&handle));
         while !*shutdown.borrow() {
-            if shutdown.changed().await.is_err() {
-                break;
+            tokio::select! {
+                changed = shutdown.changed() => if changed.is_err() { break },
+                now = tick.tick(), if adaptive => {
+                    let totals = shard_totals(&handle);
+                    let sample = sched::Sample {
+                        interval: now.duration_since(last.0),
+                        parks: totals.0.saturating_sub(last.1 .0),
+                        requests: totals.1.saturating_sub(last.1 .1),
+                    };
+                    last = (now, totals);
+                    let want = sched::shard_policy(policy, &sample);
+                    if want != policy {
+                        if sched::set_this_thread(want) {
+                            tracing::debug!(?want, "shard scheduling policy");
+                            policy = want;
+                        } else {
+                            tracing::info!("the system refused SCHED_BATCH; shard threads stay in SCHED_OTHER");
+                            adaptive = false;
+                        }
+                    }
+                }
             }
         }
     }
@@ -586,7 +631,7 @@ pub fn run(services: Arc<Services>, shutdown: Option<Box<dyn ShutdownSignalWatch
         let mut parts = Vec::with_capacity(shards);
         let mut handles = Vec::with_capacity(shards);
         for i in 0..shards {
-            let shard = Arc::new(Shard::default());
+            let shard = Arc::new(Shard { handle: OnceLock::new(), adaptive: cfg.server.adaptive_scheduling });
             let mut bg = GenBackgroundService::new(format!("riegel shard {i}"), Arc::new(ShardRuntime(shard.clone())));
             bg.threads = Some(1);
             handles.push(server.add_service(bg));

@@ -48,29 +48,19 @@ const KEEP_MEMORY: Duration = Duration::from_millis(100);
 /// How nice the hashing threads are (0 = normal, 19 = lowest).
 const NICENESS: i32 = 19;
 
-/// Linux's `SCHED_IDLE` scheduling policy.
-const SCHED_IDLE: i32 = 5;
-
-#[repr(C)]
-struct SchedParam {
-    sched_priority: i32,
-}
-
 extern "C" {
     fn setpriority(which: i32, who: u32, prio: i32) -> i32;
-    fn sched_setscheduler(pid: i32, policy: i32, param: *const SchedParam) -> i32;
 }
 
 fn lower_this_threads_priority() {
-    // On Linux the nice value and the policy belong to the thread
-    // (PRIO_PROCESS = 0 and pid 0: the caller).
-    // SAFETY: both calls only change this thread's scheduling; `param`
-    // points to a live, properly laid out sched_param.
+    // On Linux the nice value belongs to the thread (PRIO_PROCESS = 0 and
+    // who 0: the caller).
+    // SAFETY: the call only changes this thread's nice value.
     unsafe {
         let _ = setpriority(0, 0, NICENESS);
-        if sched_setscheduler(0, SCHED_IDLE, &SchedParam { sched_priority: 0 }) != 0 {
-            tracing::debug!("SCHED_IDLE refused; password hashing stays at nice {NICENESS}");
-        }
+    }
+    if !crate::sched::set_this_thread(crate::sched::Policy::Idle) {
+        tracing::debug!("SCHED_IDLE refused; password hashing stays at nice {NICENESS}");
     }
 }
 
