@@ -34,7 +34,11 @@
 # report and the logs; 1: keep everything) SKIP_BUILD (0: build when a source
 # is newer than the binary) RIEGEL_PRELOAD (empty; e.g.
 # /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 to try another allocator
-# without rebuilding: `riegel serve` then runs with LD_PRELOAD=that file).
+# without rebuilding: `riegel serve` then runs with LD_PRELOAD=that file)
+# ADAPTIVE_SCHEDULING (true: riegel's default; false: its shard threads stay
+# SCHED_OTHER) NGINX_SCHED (other: nginx's default; batch: the front nginx's
+# workers are put in SCHED_BATCH with chrt, to see what riegel's adaptive
+# scheduling would give nginx).
 #
 # Everything started here is stopped by PID on exit (trap), whatever happens.
 
@@ -51,8 +55,13 @@ NGINX_WORKERS=${NGINX_WORKERS:-auto}
 KEEP_WORK=${KEEP_WORK:-0}
 SKIP_BUILD=${SKIP_BUILD:-0}
 RIEGEL_PRELOAD=${RIEGEL_PRELOAD:-}
+ADAPTIVE_SCHEDULING=${ADAPTIVE_SCHEDULING:-true}
+NGINX_SCHED=${NGINX_SCHED:-other}
 
-COMMAND="ROUNDS=$ROUNDS DURATION=$DURATION THREADS=$THREADS CONNS=$CONNS STORM=$STORM${RIEGEL_PRELOAD:+ RIEGEL_PRELOAD=$RIEGEL_PRELOAD} bash benches/load.sh"
+EXTRA=""
+[[ $ADAPTIVE_SCHEDULING == true ]] || EXTRA+=" ADAPTIVE_SCHEDULING=$ADAPTIVE_SCHEDULING"
+[[ $NGINX_SCHED == other ]] || EXTRA+=" NGINX_SCHED=$NGINX_SCHED"
+COMMAND="ROUNDS=$ROUNDS DURATION=$DURATION THREADS=$THREADS CONNS=$CONNS STORM=$STORM${RIEGEL_PRELOAD:+ RIEGEL_PRELOAD=$RIEGEL_PRELOAD}$EXTRA bash benches/load.sh"
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET_DIR/release/riegel
@@ -64,6 +73,8 @@ die() { printf '\nload.sh: ERROR: %s\n' "$*" >&2; exit 1; }
 for v in ROUNDS DURATION THREADS CONNS STORM HOLD_CONNS; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive whole number (got '${!v}')"
 done
+[[ $ADAPTIVE_SCHEDULING == true || $ADAPTIVE_SCHEDULING == false ]] || die "ADAPTIVE_SCHEDULING must be true or false (got '$ADAPTIVE_SCHEDULING')"
+[[ $NGINX_SCHED == other || $NGINX_SCHED == batch ]] || die "NGINX_SCHED must be other or batch (got '$NGINX_SCHED')"
 
 # ---------------------------------------------------------------- cleanup ---
 PIDS=()          # every background process we started, stopped by PID on exit
@@ -301,6 +312,8 @@ branding:
   language: en
 totp:
   issuer: "Bench"
+server:
+  adaptive_scheduling: $ADAPTIVE_SCHEDULING
 # The login storm comes from one address (127.0.0.1) with random usernames:
 # per-account counters never fill; the per-address limit (4 x max_failures =
 # 400 failures within find_time) resets every second.
@@ -412,6 +425,12 @@ say "nginx proxy_pass on 127.0.0.1:$PC and nginx+auth_request on 127.0.0.1:$PD (
 EOF
 } >"$WORK/nginx-front.conf"
 start_nginx front "$PC" "$PD"
+if [[ $NGINX_SCHED == batch ]]; then
+    command -v chrt >/dev/null || die "NGINX_SCHED=batch needs chrt (util-linux)"
+    workers=$(pgrep -P "$NGX_PID") || die "no nginx front workers found"
+    for w in $workers; do chrt -b -p 0 "$w" || die "chrt -b failed for nginx worker $w"; done
+    info "front nginx workers in SCHED_BATCH: $workers"
+fi
 
 # ------------------------------------------------------------ sanity checks ---
 say "checking every set-up answers 200 with the 1 KiB file"
@@ -650,7 +669,7 @@ REPORT=$WORK/results.md
     echo
     echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
     echo "- machine: $(nproc) CPUs ($CPU), $(uname -sr)"
-    echo "- riegel: $GIT$DIRTY, release build${RIEGEL_PRELOAD:+ run with LD_PRELOAD=$RIEGEL_PRELOAD}, $RIEGEL_THREADS OS threads in the process; nginx $("$NGINX" -v 2>&1 | sed 's/.*nginx\///'), upstream worker_processes $UPSTREAM_WORKERS, front worker_processes $NGINX_WORKERS"
+    echo "- riegel: $GIT$DIRTY, release build${RIEGEL_PRELOAD:+ run with LD_PRELOAD=$RIEGEL_PRELOAD}, $RIEGEL_THREADS OS threads in the process; nginx $("$NGINX" -v 2>&1 | sed 's/.*nginx\///'), upstream worker_processes $UPSTREAM_WORKERS, front worker_processes $NGINX_WORKERS; riegel server.adaptive_scheduling $ADAPTIVE_SCHEDULING, front nginx workers SCHED_${NGINX_SCHED^^}"
     echo "- load average (1/5/15 min) before the rounds: $LOAD_START; before the storm: $LOAD_STORM; at the end: $(cut -d' ' -f1-3 /proc/loadavg) (the machine is shared: anything well above the benchmark's own ~2-3 means another job was running)"
     echo "- command: \`$COMMAND\`"
     echo "- each run: \`wrk -t$THREADS -c$CONNS -d${DURATION}s --latency -H \"Cookie: riegel_session=...\" URL\` (1 KiB static file, loopback), $ROUNDS interleaved rounds, medians"
