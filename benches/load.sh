@@ -263,7 +263,7 @@ start_nginx() {
     local name=$1 conf="$WORK/nginx-$1.conf" log="$WORK/logs/nginx-$1.error.log" port
     shift
     "$NGINX" -t -q -c "$conf" -p "$WORK/ngx" -e "$log" || die "nginx $name config is invalid ($conf)"
-    "$NGINX" -c "$conf" -p "$WORK/ngx" -e "$log" >"$WORK/logs/nginx-$name.out" 2>&1 &
+    ${NGX_PREFIX:-} "$NGINX" -c "$conf" -p "$WORK/ngx" -e "$log" >"$WORK/logs/nginx-$name.out" 2>&1 &
     NGX_PID=$!
     PIDS+=("$NGX_PID")
     for port in "$@"; do
@@ -424,12 +424,17 @@ say "nginx proxy_pass on 127.0.0.1:$PC and nginx+auth_request on 127.0.0.1:$PD (
 }
 EOF
 } >"$WORK/nginx-front.conf"
-start_nginx front "$PC" "$PD"
+NGX_PREFIX=""
 if [[ $NGINX_SCHED == batch ]]; then
+    # Started in the class, so every worker inherits it (no race with the
+    # workers' fork).
     command -v chrt >/dev/null || die "NGINX_SCHED=batch needs chrt (util-linux)"
-    workers=$(pgrep -P "$NGX_PID") || die "no nginx front workers found"
-    for w in $workers; do chrt -b -p 0 "$w" || die "chrt -b failed for nginx worker $w"; done
-    info "front nginx workers in SCHED_BATCH: $workers"
+    NGX_PREFIX="chrt -b 0"
+fi
+start_nginx front "$PC" "$PD"
+NGX_PREFIX=""
+if [[ $NGINX_SCHED == batch ]]; then
+    info "front nginx started in SCHED_BATCH: $(chrt -p "$NGX_PID" | head -n1)"
 fi
 
 # ------------------------------------------------------------ sanity checks ---

@@ -1106,6 +1106,19 @@ mail: { from: "Portal <portal@example.at>", outbox: "/tmp/outbox" }
         assert_eq!(c.secrets.session_keys.len(), 1);
         assert_eq!(c.password.argon2.memory_kib, 19456);
         assert_eq!(c.regulation.max_consecutive, 100);
+        assert!(c.server.adaptive_scheduling);
+        assert!(!c.server.work_stealing);
+    }
+
+    #[test]
+    fn adaptive_scheduling_can_be_turned_off_and_takes_only_booleans() {
+        let off = format!("{MINIMAL}server: {{ adaptive_scheduling: false }}\n");
+        let c = Config::parse(&off, Path::new("/"), &env_with_keys()).expect("valid");
+        assert!(!c.server.adaptive_scheduling);
+        let bad = format!("{MINIMAL}server: {{ adaptive_scheduling: sometimes }}\n");
+        let errs = Config::parse(&bad, Path::new("/"), &env_with_keys()).expect_err("invalid").0;
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].path, "server.adaptive_scheduling", "{errs:?}");
     }
 
     #[test]

@@ -498,33 +498,40 @@ impl BackgroundService for ShardRuntime {
         // This task runs on the shard's one thread: the policy set here is
         // that thread's.
         let mut adaptive = self.0.adaptive;
-        let mut policy = Policy::Normal;
+        let mut rule = sched::ShardRule::default();
         let mut tick = tokio::time::interval(sched::SAMPLE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last = (tokio::time::Instant::now(), shard_totals(&handle));
+        let mut last = (std::time::Instant::now(), shard_totals(&handle));
         while !*shutdown.borrow() {
             tokio::select! {
                 changed = shutdown.changed() => if changed.is_err() { break },
-                now = tick.tick(), if adaptive => {
-                    let totals = shard_totals(&handle);
+                _ = tick.tick(), if adaptive => {
+                    // The time of the reading, not the tick's deadline: the
+                    // two counters cover exactly this interval.
+                    let now = (std::time::Instant::now(), shard_totals(&handle));
                     let sample = sched::Sample {
-                        interval: now.duration_since(last.0),
-                        parks: totals.0.saturating_sub(last.1 .0),
-                        requests: totals.1.saturating_sub(last.1 .1),
+                        interval: now.0.duration_since(last.0),
+                        parks: now.1 .0.saturating_sub(last.1 .0),
+                        requests: now.1 .1.saturating_sub(last.1 .1),
                     };
-                    last = (now, totals);
-                    let want = sched::shard_policy(policy, &sample);
-                    if want != policy {
+                    last = now;
+                    let was = rule.policy();
+                    if let Some(want) = rule.next(&sample) {
                         if sched::set_this_thread(want) {
-                            tracing::debug!(?want, "shard scheduling policy");
-                            policy = want;
+                            tracing::debug!(?want, ?sample, "shard scheduling policy");
                         } else {
-                            tracing::info!("the system refused SCHED_BATCH; shard threads stay in SCHED_OTHER");
+                            let error = std::io::Error::last_os_error();
+                            tracing::info!(?want, %error, "the system refused a scheduling policy; adaptive scheduling ends for this shard");
+                            rule.refused(was);
                             adaptive = false;
                         }
                     }
                 }
             }
+        }
+        // Shutting down: the grace period runs in the default class.
+        if rule.policy() != Policy::Normal && !sched::set_this_thread(Policy::Normal) {
+            tracing::debug!("could not put a shard back into SCHED_OTHER");
         }
     }
 }

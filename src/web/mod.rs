@@ -193,7 +193,14 @@ impl Services {
     pub async fn flush(&self) -> Result<(), WebError> {
         let _permit = self.flush_slots.acquire().await.map_err(|e| WebError::Task(e.to_string()))?;
         let s = self.store.clone();
-        tokio::task::spawn_blocking(move || s.flush()).await.map_err(|e| WebError::Task(e.to_string()))??;
+        tokio::task::spawn_blocking(move || {
+            // A blocking thread started from a shard inherits the shard's
+            // class, SCHED_BATCH at times; a flush keeps the default one.
+            let _ = crate::sched::set_this_thread(crate::sched::Policy::Normal);
+            s.flush()
+        })
+        .await
+        .map_err(|e| WebError::Task(e.to_string()))??;
         Ok(())
     }
 
