@@ -518,7 +518,7 @@ impl BackgroundService for ShardRuntime {
                     let was = rule.policy();
                     if let Some(want) = rule.next(&sample) {
                         if sched::set_this_thread(want) {
-                            tracing::debug!(?want, ?sample, "shard scheduling policy");
+                            tracing::debug!(target: "riegel::sched", ?want, ?sample, "shard scheduling policy");
                         } else {
                             let error = std::io::Error::last_os_error();
                             tracing::info!(?want, %error, "the system refused a scheduling policy; adaptive scheduling ends for this shard");
