@@ -470,8 +470,9 @@ struct Shard {
     adaptive: bool,
 }
 
-/// The Pingora service that owns a shard's runtime: it records the handle
-/// and waits for shutdown.
+/// The Pingora service that owns a shard's runtime: it records the handle,
+/// samples the shard every [`sched::SAMPLE_EVERY`] for its scheduling
+/// class ([`sched::ShardRule`]) and waits for shutdown.
 struct ShardRuntime(Arc<Shard>);
 
 thread_local! {
