@@ -1116,26 +1116,45 @@ mod tests {
         fs::remove_dir_all(&base).unwrap();
     }
 
+    /// Runs `f` on its own thread; `None` when it has not returned within
+    /// `limit` (a bound for "never returns", not a speed check).
+    fn returns_within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(limit).ok()
+    }
+
     #[test]
     fn dead_server_never_slows_send_and_failures_are_counted() {
-        let mailer = Mailer::start(&smtp_config(dead_port(), 200, 2)).unwrap();
-        let started = Instant::now();
-        for i in 0..100 {
-            mailer
-                .send(reset_mail(&format!("user{i}@kunde.example")))
-                .unwrap();
+        // A server that accepts connections and never says a word: a send
+        // that waited for the network would wait for the 30 s attempt
+        // timeout. All 100 sends return while nothing has been delivered
+        // or given up, so none of them waited for the server.
+        let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut cfg = smtp_config(silent.local_addr().unwrap().port(), 200, 1);
+        if let MailTransport::Smtp(smtp) = &mut cfg.transport {
+            smtp.timeout = Duration::from_secs(10);
         }
-        let elapsed = started.elapsed();
-        assert!(
-            elapsed < Duration::from_millis(50),
-            "100 sends took {elapsed:?}"
-        );
-        // Attempt 1 fails at once, attempt 2 after the 1 s backoff.
-        assert!(
-            mailer.drain(Duration::from_secs(5)),
-            "not drained: {:?}",
-            mailer.stats()
-        );
+        let mailer = Arc::new(Mailer::start(&cfg).unwrap());
+        let m = Arc::clone(&mailer);
+        let sent = returns_within(Duration::from_secs(20), move || {
+            (0..100).map(|i| m.send(reset_mail(&format!("user{i}@kunde.example")))).collect::<Vec<_>>()
+        })
+        .expect("send waited for the silent server");
+        assert!(sent.iter().all(Result::is_ok), "{sent:?}");
+        let stats = mailer.stats();
+        assert_eq!((stats.queued, stats.sent, stats.failed), (100, 0, 0), "{stats:?}");
+        drop(silent);
+
+        // A dead port: every mail fails, is retried once after the 1 s
+        // backoff and then counted as failed.
+        let mailer = Mailer::start(&smtp_config(dead_port(), 200, 2)).unwrap();
+        for i in 0..100 {
+            mailer.send(reset_mail(&format!("user{i}@kunde.example"))).unwrap();
+        }
+        assert!(mailer.drain(Duration::from_secs(30)), "not drained: {:?}", mailer.stats());
         assert_eq!(
             mailer.stats(),
             MailStats {
@@ -1177,17 +1196,17 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let mut cfg = smtp_config(port, 10, 1);
         if let MailTransport::Smtp(smtp) = &mut cfg.transport {
-            smtp.timeout = Duration::from_millis(100);
+            // One attempt may take three timeouts: 3 s.
+            smtp.timeout = Duration::from_secs(1);
         }
         let mailer = Mailer::start(&cfg).unwrap();
-        let started = Instant::now();
         mailer.send(reset_mail("anna@kunde.example")).unwrap();
-        assert!(started.elapsed() < Duration::from_millis(20));
-        assert!(
-            !mailer.drain(Duration::from_millis(300)),
-            "cannot have finished yet"
-        );
-        assert!(mailer.drain(Duration::from_secs(5)));
+        // The attempt is still waiting for the server (it cannot end before
+        // its 3 s are up) ...
+        assert!(!mailer.drain(Duration::from_millis(100)), "cannot have finished yet");
+        assert_eq!((mailer.stats().sent, mailer.stats().failed), (0, 0));
+        // ... and is given up once they are, not held for ever.
+        assert!(mailer.drain(Duration::from_secs(30)), "{:?}", mailer.stats());
         assert_eq!(mailer.stats().failed, 1);
         drop(listener);
     }
