@@ -102,7 +102,7 @@ fn axe_source() -> Option<&'static str> {
         match std::fs::read_to_string(&path) {
             Ok(js) => Some(js),
             Err(e) => {
-                let how = "npm install --prefix target/axe axe-core@4 (or set AXE_CORE_JS)";
+                let how = "npm install --prefix target/axe axe-core@4.14.1, as .ci/run does, or set AXE_CORE_JS";
                 if std::env::var_os("CI").is_some() {
                     panic!("axe-core is required on CI (CI is set): {}: {e}; {how}", path.display());
                 }
@@ -340,17 +340,21 @@ impl<'d> Session<'d> {
         self.click("button[type=submit]");
     }
 
-    /// A full-page screenshot, `NN-label.png`: the window grows to the
-    /// page's height for it.
+    /// A full-page screenshot, `NN-label.png`: the window grows until the
+    /// viewport holds the whole page.
     pub fn screenshot(&mut self, label: &str) {
         self.n += 1;
-        let full = self.execute("return document.documentElement.scrollHeight;").as_u64().unwrap_or(0) as u32;
+        let sizes = self.execute("return [document.documentElement.scrollHeight, window.innerHeight];");
+        let px = |i: usize| sizes[i].as_u64().unwrap_or(0) as u32;
+        let (full, viewport) = (px(0), px(1));
         let (w, h) = self.size;
-        if full > h {
-            self.run("grow window", self.client().set_window_size(w, full + 140));
+        // The window is taller than its viewport by the browser's own bars.
+        let grow = full > viewport;
+        if grow {
+            self.run("grow window", self.client().set_window_size(w, full + h.saturating_sub(viewport)));
         }
         let png = self.run("screenshot", self.client().screenshot());
-        if full > h {
+        if grow {
             self.run("restore window", self.client().set_window_size(w, h));
         }
         std::fs::write(self.shots.join(format!("{:02}-{label}.png", self.n)), png).expect("save screenshot");
