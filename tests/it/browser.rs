@@ -201,26 +201,28 @@ impl<'d> Session<'d> {
     /// (emptied first).
     pub fn open(driver: &'d Driver, width: u32, height: u32, shots: PathBuf) -> Session<'d> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-        let profile = tempdir("chromium-profile");
-        let caps = json!({
-            "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": "/usr/bin/chromium",
-                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                         "--disable-dev-shm-usage", format!("--user-data-dir={}", profile.display()),
-                         format!("--window-size={width},{height}")]
-            }
-        });
-        let Value::Object(caps) = caps else { unreachable!("capabilities are an object") };
-        // Chromium can fail to start on a loaded machine: try a few times.
-        let mut builder = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
-        builder.capabilities(caps);
-        let mut client = None;
+        // From here on, Drop removes the profile, also when opening fails.
+        let mut s = Session { rt, client: None, driver: PhantomData, profile: tempdir("chromium-profile"), shots, n: 0, size: (width, height), axe_checked: Vec::new() };
+        // Chromium can fail to start on a loaded machine: try a few times,
+        // each with a profile of its own (a Chromium that started late
+        // would still hold the last one).
         for attempt in 1..=3 {
-            match block(&rt, CALL_LIMIT, builder.connect(&driver.url())) {
+            let caps = json!({
+                "browserName": "chrome",
+                "goog:chromeOptions": {
+                    "binary": "/usr/bin/chromium",
+                    "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                             "--disable-dev-shm-usage", format!("--user-data-dir={}/{attempt}", s.profile.display()),
+                             format!("--window-size={width},{height}")]
+                }
+            });
+            let Value::Object(caps) = caps else { unreachable!("capabilities are an object") };
+            let mut builder = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
+            builder.capabilities(caps);
+            match block(&s.rt, CALL_LIMIT, builder.connect(&driver.url())) {
                 Some(Ok(c)) => {
-                    client = Some(c);
+                    s.client = Some(c);
                     break;
                 }
                 Some(Err(e)) if attempt == 3 => panic!("no browser session after {attempt} attempts: {e}"),
@@ -228,9 +230,8 @@ impl<'d> Session<'d> {
                 _ => std::thread::sleep(Duration::from_secs(1)),
             }
         }
-        let _ = std::fs::remove_dir_all(&shots);
-        std::fs::create_dir_all(&shots).expect("screenshot dir");
-        let s = Session { rt, client, driver: PhantomData, profile, shots, n: 0, size: (width, height), axe_checked: Vec::new() };
+        let _ = std::fs::remove_dir_all(&s.shots);
+        std::fs::create_dir_all(&s.shots).expect("screenshot dir");
         s.run("set window size", s.client().set_window_size(width, height));
         // Element look-ups wait up to 5 s for the next page to be there.
         let timeouts = TimeoutConfiguration::new(Some(Duration::from_secs(30)), Some(Duration::from_secs(20)), Some(Duration::from_secs(5)));
@@ -257,7 +258,8 @@ impl<'d> Session<'d> {
         self.run("execute", self.client().execute(script, vec![]))
     }
 
-    /// The profile directory; Chromium's command lines name it.
+    /// The profile directory (one folder in it per start attempt);
+    /// Chromium's command lines name it.
     pub fn profile(&self) -> &Path {
         &self.profile
     }
