@@ -78,7 +78,9 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        // SAFETY: killpg only sends a signal to the group this Driver made.
+        // SAFETY: killpg only sends a signal. The group is the one this
+        // Driver made; chromedriver is not reaped yet, so its pid (the
+        // group's id) cannot belong to anyone else.
         unsafe {
             libc::killpg(self.pgid(), libc::SIGKILL);
         }
@@ -114,9 +116,10 @@ fn axe_source() -> Option<&'static str> {
     .as_deref()
 }
 
-/// Runs axe on the current document and hands back the violations (with
-/// their nodes) and how many rules passed. `arguments[0]` is the WebDriver
-/// callback of an async script.
+/// Runs axe on the current document (its default rules: WCAG 2.x A and AA
+/// and best practices) and hands back the violations with their elements,
+/// the rules it left undecided and how many passed. The last argument of
+/// an async WebDriver script is its callback.
 const AXE_RUN: &str = r#"
 const done = arguments[arguments.length - 1];
 axe.run(document, { resultTypes: ['violations'] }).then(function (r) {
