@@ -15,26 +15,26 @@ pub mod pages;
 
 mod forms;
 mod login;
+mod regulation;
 mod reset;
 mod second;
 
+use crate::store::prelude::*;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use minijinja::context;
-use tokio::sync::Semaphore;
-
 use crate::auth::crypto::{derive_key, SecretBox};
 use crate::auth::password::Hasher;
 use crate::auth::redirect::{encode_rd, safe_redirect};
-use crate::auth::regulation::{minutes_left, Decision, Limits};
+use crate::auth::regulation::Limits;
 use crate::auth::session::{find_cookie, SessionClaims, SessionCodec, Stage};
 use crate::auth::Random;
 use crate::clock::{Clock, UnixTime};
 use crate::config::Config;
-use crate::mail::MailQueue;
-use crate::store::{SessionRecord, Store, StoreError};
+use crate::mail::{MailError, MailQueue};
+use crate::store::{CachedStore, SessionRecord, Store, StoreError};
 
 pub use pages::Pages;
 
@@ -105,6 +105,8 @@ impl Reply {
 pub enum WebError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Mail(#[from] MailError),
     #[error("page: {0}")]
     Page(#[from] pages::PagesError),
     #[error("background task failed: {0}")]
@@ -116,7 +118,7 @@ pub enum WebError {
 /// Everything the handlers need, injected.
 pub struct Services {
     pub cfg: Arc<Config>,
-    pub store: Arc<dyn Store>,
+    pub store: Arc<CachedStore>,
     pub clock: Arc<dyn Clock>,
     pub rng: Arc<dyn Random>,
     pub mail: Arc<dyn MailQueue>,
@@ -127,7 +129,6 @@ pub struct Services {
     pub secret_box: SecretBox,
     pub recovery_pepper: [u8; 32],
     hash_pool: hashpool::HashPool,
-    flush_slots: Arc<Semaphore>,
     pub cookie_name: String,
     pub csrf_cookie_name: String,
     pub account_limits: Limits,
@@ -140,7 +141,7 @@ pub struct Services {
 impl Services {
     pub fn new(
         cfg: Arc<Config>,
-        store: Arc<dyn Store>,
+        store: Arc<CachedStore>,
         clock: Arc<dyn Clock>,
         rng: Arc<dyn Random>,
         mail: Arc<dyn MailQueue>,
@@ -157,7 +158,6 @@ impl Services {
             recovery_pepper: derive_key(&cfg.secrets.storage_key, "riegel/recovery-codes/v1"),
             hash_pool: hashpool::HashPool::new(hasher.clone(), cfg.password.max_concurrent_hashes)
                 .map_err(|e| WebError::Internal(format!("hash threads: {e}")))?,
-            flush_slots: Arc::new(Semaphore::new(4)),
             cookie_name: cfg.cookie_name(),
             csrf_cookie_name: cfg.csrf_cookie_name(),
             account_limits: Limits::account(&cfg.regulation),
@@ -189,19 +189,10 @@ impl Services {
         self.hash_pool.run(f).await.map_err(|e| WebError::Task(e.to_string()))
     }
 
-    /// Flushes the store off the executor. Called before acknowledging a write.
+    /// Waits until the store's writes are durable. Called before
+    /// acknowledging a write.
     pub async fn flush(&self) -> Result<(), WebError> {
-        let _permit = self.flush_slots.acquire().await.map_err(|e| WebError::Task(e.to_string()))?;
-        let s = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            // A blocking thread started from a shard inherits the shard's
-            // class, SCHED_BATCH at times; a flush keeps the default one.
-            let _ = crate::sched::set_this_thread(crate::sched::Policy::Normal);
-            s.flush()
-        })
-        .await
-        .map_err(|e| WebError::Task(e.to_string()))??;
-        Ok(())
+        Ok(self.store.flush().await?)
     }
 
     fn route(&self, name: &str) -> String {
@@ -219,11 +210,11 @@ impl Services {
 /// The answer to one request.
 pub async fn handle(req: &Request<'_>, s: &Arc<Services>) -> Outcome {
     let Some(rest) = req.path.strip_prefix(s.prefix.as_str()) else {
-        return portal_request(req, s);
+        return portal_request(req, s).await;
     };
     if !(rest.is_empty() || rest.starts_with('/')) {
         // e.g. /_riegelx is a portal path.
-        return portal_request(req, s);
+        return portal_request(req, s).await;
     }
     let result = route(req, rest, s).await;
     Outcome::Reply(match result {
@@ -243,7 +234,7 @@ async fn route(req: &Request<'_>, rest: &str, s: &Arc<Services>) -> Result<Reply
     let not_allowed = || Ok(error_page(s, 405, "error_400"));
     match rest {
         "/login" => match m {
-            Get => login::get(req, s),
+            Get => login::get(req, s).await,
             Post => login::post(req, s).await,
             _ => not_allowed(),
         },
@@ -257,17 +248,17 @@ async fn route(req: &Request<'_>, rest: &str, s: &Arc<Services>) -> Result<Reply
             _ => not_allowed(),
         },
         "/setup/confirm" => match m {
-            Get => second::confirm_get(req, s),
+            Get => second::confirm_get(req, s).await,
             Post => second::confirm_post(req, s).await,
             _ => not_allowed(),
         },
         "/verify" => match m {
-            Get => second::verify_get(req, s),
+            Get => second::verify_get(req, s).await,
             Post => second::verify_post(req, s).await,
             _ => not_allowed(),
         },
         "/recovery" => match m {
-            Get => second::recovery_get(req, s),
+            Get => second::recovery_get(req, s).await,
             Post => second::recovery_post(req, s).await,
             _ => not_allowed(),
         },
@@ -277,11 +268,11 @@ async fn route(req: &Request<'_>, rest: &str, s: &Arc<Services>) -> Result<Reply
             _ => not_allowed(),
         },
         "/healthz" => match m {
-            Get => Ok(healthz(s)),
+            Get => Ok(healthz(s).await),
             _ => not_allowed(),
         },
         "/auth" => match m {
-            Get => Ok(forward_auth(req, s)),
+            Get => Ok(forward_auth(req, s).await),
             _ => not_allowed(),
         },
         p if p.starts_with("/static/") => match m {
@@ -291,7 +282,7 @@ async fn route(req: &Request<'_>, rest: &str, s: &Arc<Services>) -> Result<Reply
         p if p.starts_with("/reset/") => {
             let token = &p["/reset/".len()..];
             match m {
-                Get => reset::reset_get(req, s, token),
+                Get => reset::reset_get(req, s, token).await,
                 Post => reset::reset_post(req, s, token).await,
                 _ => not_allowed(),
             }
@@ -303,11 +294,11 @@ async fn route(req: &Request<'_>, rest: &str, s: &Arc<Services>) -> Result<Reply
 
 /// A request for the portal: forward it with an identity, pass it if
 /// public, or send the user to the login page.
-fn portal_request(req: &Request<'_>, s: &Services) -> Outcome {
+async fn portal_request(req: &Request<'_>, s: &Services) -> Outcome {
     if is_public(&s.cfg.public_paths, req.path) {
         return Outcome::Forward(None);
     }
-    match full_session(req, s) {
+    match full_session(req, s).await {
         Some(id) => Outcome::Forward(Some(id)),
         None => {
             let mut target = req.path.to_string();
@@ -351,38 +342,42 @@ fn plain_path(path: &str) -> bool {
 }
 
 /// The identity of a valid, fully authenticated session, if any.
-pub fn full_session(req: &Request<'_>, s: &Services) -> Option<Identity> {
+pub async fn full_session(req: &Request<'_>, s: &Services) -> Option<Identity> {
     let now = s.now();
-    let (claims, rec) = session_at(req, s, now)?;
+    let (claims, rec) = session_at(req, s, now).await?;
     if claims.stage != Stage::Full {
         return None;
     }
     if now - rec.last_seen >= 60 {
         // Keep idle tracking coarse: at most one write a minute per session.
-        if let Err(e) = s.store.touch_session(claims.uid, &claims.sid, now) {
+        if let Err(e) = s.store.touch_session(claims.uid, &claims.sid, now).await {
             tracing::warn!(error = %e, "could not record session activity");
         }
     }
     Some(Identity(rec))
 }
 
-/// A session whose cookie verifies and whose record still exists, matches
-/// the cookie's stage and is neither idle too long nor past its lifetime.
-fn session(req: &Request<'_>, s: &Services) -> Option<(SessionClaims, Arc<SessionRecord>)> {
-    session_at(req, s, s.now())
+/// A session whose cookie verifies and whose record still exists, was
+/// issued under its user's current security stamp, matches the cookie's
+/// stage and is neither idle too long nor past its lifetime.
+async fn session(req: &Request<'_>, s: &Services) -> Option<(SessionClaims, Arc<SessionRecord>)> {
+    session_at(req, s, s.now()).await
 }
 
-/// [`session`] at `now`.
-fn session_at(req: &Request<'_>, s: &Services, now: UnixTime) -> Option<(SessionClaims, Arc<SessionRecord>)> {
+/// [`session`] at `now`. A cached session costs no I/O and no allocation.
+async fn session_at(req: &Request<'_>, s: &Services, now: UnixTime) -> Option<(SessionClaims, Arc<SessionRecord>)> {
     let value = find_cookie(req.cookie?, &s.cookie_name)?;
     let claims = s.codec.decode(value, now).ok()?;
-    let rec = match s.store.session(claims.uid, &claims.sid) {
-        Ok(Some(r)) => r,
-        Ok(None) => return None,
-        Err(e) => {
-            tracing::error!(error = %e, "session lookup failed");
-            return None;
-        }
+    let rec = match s.store.cached_session(claims.uid, &claims.sid) {
+        Some(r) => r,
+        None => match s.store.valid_session(claims.uid, &claims.sid).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::error!(error = %e, "session lookup failed");
+                return None;
+            }
+        },
     };
     let idle = s.cfg.session.idle_timeout.as_secs() as i64;
     if rec.stage != claims.stage || now >= rec.expires_at || now - rec.last_seen > idle {
@@ -391,17 +386,17 @@ fn session_at(req: &Request<'_>, s: &Services, now: UnixTime) -> Option<(Session
     Some((claims, rec))
 }
 
-fn healthz(s: &Services) -> Reply {
-    match s.store.counter("health") {
-        Ok(_) => plain(200, "ok\n"),
+async fn healthz(s: &Services) -> Reply {
+    match s.store.healthy().await {
+        Ok(()) => plain(200, "ok\n"),
         Err(_) => plain(503, "store unavailable\n"),
     }
 }
 
 /// `GET /_riegel/auth` for nginx `auth_request`, Traefik and Caddy
 /// forward auth: 200 with the identity headers, or 401.
-fn forward_auth(req: &Request<'_>, s: &Services) -> Reply {
-    match full_session(req, s) {
+async fn forward_auth(req: &Request<'_>, s: &Services) -> Reply {
+    match full_session(req, s).await {
         Some(id) => {
             let mut r = plain(200, "");
             r.headers.push(("x-riegel-user", id.user().to_string()));
@@ -521,73 +516,6 @@ fn session_cookie(s: &Services, value: &str) -> String {
 
 fn clear_session_cookie(s: &Services) -> String {
     cookie_header(s, &s.cookie_name, "", Some(0), "Lax")
-}
-
-/// The state of the regulation for a login attempt.
-fn regulation_check(s: &Services, keys: &[(&str, &Limits)]) -> Result<Option<i64>, WebError> {
-    let now = s.now();
-    let mut until: Option<UnixTime> = None;
-    for (key, _) in keys {
-        if let Decision::Banned { until: u } = s.store.counter(key)?.check(now) {
-            until = Some(until.map_or(u, |x: UnixTime| x.max(u)));
-        }
-    }
-    Ok(until.map(|u| minutes_left(u, now)))
-}
-
-/// Records a failure on every key; returns the delay to apply.
-fn regulation_fail(s: &Services, keys: &[(&str, &Limits)]) -> Result<std::time::Duration, WebError> {
-    let now = s.now();
-    let mut delay = std::time::Duration::ZERO;
-    for (key, limits) in keys {
-        let l: Limits = **limits;
-        let c = s.store.update_counter(key, &move |c| c.fail(now, &l))?;
-        delay = delay.max(c.delay(&l));
-    }
-    Ok(delay)
-}
-
-/// Records a failure on every key, then holds the answer back by the
-/// regulation's progressive delay.
-async fn fail_slowly(s: &Services, keys: &[(&str, &Limits)]) -> Result<(), WebError> {
-    let delay = regulation_fail(s, keys)?;
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
-    Ok(())
-}
-
-/// The account and address counters of one login or code attempt.
-struct RegulationKeys {
-    account: String,
-    address: String,
-}
-
-impl RegulationKeys {
-    fn new(uid: Option<u64>, login: &str, ip: IpAddr) -> Self {
-        Self { account: account_key(uid, login), address: address_key(ip) }
-    }
-
-    fn with_limits<'a>(&'a self, s: &'a Services) -> [(&'a str, &'a Limits); 2] {
-        [(self.account.as_str(), &s.account_limits), (self.address.as_str(), &s.address_limits)]
-    }
-
-    /// A success clears the account's failures (not the address's).
-    fn succeed(&self, s: &Services) -> Result<(), WebError> {
-        s.store.update_counter(&self.account, &|c| c.succeed())?;
-        Ok(())
-    }
-}
-
-fn account_key(uid: Option<u64>, login: &str) -> String {
-    match uid {
-        Some(id) => format!("u:{id}"),
-        None => format!("n:{}", crate::store::login_key(login)),
-    }
-}
-
-fn address_key(ip: IpAddr) -> String {
-    format!("ip:{ip}")
 }
 
 /// Validated `rd` from the query, if any.
