@@ -48,16 +48,9 @@ const KEEP_MEMORY: Duration = Duration::from_millis(100);
 /// How nice the hashing threads are (0 = normal, 19 = lowest).
 const NICENESS: i32 = 19;
 
-extern "C" {
-    fn setpriority(which: i32, who: u32, prio: i32) -> i32;
-}
-
 fn lower_this_threads_priority() {
-    // On Linux the nice value belongs to the thread (PRIO_PROCESS = 0 and
-    // who 0: the caller).
-    // SAFETY: the call only changes this thread's nice value.
-    unsafe {
-        let _ = setpriority(0, 0, NICENESS);
+    if !crate::sched::set_this_thread_nice(NICENESS) {
+        tracing::debug!("nice {NICENESS} refused for password hashing");
     }
     if !crate::sched::set_this_thread(crate::sched::Policy::Idle) {
         tracing::debug!("SCHED_IDLE refused; password hashing stays at nice {NICENESS}");
