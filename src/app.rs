@@ -1,5 +1,6 @@
-//! Wires the parts together: config -> store, mail, pages -> services ->
-//! proxy. Used by `riegel serve`, `riegel demo` and the test harness.
+//! Wires the parts together: config -> store, mail, pages, hashing
+//! threads -> services -> proxy. Used by `riegel serve`, `riegel demo` and
+//! the test harness.
 
 use std::sync::Arc;
 
@@ -7,6 +8,7 @@ use crate::admin;
 use crate::auth::{OsRandom, Random};
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::hashpool::{self, HashPool};
 use crate::mail::{MailQueue, Mailer};
 use crate::store::{CachedStore, SledStore, Store};
 use crate::web::{Pages, Services};
@@ -21,6 +23,8 @@ pub enum StartError {
     Pages(String),
     #[error("{0}")]
     Web(#[from] crate::web::WebError),
+    #[error("password hashing: {0}")]
+    Hashing(#[from] hashpool::PoolError),
     #[error(transparent)]
     Admin(#[from] admin::AdminError),
     #[error(transparent)]
@@ -46,7 +50,12 @@ pub fn build(
         None => Arc::new(Mailer::start(&cfg.mail)?),
     };
     let rng: Arc<dyn Random> = Arc::new(OsRandom);
-    let services = Services::new(cfg.clone(), store.clone(), clock.clone(), rng, mail, pages)?;
+    let hashing = HashPool::start(hashpool::Settings {
+        threads: cfg.password.max_concurrent_hashes,
+        queue_timeout: cfg.password.hash_queue_timeout,
+        on_idle: crate::auth::password::release_scratch,
+    })?;
+    let services = Services::new(cfg.clone(), store.clone(), clock.clone(), rng, mail, pages, hashing)?;
     admin::serve_socket(&cfg.admin_socket, store.clone(), clock.clone())?;
     spawn_janitor(store, clock, cfg.session.idle_timeout.as_secs() as i64);
     Ok(Arc::new(services))

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod hashpool;
 pub mod mail;
 pub mod proxy;
 pub mod sched;

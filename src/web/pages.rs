@@ -1206,6 +1206,7 @@ fn sample_variants(name: &str) -> Vec<Value> {
             "429",
             "500",
             "502",
+            "503",
             "504",
             "reset_invalid",
         ] {
@@ -1331,7 +1332,7 @@ mod tests {
         .into_iter()
         .map(String::from)
         .collect::<Vec<_>>();
-        for c in ["400", "403", "404", "413", "429", "500", "502", "504"] {
+        for c in ["400", "403", "404", "413", "429", "500", "502", "503", "504"] {
             keys.push(format!("error_{c}_title"));
             keys.push(format!("error_{c}_text"));
         }
