@@ -31,8 +31,10 @@ pub enum StartError {
     Proxy(#[from] crate::proxy::ProxyError),
 }
 
+/// The pages with `branding`'s overrides read from disk
+/// ([`crate::assets`]); every problem is reported, one per line.
 pub fn load_pages(cfg: &Config) -> Result<Pages, StartError> {
-    Pages::load(&cfg.branding, &cfg.prefix)
+    crate::assets::load_pages(&cfg.branding, &cfg.prefix)
         .map_err(|errs| StartError::Pages(errs.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n")))
 }
 

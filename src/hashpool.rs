@@ -253,24 +253,29 @@ mod tests {
         assert!(rt.block_on(pool.run(move || h2.hash("x", &TestRandom::default()))).expect("pool").is_ok());
     }
 
+    /// Takes the pool's one thread with a job that lasts until the sender
+    /// is used (30 s at most); returns once the job runs.
+    fn hold(pool: &Arc<HashPool>, rt: &tokio::runtime::Runtime) -> (tokio::task::JoinHandle<Result<u32, PoolError>>, std::sync::mpsc::Sender<()>) {
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let p = pool.clone();
+        let long = rt.spawn(async move {
+            p.run(move || {
+                let _ = started_tx.send(());
+                let _ = release_rx.recv_timeout(Duration::from_secs(30));
+                1
+            })
+            .await
+        });
+        started_rx.recv_timeout(Duration::from_secs(10)).expect("the long job started");
+        (long, release_tx)
+    }
+
     #[test]
     fn a_caller_waits_at_most_the_queue_timeout() {
         let pool = pool(1, Duration::from_millis(200));
         let rt = runtime();
-        let (started_tx, started_rx) = std::sync::mpsc::channel();
-        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let long = {
-            let pool = pool.clone();
-            rt.spawn(async move {
-                pool.run(move || {
-                    let _ = started_tx.send(());
-                    let _ = release_rx.recv_timeout(Duration::from_secs(30));
-                    1
-                })
-                .await
-            })
-        };
-        started_rx.recv_timeout(Duration::from_secs(10)).expect("the long job started");
+        let (long, release) = hold(&pool, &rt);
         // The one thread is taken: the next caller gives up after the
         // timeout with Busy (that it is counted while it waits is
         // a_dropped_caller_stops_counting_as_waiting's part).
@@ -280,7 +285,7 @@ mod tests {
         }
         assert_eq!(pool.waiting(), 0);
         // Once the thread is free, callers are served again.
-        release_tx.send(()).expect("release");
+        release.send(()).expect("release");
         assert_eq!(rt.block_on(long).expect("task").expect("pool"), 1);
         assert_eq!(rt.block_on(pool.run(|| 3)).expect("pool"), 3);
     }
@@ -289,24 +294,14 @@ mod tests {
     fn a_dropped_caller_stops_counting_as_waiting() {
         let pool = pool(1, Duration::from_secs(30));
         let rt = runtime();
-        let (started_tx, started_rx) = std::sync::mpsc::channel();
-        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let p = pool.clone();
-        let long = rt.spawn(async move {
-            p.run(move || {
-                let _ = started_tx.send(());
-                let _ = release_rx.recv_timeout(Duration::from_secs(30));
-            })
-            .await
-        });
-        started_rx.recv_timeout(Duration::from_secs(10)).expect("started");
+        let (long, release) = hold(&pool, &rt);
         let p = pool.clone();
         let waiter = rt.spawn(async move { p.run(|| ()).await });
-        assert!(eventually(Duration::from_secs(10), || pool.waiting() == 1));
+        assert!(eventually(Duration::from_secs(10), || pool.waiting() == 1), "waiting {}", pool.waiting());
         waiter.abort();
         assert!(eventually(Duration::from_secs(10), || pool.waiting() == 0), "waiting {}", pool.waiting());
-        release_tx.send(()).expect("release");
-        rt.block_on(long).expect("task").expect("pool");
+        release.send(()).expect("release");
+        assert_eq!(rt.block_on(long).expect("task").expect("pool"), 1);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod assets;
 pub mod auth;
 pub mod clock;
 pub mod config;

@@ -3,7 +3,7 @@
 //! [`Outcome`]: a [`Reply`] to send, or [`Outcome::Forward`] to pass the
 //! request on to the portal with an identity.
 //!
-//! `web` does no network I/O and never reads the system clock: time,
+//! `web` does no network or file I/O and never reads the system clock: time,
 //! randomness, the store and the mail queue come in through [`Services`].
 //! Blocking work (argon2, store flushes) goes through
 //! [`Services::blocking_hash`] and [`Services::flush`], which run it off the
