@@ -12,7 +12,7 @@
 //! an idle-class thread gives it up at once, so proxied requests do not
 //! wait behind an argon2 hash. Should the class be refused, the thread
 //! stays at nice 19. And each thread rests after a hash as long as the
-//! hash took ([`REST_PER_WORK`]).
+//! hash took (`REST_PER_WORK`).
 //!
 //! Every thread waits for work on its own, with its own timeout (one
 //! multi-consumer channel, no lock around the receiver): a thread that has

@@ -1,22 +1,22 @@
 //! The user-facing pages and mails: templates, texts (i18n) and static assets.
 //!
-//! Everything built in is compiled into the binary ([`builtin`]: all of
+//! Everything built in is compiled into the binary (`builtin`: all of
 //! `pages/` in the source tree), then overridden from `branding.pages_dir`
 //! (same layout: `templates/`, `mail/`, `static/`, `i18n/`; read by the edge,
 //! `crate::assets`, and handed in as [`OverrideFiles`]) and `branding.texts`.
 //! Every problem with an override is reported by [`Pages::new`], which also
 //! renders every page and mail once per language with the sample contexts
-//! ([`samples`]), so a broken override fails at start-up and never at a
+//! (`samples`), so a broken override fails at start-up and never at a
 //! user's request.
 //!
-//! Texts are flat maps key -> text ([`texts`]). Placeholders such as
+//! Texts are flat maps key -> text (`texts`). Placeholders such as
 //! `{minutes}` are filled by the `fill` filter from its keyword arguments or
 //! the render context.
 
 mod builtin;
 mod overrides;
 mod render;
-pub mod samples;
+mod samples;
 mod statics;
 mod texts;
 mod theme;
