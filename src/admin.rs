@@ -338,14 +338,9 @@ pub fn serve_socket(path: &Path, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -
     Ok(())
 }
 
-fn unsafe_umask(mask: u32) -> u32 {
+fn unsafe_umask(mask: libc::mode_t) -> libc::mode_t {
     // SAFETY: umask only swaps the process file-creation mask.
-    unsafe { libc_umask(mask) }
-}
-
-extern "C" {
-    #[link_name = "umask"]
-    fn libc_umask(mask: u32) -> u32;
+    unsafe { libc::umask(mask) }
 }
 
 async fn handle_conn(conn: UnixStream, store: &dyn Store, clock: &dyn Clock) -> std::io::Result<()> {

@@ -1,5 +1,6 @@
-//! Wires the parts together: config -> store, mail, pages -> services ->
-//! proxy. Used by `riegel serve`, `riegel demo` and the test harness.
+//! Wires the parts together: config -> store, mail, pages, hashing
+//! threads -> services -> proxy. Used by `riegel serve`, `riegel demo` and
+//! the test harness.
 
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use crate::auth::crypto::SecretBox;
 use crate::auth::{OsRandom, Random};
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::hashpool::{self, HashPool};
 use crate::mail::{MailQueue, Mailer, Sealer};
 use crate::store::prelude::*;
 use crate::store::{CachedStore, SledStore};
@@ -23,14 +25,18 @@ pub enum StartError {
     Pages(String),
     #[error("{0}")]
     Web(#[from] crate::web::WebError),
+    #[error("password hashing: {0}")]
+    Hashing(#[from] hashpool::PoolError),
     #[error(transparent)]
     Admin(#[from] admin::AdminError),
     #[error(transparent)]
     Proxy(#[from] crate::proxy::ProxyError),
 }
 
+/// The pages with `branding`'s overrides read from disk
+/// ([`crate::assets`]); every problem is reported, one per line.
 pub fn load_pages(cfg: &Config) -> Result<Pages, StartError> {
-    Pages::load(&cfg.branding, &cfg.prefix)
+    crate::assets::load_pages(&cfg.branding, &cfg.prefix)
         .map_err(|errs| StartError::Pages(errs.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n")))
 }
 
@@ -77,7 +83,12 @@ pub fn build(cfg: Config, clock: Arc<dyn Clock>, mail: Option<Arc<dyn MailQueue>
         }
     };
     let rng: Arc<dyn Random> = Arc::new(OsRandom);
-    let services = Services::new(cfg.clone(), store.clone(), clock.clone(), rng, mail, pages)?;
+    let hashing = HashPool::start(hashpool::Settings {
+        threads: cfg.password.max_concurrent_hashes,
+        queue_timeout: cfg.password.hash_queue_timeout,
+        on_idle: crate::auth::password::release_scratch,
+    })?;
+    let services = Services::new(cfg.clone(), store.clone(), clock.clone(), rng, mail, pages, hashing)?;
     admin::serve_socket(&cfg.admin_socket, store.clone(), clock.clone())?;
     spawn_janitor(store, clock, cfg.session.idle_timeout.as_secs() as i64);
     Ok(App { services: Arc::new(services), mailer })

@@ -3,13 +3,13 @@
 //! [`Outcome`]: a [`Reply`] to send, or [`Outcome::Forward`] to pass the
 //! request on to the portal with an identity.
 //!
-//! `web` does no network I/O and never reads the system clock: time,
+//! `web` does no network or file I/O and never reads the system clock: time,
 //! randomness, the store and the mail queue come in through [`Services`].
 //! Blocking work (argon2, store flushes) goes through
 //! [`Services::blocking_hash`] and [`Services::flush`], which run it off the
-//! async executor.
+//! async executor; the hashing threads are started outside `web`
+//! ([`crate::hashpool`]) and handed in.
 
-pub mod hashpool;
 pub mod headers;
 pub mod pages;
 
@@ -33,6 +33,7 @@ use crate::auth::session::{find_cookie, SessionClaims, SessionCodec, Stage};
 use crate::auth::Random;
 use crate::clock::{Clock, UnixTime};
 use crate::config::Config;
+use crate::hashpool::{HashPool, PoolError};
 use crate::mail::{MailError, MailQueue};
 use crate::store::{CachedStore, SessionRecord, Store, StoreError};
 
@@ -111,6 +112,10 @@ pub enum WebError {
     Page(#[from] pages::PagesError),
     #[error("background task failed: {0}")]
     Task(String),
+    /// No hashing thread became free within `password.hash_queue_timeout`:
+    /// the 503 page ("please try again").
+    #[error("busy: {0}")]
+    Busy(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -128,7 +133,7 @@ pub struct Services {
     pub dummy_hash: String,
     pub secret_box: SecretBox,
     pub recovery_pepper: [u8; 32],
-    hash_pool: hashpool::HashPool,
+    hash_pool: HashPool,
     pub cookie_name: String,
     pub csrf_cookie_name: String,
     pub account_limits: Limits,
@@ -146,6 +151,7 @@ impl Services {
         rng: Arc<dyn Random>,
         mail: Arc<dyn MailQueue>,
         pages: Pages,
+        hash_pool: HashPool,
     ) -> Result<Self, WebError> {
         let hasher = Hasher::new(&cfg.password.argon2).map_err(|e| WebError::Internal(e.to_string()))?;
         let dummy_hash = hasher.dummy_hash(rng.as_ref()).map_err(|e| WebError::Internal(e.to_string()))?;
@@ -156,8 +162,7 @@ impl Services {
             codec: SessionCodec::new(&cfg.secrets.session_keys),
             secret_box: SecretBox::new(&cfg.secrets.storage_key),
             recovery_pepper: derive_key(&cfg.secrets.storage_key, "riegel/recovery-codes/v1"),
-            hash_pool: hashpool::HashPool::new(hasher.clone(), cfg.password.max_concurrent_hashes)
-                .map_err(|e| WebError::Internal(format!("hash threads: {e}")))?,
+            hash_pool,
             cookie_name: cfg.cookie_name(),
             csrf_cookie_name: cfg.csrf_cookie_name(),
             account_limits: Limits::account(&cfg.regulation),
@@ -180,13 +185,23 @@ impl Services {
     }
 
     /// Runs password hashing off the executor on the hashing threads, at
-    /// most `max_concurrent_hashes` at once; further logins wait their turn.
+    /// most `max_concurrent_hashes` at once; further logins wait their turn,
+    /// for at most `password.hash_queue_timeout` ([`WebError::Busy`]).
     pub async fn blocking_hash<T, F>(&self, f: F) -> Result<T, WebError>
     where
         F: FnOnce(&Hasher) -> T + Send + 'static,
         T: Send + 'static,
     {
-        self.hash_pool.run(f).await.map_err(|e| WebError::Task(e.to_string()))
+        let hasher = self.hasher.clone();
+        self.hash_pool.run(move || f(&hasher)).await.map_err(|e| match e {
+            PoolError::Busy(_) => WebError::Busy(e.to_string()),
+            PoolError::Stopped | PoolError::Start(_) => WebError::Task(e.to_string()),
+        })
+    }
+
+    /// Logins (and password changes) waiting for a free hashing thread now.
+    pub fn hash_queue_depth(&self) -> usize {
+        self.hash_pool.waiting()
     }
 
     /// Waits until the store's writes are durable. Called before
@@ -219,6 +234,10 @@ pub async fn handle(req: &Request<'_>, s: &Arc<Services>) -> Outcome {
     let result = route(req, rest, s).await;
     Outcome::Reply(match result {
         Ok(r) => r,
+        Err(e @ WebError::Busy(_)) => {
+            tracing::warn!(error = %e, path = %loggable_path(&s.prefix, req.path), "request turned away");
+            error_page(s, 503, "error_503")
+        }
         Err(e) => {
             tracing::error!(error = %e, path = %loggable_path(&s.prefix, req.path), "request failed");
             error_page(s, 500, "error_500")

@@ -217,11 +217,14 @@ pub struct Options {
     pub https: bool,
     /// More keys under `server:`, each line indented by two spaces.
     pub server_yaml: String,
+    /// More keys under `password:` (after [`TEST_ARGON`]'s), each line
+    /// indented by two spaces.
+    pub password_yaml: String,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { extra_yaml: String::new(), upstream: None, upstream_read_timeout: "2s", language: "de", branding_yaml: String::new(), https: false, server_yaml: String::new() }
+        Options { extra_yaml: String::new(), upstream: None, upstream_read_timeout: "2s", language: "de", branding_yaml: String::new(), https: false, server_yaml: String::new(), password_yaml: String::new() }
     }
 }
 
@@ -272,7 +275,7 @@ branding:
   language: {lang}
 {branding}totp:
   issuer: "IMMO PRO"
-{TEST_ARGON}{extra}"#,
+{TEST_ARGON}{password}{extra}"#,
             read = opts.upstream_read_timeout,
             store = dir.join("data").display(),
             smtp = smtp.addr.port(),
@@ -281,6 +284,7 @@ branding:
             scheme = if opts.https { "https" } else { "http" },
             server = opts.server_yaml,
             branding = opts.branding_yaml,
+            password = opts.password_yaml,
         );
         let config_path = dir.join("riegel.yaml");
         std::fs::write(&config_path, &yaml).expect("config");

@@ -5,6 +5,7 @@ mod harness;
 
 mod browser;
 mod gateway;
+mod hashing;
 mod login;
 mod reset;
 mod totp;
