@@ -22,8 +22,8 @@ use std::sync::{Arc, RwLock};
 use async_trait::async_trait;
 
 use super::{
-    Accounts, Counter, CounterKey, Counters, CountersFn, MailSpool, NewUser, QueuedMail, SessionId, SessionRecord,
-    Sessions, Store, StoreError, TokenKind, Tokens, User, UserFn,
+    Accounts, Counter, CounterKey, Counters, CountersFn, Invalidate, MailSpool, NewUser, QueuedMail, SessionId,
+    SessionRecord, Sessions, Store, StoreError, StoreState, TokenKind, Tokens, User, UserFn,
 };
 use crate::clock::UnixTime;
 
@@ -315,6 +315,22 @@ impl Store for CachedStore {
     }
     fn kind(&self) -> &'static str {
         self.inner.kind()
+    }
+    fn state(&self) -> StoreState {
+        self.inner.state()
+    }
+}
+
+/// Other processes' changes, as the backend hears of them.
+impl Invalidate for CachedStore {
+    fn forget_user(&self, uid: u64) {
+        CachedStore::forget_user(self, uid);
+    }
+    fn forget_session(&self, uid: u64, sid: &SessionId) {
+        CachedStore::forget_session(self, uid, sid);
+    }
+    fn set_trusted(&self, trusted: bool) {
+        CachedStore::set_trusted(self, trusted);
     }
 }
 

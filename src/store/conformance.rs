@@ -286,3 +286,191 @@ async fn deleting_a_user_removes_its_sessions_and_tokens(s: &dyn Store) {
     s.healthy().await.expect("healthy");
     s.flush().await.expect("flush");
 }
+
+/// Two handles on one database (two instances): every atomic rule holds
+/// across them. A backend that allows one handle only runs it with the
+/// same handle twice.
+pub(crate) async fn run_two(a: Arc<dyn Store>, b: Arc<dyn Store>) {
+    let u = a.insert_user(new("zoe", Some("zoe@x.at")), 1).await.expect("insert");
+    assert_eq!(b.find_user("ZOE@x.at").await.expect("find").map(|x| x.id), Some(u.id));
+    assert!(matches!(b.insert_user(new("Zoe", None), 1).await, Err(StoreError::Conflict { field: "username", .. })));
+    // The same TOTP step submitted 50 times, half on each: one records it.
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            s.update_user(u.id, &mut |u| {
+                if u.authenticators.iter().any(|a| a.last_step == Some(9)) {
+                    return Update::Abort;
+                }
+                u.authenticators = vec![Authenticator { id: 1, name: String::new(), sealed: vec![1], created_at: 1, last_used_at: None, last_step: Some(9) }];
+                Update::Commit
+            })
+            .await
+            .expect("update")
+            .is_some()
+        }));
+    }
+    let mut committed = 0;
+    for t in tasks {
+        committed += usize::from(t.await.expect("task"));
+    }
+    assert_eq!(committed, 1);
+    // 50 reservations of at most 3, spread over both.
+    let keys = [CounterKey::Account(u.id), CounterKey::login("zoe-x")];
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let keys = keys.clone();
+        tasks.push(tokio::spawn(async move {
+            s.update_counters(&keys, &mut |c| {
+                if c[0].failures >= 3 {
+                    return Update::Abort;
+                }
+                for x in c.iter_mut() {
+                    x.failures += 1;
+                }
+                Update::Commit
+            })
+            .await
+            .expect("reserve")
+            .is_some()
+        }));
+    }
+    let mut admitted = 0;
+    for t in tasks {
+        admitted += usize::from(t.await.expect("task"));
+    }
+    assert_eq!(admitted, 3);
+    assert_eq!(b.counter(&keys[1]).await.expect("get").failures, 3);
+    // A reservation that resets a counter to zero races reservations that
+    // count: whatever the order, the count ends as a sum of what committed.
+    let k = [CounterKey::Account(u.id.wrapping_add(1000))];
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let k = k.clone();
+        tasks.push(tokio::spawn(async move {
+            s.update_counters(&k, &mut |c| {
+                if i % 10 == 0 {
+                    c[0] = Counter::default();
+                } else {
+                    c[0].consecutive += 1;
+                }
+                Update::Commit
+            })
+            .await
+            .expect("reserve")
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    assert!(a.counter(&k[0]).await.expect("get").consecutive <= 36);
+    // Mails: 20 queued, claimed from both at once, each exactly once.
+    let mut ids = Vec::new();
+    for i in 0..20u8 {
+        ids.push(a.enqueue_mail(vec![i], "x.at", 1_000).await.expect("enqueue"));
+    }
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move { s.claim_mails(1_000, 2_000, 3).await.expect("claim") }));
+    }
+    let mut got = Vec::new();
+    for t in tasks {
+        got.extend(t.await.expect("task").into_iter().map(|m| m.id));
+    }
+    got.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(got, want);
+    for id in ids {
+        b.finish_mail(id).await.expect("finish");
+    }
+    // A session written on one is read, and deleted, on the other.
+    a.put_session(&rec(u.id, 42, 0)).await.expect("put");
+    assert!(b.session(u.id, &[42; 16]).await.expect("get").is_some());
+    assert!(b.delete_session(u.id, &[42; 16]).await.expect("del").is_some());
+    assert!(a.session(u.id, &[42; 16]).await.expect("get").is_none());
+    assert!(b.delete_user(u.id).await.expect("delete"));
+}
+
+/// A store with one of everything, for the copy.
+async fn populate(s: &dyn Store) -> User {
+    let u = s.insert_user(new("gert", Some("gert@x.at")), 5).await.expect("insert");
+    s.insert_user(new("hanna", None), 6).await.expect("insert");
+    let u = s
+        .update_user(u.id, &mut |u| {
+            u.password_hash = Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into());
+            u.authenticators.push(Authenticator { id: 1, name: "Handy".into(), sealed: vec![9, 8], created_at: 7, last_used_at: Some(8), last_step: Some(77) });
+            u.next_authenticator_id = 2;
+            u.enrolled_once = true;
+            u.recovery_codes = vec!["c1".into(), "c2".into()];
+            u.reset = Some(OneTimeToken { token_hash: "cc33".into(), expires_at: 500, sid: Some([3; 16]) });
+            u.stamp = 4;
+            Update::Commit
+        })
+        .await
+        .expect("update")
+        .expect("committed");
+    s.put_token("cc33", TokenKind::Reset, u.id).await.expect("token");
+    s.put_token("dd44", TokenKind::NewDevice, u.id).await.expect("token");
+    let mut r = rec(u.id, 11, 4);
+    r.portal_jar = Some(vec![1, 2, 3]);
+    s.put_session(&r).await.expect("session");
+    s.touch_session(u.id, &[11; 16], 60).await.expect("touch");
+    s.put_session(&rec(u.id + 1, 12, 0)).await.expect("session");
+    s.update_counters(&[CounterKey::Account(u.id), CounterKey::address("192.0.2.1".parse().expect("ip"))], &mut |c| {
+        c[0].consecutive = 3;
+        c[1].banned_until = 900;
+        Update::Commit
+    })
+    .await
+    .expect("counters");
+    s.enqueue_mail(b"sealed mail".to_vec(), "x.at", 9).await.expect("mail");
+    s.enqueue_mail(b"second".to_vec(), "y.at", 10).await.expect("mail");
+    u
+}
+
+fn sorted(mut s: Snapshot) -> Snapshot {
+    s.users.sort_by_key(|u| u.id);
+    s.sessions.sort_by(|a, b| (a.uid, &a.sid).cmp(&(b.uid, &b.sid)));
+    s.counters.sort_by(|a, b| a.0.cmp(&b.0));
+    s.tokens.sort();
+    s.mails.sort_by_key(|m| m.id);
+    s
+}
+
+/// `riegel store copy`: an export of a populated store imports into an
+/// empty one (of the same or another backend) as it was; a store that is
+/// not empty is refused; ids handed out later do not collide.
+pub(crate) async fn run_copy(src: Arc<dyn Backend>, dst: Arc<dyn Backend>) {
+    assert!(src.is_empty().await.expect("empty"));
+    assert!(dst.is_empty().await.expect("empty"));
+    let u = populate(&*src).await;
+    assert!(!src.is_empty().await.expect("empty"));
+    let snap = src.export().await.expect("export");
+    assert_eq!((snap.users.len(), snap.sessions.len(), snap.counters.len(), snap.tokens.len(), snap.mails.len()), (2, 2, 2, 2, 2));
+    assert_eq!(snap.sessions.iter().find(|r| r.sid == vec![11; 16]).map(|r| r.last_seen), Some(60));
+    dst.import(&snap).await.expect("import");
+    assert_eq!(sorted(dst.export().await.expect("export")), sorted(snap.clone()));
+    assert!(matches!(dst.import(&snap).await, Err(StoreError::NotEmpty)));
+    // What the copy holds works as the original did.
+    let d: Arc<dyn Store> = dst.clone();
+    assert_eq!(d.find_user("GERT@x.at").await.expect("find").map(|x| x.id), Some(u.id));
+    assert!(matches!(d.insert_user(new("gert", None), 1).await, Err(StoreError::Conflict { .. })));
+    assert_eq!(d.token("cc33", TokenKind::Reset).await.expect("token"), Some(u.id));
+    assert_eq!(d.session(u.id, &[11; 16]).await.expect("get").and_then(|r| r.portal_jar), Some(vec![1, 2, 3]));
+    assert_eq!(d.counter(&CounterKey::Account(u.id)).await.expect("counter").consecutive, 3);
+    assert_eq!(d.count_bans(899).await.expect("bans"), 1);
+    let top_user = snap.users.iter().map(|u| u.id).max().unwrap_or(0);
+    let top_mail = snap.mails.iter().map(|m| m.id).max().unwrap_or(0);
+    let fresh = d.insert_user(new("ida", None), 1).await.expect("insert");
+    assert!(fresh.id > top_user, "new id {} collides with copied ids up to {top_user}", fresh.id);
+    let m = d.enqueue_mail(vec![1], "z.at", 20).await.expect("mail");
+    assert!(m > top_mail && !snap.mails.iter().any(|x| x.id == m));
+    let claimed = d.claim_mails(20, 30, 10).await.expect("claim");
+    assert_eq!(claimed.len(), 3);
+    assert_eq!(claimed[0].sealed, b"sealed mail".to_vec());
+}

@@ -10,17 +10,20 @@
 //! all of them, a one-time token is consumed by the user update that uses
 //! it, and a queued mail is claimed by one instance at a time.
 //!
-//! Only `store::sled_store` knows sled. [`CachedStore`] sits in front of a
+//! Only `store::sled_store` knows sled, only `store::postgres` knows
+//! PostgreSQL. [`CachedStore`] sits in front of a
 //! backend: it keeps sessions in memory so that the per-request check costs
 //! no database read, and compares each session with its user's security
 //! stamp when it loads one.
 
 mod cached;
 mod keys;
+mod postgres;
 mod sled_store;
 
 pub use cached::CachedStore;
 pub use keys::{login_key, CounterKey, TokenKind};
+pub use postgres::{PgOptions, PgStore};
 pub use sled_store::SledStore;
 
 use async_trait::async_trait;
@@ -53,6 +56,8 @@ pub enum StoreError {
     Conflict { field: &'static str, value: String },
     #[error("no such user")]
     NoSuchUser,
+    #[error("the target store is not empty; riegel copies only into an empty store")]
+    NotEmpty,
 }
 
 /// A random session id.
@@ -330,7 +335,77 @@ pub trait Store: Accounts + Sessions + Counters + Tokens + MailSpool + 'static {
     async fn healthy(&self) -> Result<(), StoreError>;
     /// A short name for logs and health output ("sled", "postgres").
     fn kind(&self) -> &'static str;
+    /// The backend's state as far as it knows without asking the database.
+    fn state(&self) -> StoreState {
+        StoreState::Up
+    }
 }
+
+/// What a backend says about itself (`/_riegel/healthz`), without I/O.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreState {
+    /// The last call reached the database, and changes made by other
+    /// instances reach this one.
+    Up,
+    /// The database answers, but the channel that tells this process of
+    /// other instances' changes is down: every session check reads the
+    /// database until it is back.
+    Degraded(String),
+    /// The last call did not reach the database.
+    Down(String),
+}
+
+/// What a cache in front of a backend must forget when another instance
+/// (or the command line) changed the database. [`CachedStore`] implements
+/// it; a backend that shares its database with other processes
+/// ([`PgStore`]) calls it.
+pub trait Invalidate: Send + Sync {
+    /// Every session of the user may have changed (its stamp, its
+    /// disabled flag, a deletion).
+    fn forget_user(&self, uid: u64);
+    /// This session changed or is gone.
+    fn forget_session(&self, uid: u64, sid: &SessionId);
+    /// Whether changes made elsewhere are known to reach this process.
+    /// Each call empties the cache.
+    fn set_trusted(&self, trusted: bool);
+}
+
+/// Everything a store holds, as records, for `riegel store copy`.
+/// Counter keys and token kinds are kept as their raw encodings, so a copy
+/// never drops what it cannot name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub users: Vec<User>,
+    pub sessions: Vec<SessionRecord>,
+    /// [`CounterKey::to_bytes`] and the counter.
+    pub counters: Vec<(Vec<u8>, Counter)>,
+    /// Token hash, [`TokenKind`] as a byte, user id.
+    pub tokens: Vec<(String, u8, u64)>,
+    pub mails: Vec<QueuedMail>,
+}
+
+impl Snapshot {
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty() && self.sessions.is_empty() && self.counters.is_empty() && self.tokens.is_empty() && self.mails.is_empty()
+    }
+}
+
+/// Raw export and import of a whole store (`riegel store copy`).
+#[async_trait]
+pub trait Dump: Send + Sync {
+    /// Every record, users in id order.
+    async fn export(&self) -> Result<Snapshot, StoreError>;
+    /// Whether the store holds nothing at all.
+    async fn is_empty(&self) -> Result<bool, StoreError>;
+    /// Writes every record as it is (user and mail ids kept; ids handed
+    /// out later are higher). Refuses a store that is not empty
+    /// ([`StoreError::NotEmpty`]).
+    async fn import(&self, s: &Snapshot) -> Result<(), StoreError>;
+}
+
+/// A backend that can also be copied whole.
+pub trait Backend: Store + Dump {}
+impl<T: Store + Dump> Backend for T {}
 
 mod b64 {
     use serde::{Deserialize, Deserializer, Serializer};
