@@ -11,8 +11,9 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::hashpool::{self, HashPool};
 use crate::mail::{MailQueue, Mailer, Sealer};
+use crate::config::StoreConfig;
 use crate::store::prelude::*;
-use crate::store::{CachedStore, SledStore};
+use crate::store::{Backend, CachedStore, Invalidate, PgOptions, PgStore, SledStore, StoreError};
 use crate::web::{Pages, Services};
 
 #[derive(Debug, thiserror::Error)]
@@ -57,10 +58,43 @@ pub fn mail_sealer(cfg: &Config) -> Arc<dyn Sealer> {
     Arc::new(MailSeal(SecretBox::for_purpose(&cfg.secrets.storage_key, "riegel/mail-spool/v1")))
 }
 
-/// The configured store backend, behind the session cache.
+/// How long start-up waits for the first LISTEN on PostgreSQL; without it
+/// riegel starts all the same and reads every session from the database
+/// until the listener is up.
+const FIRST_LISTEN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The PostgreSQL backend's options from the config.
+pub fn pg_options(pg: &crate::config::PostgresConfig) -> PgOptions {
+    PgOptions { url: pg.url.clone(), pool_size: pg.pool_size, timeout: pg.timeout }
+}
+
+/// The configured backend alone, without the cache or a listener (the
+/// command line, `riegel store copy`).
+pub fn open_backend(cfg: &Config) -> Result<Arc<dyn Backend>, StoreError> {
+    Ok(match &cfg.store {
+        StoreConfig::Sled { path, .. } => Arc::new(SledStore::open(path)?),
+        StoreConfig::Postgres(pg) => Arc::new(PgStore::open(&pg_options(pg))?),
+    })
+}
+
+/// The configured store backend, behind the session cache. On PostgreSQL
+/// the cache hears of other instances' changes (LISTEN/NOTIFY).
 pub fn open_store(cfg: &Config) -> Result<Arc<CachedStore>, StartError> {
-    let backend: Arc<dyn Store> = Arc::new(SledStore::open(&cfg.store_path)?);
-    Ok(Arc::new(CachedStore::new(backend)))
+    match &cfg.store {
+        StoreConfig::Sled { path, .. } => {
+            let backend: Arc<dyn Store> = Arc::new(SledStore::open(path)?);
+            Ok(Arc::new(CachedStore::new(backend)))
+        }
+        StoreConfig::Postgres(pg) => {
+            let backend = Arc::new(PgStore::open(&pg_options(pg))?);
+            let cached = Arc::new(CachedStore::new(backend.clone()));
+            let weak: std::sync::Weak<dyn Invalidate> = Arc::downgrade(&cached) as _;
+            if !backend.listen(weak, FIRST_LISTEN) {
+                tracing::warn!("not yet listening for other instances' changes; every session check reads the database until then");
+            }
+            Ok(cached)
+        }
+    }
 }
 
 /// A running gateway's parts. `mail` may be injected (tests).
@@ -89,7 +123,10 @@ pub fn build(cfg: Config, clock: Arc<dyn Clock>, mail: Option<Arc<dyn MailQueue>
         on_idle: crate::auth::password::release_scratch,
     })?;
     let services = Services::new(cfg.clone(), store.clone(), clock.clone(), rng, mail, pages, hashing)?;
-    admin::serve_socket(&cfg.admin_socket, store.clone(), clock.clone())?;
+    if let StoreConfig::Sled { admin_socket, .. } = &cfg.store {
+        // With PostgreSQL the command line talks to the database itself.
+        admin::serve_socket(admin_socket, store.clone(), clock.clone())?;
+    }
     spawn_janitor(store, clock, cfg.session.idle_timeout.as_secs() as i64);
     Ok(App { services: Arc::new(services), mailer })
 }

@@ -227,8 +227,7 @@ pub struct Config {
     pub prefix: String,
     pub public_paths: Vec<String>,
     pub upstream: UpstreamConfig,
-    pub store_path: PathBuf,
-    pub admin_socket: PathBuf,
+    pub store: StoreConfig,
     pub secrets: Secrets,
     pub session: SessionConfig,
     pub headers: HeaderNames,
@@ -240,6 +239,50 @@ pub struct Config {
     pub branding: BrandingConfig,
     pub totp: TotpConfig,
     pub log: LogConfig,
+}
+
+/// Where riegel keeps its data: `store.path` (sled) or `store.postgres`.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// sled in a directory of this machine, for one instance (the default).
+    Sled {
+        path: PathBuf,
+        /// The running server's admin socket (`store.admin_socket`,
+        /// default `<path>/admin.sock`): the command line talks to it while
+        /// the server holds the store.
+        admin_socket: PathBuf,
+    },
+    /// PostgreSQL, for one or several instances.
+    Postgres(PostgresConfig),
+}
+
+impl StoreConfig {
+    /// The sled directory, if that is the backend.
+    pub fn sled_path(&self) -> Option<&Path> {
+        match self {
+            StoreConfig::Sled { path, .. } => Some(path),
+            StoreConfig::Postgres(_) => None,
+        }
+    }
+}
+
+/// `store.postgres`. The URL carries a password: `Debug` never prints it.
+#[derive(Clone)]
+pub struct PostgresConfig {
+    /// `store.postgres.url`, the contents of `url_file`, or the environment
+    /// variable `RIEGEL_POSTGRES_URL`.
+    pub url: String,
+    /// `store.postgres.pool_size`: connections per instance.
+    pub pool_size: usize,
+    /// `store.postgres.timeout`: a database call without an answer within
+    /// this time fails (riegel answers "try again later").
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PostgresConfig {{ url: [redacted], pool_size: {}, timeout: {:?} }}", self.pool_size, self.timeout)
+    }
 }
 
 /// Where the environment comes from; tests inject their own.
@@ -377,23 +420,65 @@ fn build(s: &mut Section<'_, '_>, env: &dyn Env) -> Option<Config> {
         })
     });
 
-    let store_path;
-    let admin_socket;
-    {
-        let st = s.req_section("store");
-        match st {
-            Some(mut st) => {
-                store_path = st.path_req("path");
-                admin_socket = st.opt_path("admin_socket");
-                st.finish();
+    let store = s.req_section("store").and_then(|mut st| {
+        let path = st.opt_path("path");
+        let admin_socket = st.opt_path("admin_socket");
+        let has_pg = st.has("postgres");
+        let pg = st.opt_section("postgres").map(|mut p| {
+            let inline = p.opt_string("url");
+            let from_file = p.has("url_file");
+            let secret = p.secret_string("url_file", "RIEGEL_POSTGRES_URL", env);
+            let pool_size = p.uint_or("pool_size", 16, 1, 1000) as usize;
+            let timeout = p.duration_or("timeout", Duration::from_secs(5));
+            if timeout.is_zero() {
+                p.error("timeout", "must be more than 0s");
             }
-            None => {
-                store_path = None;
-                admin_socket = None;
+            let url = match (inline, from_file) {
+                (Some(_), true) => {
+                    p.error("url", "store.postgres.url and store.postgres.url_file are both set; choose one");
+                    None
+                }
+                (Some(u), false) => Some(u),
+                (None, _) => secret,
+            };
+            let url = match url.map(|u| u.trim().to_string()) {
+                None => {
+                    p.error("url", "missing (or set url_file, or the environment variable RIEGEL_POSTGRES_URL)");
+                    None
+                }
+                // The text itself is never repeated: it may hold a password.
+                Some(u) if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) => {
+                    p.error("url", "must be a URL starting with postgres:// or postgresql://");
+                    None
+                }
+                Some(u) => Some(u),
+            };
+            p.finish();
+            url.map(|url| PostgresConfig { url, pool_size, timeout })
+        });
+        let out = match (path, has_pg) {
+            (Some(_), true) => {
+                st.error("postgres", "store.path and store.postgres are both set; choose one backend");
+                None
             }
-        }
-    }
-    let admin_socket = admin_socket.or_else(|| store_path.as_ref().map(|p| p.join("admin.sock")));
+            (None, true) => {
+                if admin_socket.is_some() {
+                    st.error("admin_socket", "applies to store.path (sled) only; with PostgreSQL the command line talks to the database");
+                }
+                pg.flatten().map(StoreConfig::Postgres)
+            }
+            (Some(path), false) => {
+                let admin_socket = admin_socket.unwrap_or_else(|| path.join("admin.sock"));
+                Some(StoreConfig::Sled { path, admin_socket })
+            }
+            (None, false) => {
+                st.error("path", "missing (a directory for the data, or store.postgres for PostgreSQL)");
+                None
+            }
+        };
+        st.finish();
+        out
+    });
 
     let secrets = s.req_section("secrets").and_then(|mut k| {
         let session = k.secret_keys("session_key_file", "RIEGEL_SESSION_KEY", env);
@@ -652,8 +737,7 @@ fn build(s: &mut Section<'_, '_>, env: &dyn Env) -> Option<Config> {
         prefix,
         public_paths,
         upstream: upstream?,
-        store_path: store_path?,
-        admin_socket: admin_socket?,
+        store: store?,
         secrets: secrets?,
         session,
         headers,
@@ -1138,6 +1222,80 @@ mail: { from: "Portal <portal@example.at>", outbox: "/tmp/outbox" }
             assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
             assert_eq!(errs[0].path, "password.hash_queue_timeout", "{bad}: {errs:?}");
         }
+    }
+
+    fn with_store(store: &str, env: &MapEnv) -> Result<Config, ConfigErrors> {
+        Config::parse(&MINIMAL.replace(r#"store: { path: "/tmp/riegel-test" }"#, store), Path::new("/etc/riegel"), env)
+    }
+
+    fn errors(r: Result<Config, ConfigErrors>) -> Vec<ConfigError> {
+        match r {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e.0,
+        }
+    }
+
+    #[test]
+    fn the_store_is_sled_or_postgres_never_both_and_the_url_is_a_secret() {
+        use std::os::unix::fs::PermissionsExt;
+        let env = env_with_keys();
+        let c = Config::parse(MINIMAL, Path::new("/"), &env).expect("valid");
+        match &c.store {
+            StoreConfig::Sled { path, admin_socket } => {
+                assert_eq!(path, Path::new("/tmp/riegel-test"));
+                assert_eq!(admin_socket, Path::new("/tmp/riegel-test/admin.sock"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let url = "postgres://riegel:s3cret@db.example.at:5432/riegel";
+        let c = with_store(&format!("store: {{ postgres: {{ url: \"{url}\", pool_size: 4, timeout: 2s }} }}"), &env).expect("valid");
+        let StoreConfig::Postgres(pg) = &c.store else { panic!("{:?}", c.store) };
+        assert_eq!((pg.url.as_str(), pg.pool_size, pg.timeout), (url, 4, Duration::from_secs(2)));
+        assert!(!format!("{c:?}").contains("s3cret"), "Debug shows the password");
+        assert_eq!(c.store.sled_path(), None);
+        // Both backends: one error, at the key.
+        let errs = errors(with_store(&format!("store: {{ path: data, postgres: {{ url: \"{url}\" }} }}"), &env));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].path, "store.postgres");
+        // The admin socket is sled's.
+        let errs = errors(with_store(&format!("store: {{ admin_socket: /tmp/a.sock, postgres: {{ url: \"{url}\" }} }}"), &env));
+        assert_eq!(errs.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), ["store.admin_socket"]);
+        // Neither.
+        assert_eq!(errors(with_store("store: {}", &env))[0].path, "store.path");
+        // A wrong scheme is refused without repeating the text.
+        let errs = errors(with_store("store: { postgres: { url: \"mysql://u:s3cret@h/d\" } }", &env));
+        assert_eq!(errs[0].path, "store.postgres.url");
+        assert!(!errs[0].message.contains("s3cret"), "{errs:?}");
+        // No URL anywhere.
+        let errs = errors(with_store("store: { postgres: {} }", &env));
+        assert!(errs[0].path == "store.postgres.url" && errs[0].message.contains("RIEGEL_POSTGRES_URL"), "{errs:?}");
+        // From the environment.
+        let mut env2 = env_with_keys();
+        env2.0.insert("RIEGEL_POSTGRES_URL".into(), url.into());
+        let c = with_store("store: { postgres: {} }", &env2).expect("valid");
+        assert!(matches!(&c.store, StoreConfig::Postgres(pg) if pg.url == url));
+        // From a file, readable by its owner only.
+        let dir = std::env::temp_dir().join(format!("riegel-cfg-pg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let f = dir.join("pg.url");
+        std::fs::write(&f, format!("{url}\n")).expect("write");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let text = format!("store: {{ postgres: {{ url_file: {f:?} }} }}");
+        let errs = errors(with_store(&text, &env));
+        assert!(errs[0].path == "store.postgres.url_file" && errs[0].message.contains("chmod 600"), "{errs:?}");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let c = with_store(&text, &env).expect("valid");
+        assert!(matches!(&c.store, StoreConfig::Postgres(pg) if pg.url == url));
+        // url and url_file both: choose one.
+        let text = format!("store: {{ postgres: {{ url: \"{url}\", url_file: {f:?} }} }}");
+        assert_eq!(errors(with_store(&text, &env))[0].path, "store.postgres.url");
+        for bad in ["pool_size: 0", "timeout: 0s", "colour: red"] {
+            let text = format!("store: {{ postgres: {{ url: \"{url}\", {bad} }} }}");
+            let errs = errors(with_store(&text, &env));
+            assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+            assert!(errs[0].path.starts_with("store.postgres."), "{bad}: {errs:?}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

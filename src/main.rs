@@ -23,7 +23,7 @@ use riegel::admin::{self, AdminRequest, NewUserSpec};
 use riegel::auth::password::{check_policy, Hasher};
 use riegel::auth::OsRandom;
 use riegel::clock::{Clock, SystemClock};
-use riegel::config::Config;
+use riegel::config::{Config, StoreConfig};
 use riegel::store::{SledStore, StoreError};
 
 #[derive(Parser)]
@@ -64,6 +64,26 @@ enum Cmd {
     HashPassword {
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// The store as a whole.
+    Store {
+        #[command(subcommand)]
+        cmd: StoreCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCmd {
+    /// Copy everything (users with their ids, sessions, counters, tokens,
+    /// the mail spool) from one configuration's store into another's empty
+    /// one: sled to PostgreSQL or back. A sled source must not be in use.
+    Copy {
+        /// The configuration whose store is read.
+        #[arg(long)]
+        from: PathBuf,
+        /// The configuration whose (empty) store is written.
+        #[arg(long)]
+        to: PathBuf,
     },
 }
 
@@ -138,6 +158,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{h}");
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Store { cmd: StoreCmd::Copy { from, to } } => {
+            let (a, b) = (load_config(&from)?, load_config(&to)?);
+            init_logging("warn", false);
+            store_copy(&a, &b)
+        }
         Cmd::User { config, cmd } => {
             let config = config.context("--config FILE is required")?;
             let cfg = load_config(&config)?;
@@ -209,7 +234,7 @@ fn demo(listen: SocketAddr, dir: Option<PathBuf>) -> Result<ExitCode> {
     let password = riegel::auth::crypto::random_token::<9>(&OsRandom);
     let hash = Hasher::new(&cfg.password.argon2)?.hash(&password, &OsRandom)?;
     {
-        let store = SledStore::open(&cfg.store_path)?;
+        let store = SledStore::open(cfg.store.sled_path().context("the demo runs on sled")?)?;
         let r = runtime()?.block_on(admin::execute(
             &store,
             &SystemClock,
@@ -298,11 +323,19 @@ fn user(cfg: &Config, cmd: UserCmd) -> Result<ExitCode> {
         UserCmd::Unban { user } => AdminRequest::Unban { user },
         UserCmd::Delete { user } => AdminRequest::Delete { user },
     };
-    let resp = match SledStore::open(&cfg.store_path) {
-        Ok(store) => runtime()?.block_on(admin::execute(&store, &SystemClock, req)),
-        Err(StoreError::Locked { .. }) => admin::send(&cfg.admin_socket, &req)
-            .with_context(|| format!("the store is in use; could not reach the running server at {}", cfg.admin_socket.display()))?,
-        Err(e) => return Err(e.into()),
+    let resp = match &cfg.store {
+        StoreConfig::Sled { path, admin_socket } => match SledStore::open(path) {
+            Ok(store) => runtime()?.block_on(admin::execute(&store, &SystemClock, req)),
+            Err(StoreError::Locked { .. }) => admin::send(admin_socket, &req)
+                .with_context(|| format!("the store is in use; could not reach the running server at {}", admin_socket.display()))?,
+            Err(e) => return Err(e.into()),
+        },
+        // Straight to the database, also while instances run: its changes
+        // reach their session caches through NOTIFY.
+        StoreConfig::Postgres(_) => {
+            let store = riegel::app::open_backend(cfg).context("cannot open the store")?;
+            runtime()?.block_on(admin::execute(&*store, &SystemClock, req))
+        }
     };
     if resp.ok {
         if !resp.message.is_empty() {
@@ -313,4 +346,45 @@ fn user(cfg: &Config, cmd: UserCmd) -> Result<ExitCode> {
         eprintln!("riegel: {}", resp.message);
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// `riegel store copy`: everything from `from`'s store into `to`'s, which
+/// must be empty.
+fn store_copy(from: &Config, to: &Config) -> Result<ExitCode> {
+    if from.secrets.storage_key != to.secrets.storage_key {
+        bail!("the two configurations have different storage keys; the copied authenticator secrets and mails could not be opened (use the same storage_key_file)");
+    }
+    let same = match (&from.store, &to.store) {
+        (StoreConfig::Sled { path: a, .. }, StoreConfig::Sled { path: b, .. }) => {
+            a == b || a.canonicalize().ok().is_some_and(|a| b.canonicalize().ok() == Some(a))
+        }
+        (StoreConfig::Postgres(a), StoreConfig::Postgres(b)) => a.url == b.url,
+        _ => false,
+    };
+    if same {
+        bail!("--from and --to name the same store");
+    }
+    let source = match riegel::app::open_backend(from) {
+        Err(StoreError::Locked { path }) => bail!("the store at {path} is in use: stop `riegel serve` before copying from sled"),
+        r => r.context("cannot open the source store")?,
+    };
+    let target = riegel::app::open_backend(to).context("cannot open the target store")?;
+    let rt = runtime()?;
+    if !rt.block_on(target.is_empty())? {
+        bail!("the target store is not empty; riegel copies only into an empty store");
+    }
+    let snap = rt.block_on(source.export()).context("cannot read the source store")?;
+    rt.block_on(target.import(&snap)).context("cannot write the target store")?;
+    rt.block_on(target.flush())?;
+    println!(
+        "copied {} users, {} sessions, {} counters, {} tokens, {} queued mails from {} to {}",
+        snap.users.len(),
+        snap.sessions.len(),
+        snap.counters.len(),
+        snap.tokens.len(),
+        snap.mails.len(),
+        source.kind(),
+        target.kind()
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -873,16 +873,27 @@ impl Store for PgStore {
 
 #[async_trait]
 impl Dump for PgStore {
+    /// One snapshot of the whole database (a repeatable-read transaction):
+    /// instances may go on running while it is taken.
     async fn export(&self) -> Result<Snapshot, StoreError> {
-        let users = self.users().await?;
-        let rows = self.query(&format!("SELECT {SESSION_COLS} FROM sessions ORDER BY uid, sid"), &[]).await?;
+        let mut c = self.client().await?;
+        let tx = c
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(pg_err)?;
+        let rows = tx.query("SELECT data FROM users ORDER BY id", &[]).await.map_err(pg_err)?;
+        let users = rows.iter().map(|r| r.try_get::<_, Json<User>>(0).map(|j| j.0).map_err(corrupt)).collect::<Result<Vec<_>, _>>()?;
+        let rows = tx.query(&format!("SELECT {SESSION_COLS} FROM sessions ORDER BY uid, sid"), &[]).await.map_err(pg_err)?;
         let sessions = rows.iter().map(session_of).collect::<Result<Vec<_>, _>>()?;
-        let rows = self.query("SELECT key, data FROM counters ORDER BY key", &[]).await?;
+        let rows = tx.query("SELECT key, data FROM counters ORDER BY key", &[]).await.map_err(pg_err)?;
         let counters = rows
             .iter()
             .map(|r| Ok((r.try_get(0).map_err(corrupt)?, r.try_get::<_, Json<Counter>>(1).map_err(corrupt)?.0)))
             .collect::<Result<Vec<_>, StoreError>>()?;
-        let rows = self.query("SELECT hash, kind, uid FROM tokens ORDER BY hash COLLATE \"C\"", &[]).await?;
+        let rows = tx.query("SELECT hash, kind, uid FROM tokens ORDER BY hash COLLATE \"C\"", &[]).await.map_err(pg_err)?;
         let tokens = rows
             .iter()
             .map(|r| {
@@ -891,8 +902,9 @@ impl Dump for PgStore {
                 Ok((r.try_get(0).map_err(corrupt)?, kind, from_db(r.try_get(2).map_err(corrupt)?)))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        let rows = self.query(&format!("SELECT {MAIL_COLS} FROM mail ORDER BY id"), &[]).await?;
+        let rows = tx.query(&format!("SELECT {MAIL_COLS} FROM mail ORDER BY id"), &[]).await.map_err(pg_err)?;
         let mails = rows.iter().map(mail_of).collect::<Result<Vec<_>, _>>()?;
+        tx.commit().await.map_err(pg_err)?;
         Ok(Snapshot { users, sessions, counters, tokens, mails })
     }
 

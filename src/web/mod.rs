@@ -225,16 +225,16 @@ impl Services {
 /// The answer to one request.
 pub async fn handle(req: &Request<'_>, s: &Arc<Services>) -> Outcome {
     let Some(rest) = req.path.strip_prefix(s.prefix.as_str()) else {
-        return portal_request(req, s).await;
+        return store_down_or(portal_request(req, s).await, s);
     };
     if !(rest.is_empty() || rest.starts_with('/')) {
         // e.g. /_riegelx is a portal path.
-        return portal_request(req, s).await;
+        return store_down_or(portal_request(req, s).await, s);
     }
     let result = route(req, rest, s).await;
     Outcome::Reply(match result {
         Ok(r) => r,
-        Err(e @ WebError::Busy(_)) => {
+        Err(e @ (WebError::Busy(_) | WebError::Store(StoreError::Unavailable(_)))) => {
             tracing::warn!(error = %e, path = %loggable_path(&s.prefix, req.path), "request turned away");
             error_page(s, 503, "error_503")
         }
@@ -243,6 +243,20 @@ pub async fn handle(req: &Request<'_>, s: &Arc<Services>) -> Outcome {
             error_page(s, 500, "error_500")
         }
     })
+}
+
+/// A portal request without a usable session while the store cannot be
+/// reached gets the 503 page ("try again later"), not a login form that
+/// could not work. A request with a valid session has already been let
+/// through (on PostgreSQL a session is only trusted from the cache while
+/// the database's notifications arrive).
+fn store_down_or(out: Outcome, s: &Services) -> Outcome {
+    match out {
+        Outcome::Reply(_) if matches!(s.store.state(), crate::store::StoreState::Down(_)) => {
+            Outcome::Reply(error_page(s, 503, "error_503"))
+        }
+        out => out,
+    }
 }
 
 async fn route(req: &Request<'_>, rest: &str, s: &Arc<Services>) -> Result<Reply, WebError> {
@@ -405,10 +419,14 @@ async fn session_at(req: &Request<'_>, s: &Services, now: UnixTime) -> Option<(S
     Some((claims, rec))
 }
 
+/// 200 "ok" while the store answers (with a note when the store works
+/// without other instances' notifications), else 503 with its state.
 async fn healthz(s: &Services) -> Reply {
-    match s.store.healthy().await {
-        Ok(()) => plain(200, "ok\n"),
-        Err(_) => plain(503, "store unavailable\n"),
+    use crate::store::StoreState;
+    match (s.store.healthy().await, s.store.state()) {
+        (Ok(()), StoreState::Degraded(why)) => plain(200, &format!("ok\nstore {}: degraded: {why}\n", s.store.kind())),
+        (Ok(()), _) => plain(200, "ok\n"),
+        (Err(e), _) => plain(503, &format!("store {} unavailable: {e}\n", s.store.kind())),
     }
 }
 

@@ -188,6 +188,114 @@ impl SmtpSink {
     }
 }
 
+// ---------------- the store backend ----------------
+
+/// The tests run on sled unless `RIEGEL_TEST_STORE=postgres`; then every
+/// [`Riegel`] gets a fresh PostgreSQL database of its own, dropped at the end.
+pub fn on_postgres() -> bool {
+    match std::env::var("RIEGEL_TEST_STORE").as_deref() {
+        Ok("postgres") => true,
+        Ok("sled") | Err(_) => false,
+        Ok(other) => panic!("RIEGEL_TEST_STORE is sled or postgres, not {other:?}"),
+    }
+}
+
+/// PostgreSQL for the tests: `RIEGEL_TEST_POSTGRES_URL` names a role that
+/// may create databases.
+pub mod pg {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    pub const DEFAULT_URL: &str = "postgres://riegel_test:riegel@127.0.0.1:5432/postgres";
+
+    pub const HOW_TO_START: &str = "start one with:
+    apt-get install postgresql && pg_ctlcluster 15 main start
+    runuser -u postgres -- psql -c \"create role riegel_test login createdb password 'riegel'\"
+  or point RIEGEL_TEST_POSTGRES_URL at a role that may create databases";
+
+    pub fn admin_url() -> String {
+        std::env::var("RIEGEL_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_URL.to_string())
+    }
+
+    /// Runs statements one at a time on a connection of its own.
+    pub fn sql(url: &str, sql: &str) -> Result<Vec<Vec<String>>, String> {
+        let (url, sql) = (url.to_string(), sql.to_string());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                let mut cfg: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| e.to_string())?;
+                cfg.connect_timeout(Duration::from_secs(3));
+                let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
+                let driver = tokio::spawn(conn);
+                let mut rows = Vec::new();
+                for stmt in sql.split(';').filter(|s| !s.trim().is_empty()) {
+                    match client.simple_query(stmt).await {
+                        Ok(msgs) => {
+                            for m in msgs {
+                                if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+                                    rows.push((0..r.len()).map(|i| r.get(i).unwrap_or("").to_string()).collect());
+                                }
+                            }
+                        }
+                        Err(e) => return Err(e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())),
+                    }
+                }
+                drop(client);
+                let _ = driver.await;
+                Ok(rows)
+            })
+        })
+        .join()
+        .map_err(|_| "sql thread panicked".to_string())?
+    }
+
+    /// A fresh database, dropped (connections and all) when this is.
+    pub struct TestDb {
+        pub url: String,
+        pub name: String,
+    }
+
+    impl TestDb {
+        /// `None` after saying how to start a server when none answers,
+        /// unless `CI` is set (or `required`): then it panics.
+        pub fn create(tag: &str, required: bool) -> Option<TestDb> {
+            static N: AtomicU32 = AtomicU32::new(0);
+            let name = format!("riegel_it_{}_{}_{tag}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
+            if let Err(e) = sql(&admin_url(), &format!("DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}")) {
+                let msg = format!("no PostgreSQL server for the tests at RIEGEL_TEST_POSTGRES_URL ({e}); {HOW_TO_START}");
+                if required || std::env::var_os("CI").is_some() {
+                    panic!("{msg}");
+                }
+                eprintln!("SKIPPED (PostgreSQL): {msg}");
+                return None;
+            }
+            let mut url = url::Url::parse(&admin_url()).expect("RIEGEL_TEST_POSTGRES_URL is a URL");
+            url.set_path(&format!("/{name}"));
+            Some(TestDb { url: url.to_string(), name })
+        }
+
+        pub fn sql(&self, q: &str) -> Vec<Vec<String>> {
+            sql(&self.url, q).unwrap_or_else(|e| panic!("{q}: {e}"))
+        }
+    }
+
+    impl Drop for TestDb {
+        fn drop(&mut self) {
+            let _ = sql(&admin_url(), &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        }
+    }
+
+    /// Writes the URL to `dir/pg.url` (mode 600) and returns the YAML of
+    /// the `store:` section that reads it.
+    pub fn store_yaml(db: &TestDb, dir: &std::path::Path) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let f = dir.join("pg.url");
+        std::fs::write(&f, &db.url).expect("url file");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        "store:\n  postgres:\n    url_file: pg.url\n".to_string()
+    }
+}
+
 // ---------------- riegel ----------------
 
 pub struct Riegel {
@@ -201,6 +309,8 @@ pub struct Riegel {
     pub dir: PathBuf,
     pub config_path: PathBuf,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The database of this instance (`RIEGEL_TEST_STORE=postgres`).
+    pub db: Option<pg::TestDb>,
 }
 
 pub struct Options {
@@ -247,6 +357,11 @@ impl Riegel {
             None => riegel::demo::start_portal("127.0.0.1:0".parse().expect("addr")).expect("portal"),
         };
         let smtp = SmtpSink::start();
+        let db = on_postgres().then(|| pg::TestDb::create("riegel", true)).flatten();
+        let store_yaml = match &db {
+            Some(db) => pg::store_yaml(db, &dir),
+            None => format!("store:\n  path: \"{}\"\n", dir.join("data").display()),
+        };
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let yaml = format!(
@@ -256,9 +371,7 @@ upstream:
   url: "http://{upstream}"
   connect_timeout: 1s
   read_timeout: {read}
-store:
-  path: "{store}"
-secrets:
+{store}secrets:
   session_key_file: session.key
   storage_key_file: storage.key
 server:
@@ -277,7 +390,7 @@ branding:
   issuer: "IMMO PRO"
 {TEST_ARGON}{password}{extra}"#,
             read = opts.upstream_read_timeout,
-            store = dir.join("data").display(),
+            store = store_yaml,
             smtp = smtp.addr.port(),
             extra = opts.extra_yaml,
             lang = opts.language,
@@ -303,7 +416,7 @@ branding:
             assert!(start.elapsed() < Duration::from_secs(10), "riegel did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Riegel { base: format!("http://{addr}"), addr, clock, services, mailer: app.mailer, upstream, smtp, dir, config_path, shutdown: Some(tx) }
+        Riegel { base: format!("http://{addr}"), addr, clock, services, mailer: app.mailer, upstream, smtp, dir, config_path, shutdown: Some(tx), db }
     }
 
     pub fn client(&self) -> Client {
