@@ -7,5 +7,6 @@ mod browser;
 mod gateway;
 mod hashing;
 mod login;
+mod postgres;
 mod reset;
 mod totp;
