@@ -290,8 +290,15 @@ impl PgStore {
             pg.application_name("riegel");
         }
         pg.connect_timeout(opts.timeout);
+        // A connection whose peer vanished without a word (a cable, a
+        // firewall) is ended by the kernel, so the pool drops it instead
+        // of handing it out again: unacknowledged data for longer than the
+        // call timeout, or silence answered by no keepalive.
+        pg.tcp_user_timeout(opts.timeout);
         pg.keepalives(true);
         pg.keepalives_idle(Duration::from_secs(30));
+        pg.keepalives_interval(Duration::from_secs(5));
+        pg.keepalives_retries(3);
         let rt = StoreRuntime::start()?;
         let mgr = Manager::from_connect(
             pg.clone(),

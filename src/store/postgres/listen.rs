@@ -97,6 +97,8 @@ pub(super) async fn run(
                         health.listener_pid.store(row.try_get(0).unwrap_or(0), Ordering::Release);
                     }
                     health.listening.store(true, Ordering::Release);
+                    // The database answers again.
+                    health.down.store(false, Ordering::Release);
                     if let Some(t) = target.upgrade() {
                         // Empties the cache: what changed while nobody
                         // listened is read from the database again.
@@ -128,6 +130,9 @@ pub(super) async fn run(
             }
             Err(e) => {
                 untrust(&target, &health);
+                // Most likely the database is down for every call: say so
+                // now (the next call that gets through says otherwise).
+                health.set_down(&e.to_string());
                 tracing::warn!(error = %e, retry_in = ?backoff, "cannot listen for changes in the database");
             }
         }
