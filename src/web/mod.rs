@@ -14,6 +14,8 @@ pub mod headers;
 pub mod pages;
 
 mod forms;
+#[cfg(test)]
+mod journey_tests;
 mod login;
 mod regulation;
 mod reset;
