@@ -240,6 +240,9 @@ pub struct Config {
     pub branding: BrandingConfig,
     pub totp: TotpConfig,
     pub log: LogConfig,
+    /// Things that work but should not be so (e.g. one key for two
+    /// purposes); `riegel check-config` prints them, `serve` logs them.
+    pub warnings: Vec<ConfigError>,
 }
 
 /// Where the environment comes from; tests inject their own.
@@ -294,7 +297,10 @@ impl Config {
             build(&mut s, env)
         };
         match cfg {
-            Some(c) if errs.is_empty() => Ok(c),
+            Some(mut c) if errs.is_empty() => {
+                c.warnings = warnings(&c);
+                Ok(c)
+            }
             _ => {
                 if errs.is_empty() {
                     errs.push(ConfigError { path: String::new(), message: "invalid configuration".into() });
@@ -665,7 +671,22 @@ fn build(s: &mut Section<'_, '_>, env: &dyn Env) -> Option<Config> {
         branding,
         totp,
         log,
+        warnings: Vec::new(),
     })
+}
+
+/// What is allowed but unwise in a valid configuration.
+fn warnings(c: &Config) -> Vec<ConfigError> {
+    let mut w = Vec::new();
+    if c.secrets.session_keys.iter().any(|k| *k == c.secrets.storage_key) {
+        w.push(ConfigError {
+            path: "secrets.storage_key_file".into(),
+            message: "the storage key is also a session key: use two keys (`openssl rand -hex 32` for each), or a leaked \
+                      cookie key also opens the stored TOTP secrets"
+                .into(),
+        });
+    }
+    w
 }
 
 fn default_threads() -> usize {
@@ -1006,18 +1027,25 @@ impl<'a, 'e> Section<'a, 'e> {
     /// A secret from a file (`key`) or an environment variable. Files must
     /// not be readable by group or others. Each non-empty line is one key
     /// of at least 32 bytes.
+    /// Keys from a file (or the environment), one per line. Every problem
+    /// of the file is reported, not just the first: a key file that is too
+    /// short *and* readable by others gets both messages.
     fn secret_keys(&mut self, key: &str, env_name: &str, env: &dyn Env) -> Option<Vec<Vec<u8>>> {
-        let (text, origin) = match (self.opt_path(key), env.var(env_name)) {
-            (Some(p), _) => match read_secret_file(&p) {
-                Ok(t) => (t, p.display().to_string()),
-                Err(e) => {
+        let (text, origin, mut ok) = match (self.opt_path(key), env.var(env_name)) {
+            (Some(p), _) => {
+                let (text, problems) = read_secret_file_all(&p);
+                let ok = problems.is_empty();
+                for e in problems {
                     self.error(key, &e);
-                    return None;
                 }
-            },
-            (None, Some(v)) => (v, env_name.to_string()),
+                (text?, p.display().to_string(), ok)
+            }
+            (None, Some(v)) => (v, env_name.to_string(), true),
             (None, None) => {
-                self.error(key, &format!("missing (or set the environment variable {env_name})"));
+                self.error(
+                    key,
+                    &format!("missing (or set the environment variable {env_name}); create a key with `openssl rand -hex 32 > FILE && chmod 600 FILE`"),
+                );
                 return None;
             }
         };
@@ -1033,14 +1061,11 @@ impl<'a, 'e> Section<'a, 'e> {
         }
         for (i, k) in keys.iter().enumerate() {
             if k.len() < 32 {
-                self.error(
-                    key,
-                    &format!("key {} in {origin} is {} bytes; at least 32 are needed (`openssl rand -hex 32`)", i + 1, k.len()),
-                );
-                return None;
+                self.error(key, &format!("key {} in {origin} is {} bytes; at least 32 are needed (`openssl rand -hex 32`)", i + 1, k.len()));
+                ok = false;
             }
         }
-        Some(keys)
+        ok.then_some(keys)
     }
 
     fn secret_string(&mut self, key: &str, env_name: &str, env: &dyn Env) -> Option<String> {
@@ -1053,6 +1078,36 @@ impl<'a, 'e> Section<'a, 'e> {
                 }
             },
             (None, v) => v,
+        }
+    }
+}
+
+/// A secret file's text (if it can be read) and every problem with it.
+fn read_secret_file_all(p: &Path) -> (Option<String>, Vec<String>) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut problems = Vec::new();
+    match std::fs::metadata(p) {
+        Ok(meta) if meta.permissions().mode() & 0o077 != 0 => problems.push(format!(
+            "{} is readable by group or others (mode {:o}); run `chmod 600 {}`",
+            p.display(),
+            meta.permissions().mode() & 0o777,
+            p.display()
+        )),
+        Ok(_) => {}
+        Err(e) => {
+            let hint = if e.kind() == std::io::ErrorKind::NotFound {
+                format!("; create it with `openssl rand -hex 32 > {0} && chmod 600 {0}`", p.display())
+            } else {
+                String::new()
+            };
+            return (None, vec![format!("cannot read {}: {e}{hint}", p.display())]);
+        }
+    }
+    match std::fs::read_to_string(p) {
+        Ok(t) => (Some(t), problems),
+        Err(e) => {
+            problems.push(format!("cannot read {}: {e}", p.display()));
+            (None, problems)
         }
     }
 }
@@ -1098,6 +1153,34 @@ store: { path: "/tmp/riegel-test" }
 secrets: {}
 mail: { from: "Portal <portal@example.at>", outbox: "/tmp/outbox" }
 "#;
+
+    #[test]
+    fn a_key_file_with_two_problems_reports_both_and_one_key_for_both_purposes_warns() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("riegel-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let short = dir.join("short.key");
+        std::fs::write(&short, "too-short\n").expect("key");
+        std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o644)).expect("mode");
+        let yaml = MINIMAL.replace("secrets: {}", &format!("secrets: {{ session_key_file: {}, storage_key_file: {}/missing.key }}", short.display(), dir.display()));
+        let errs = Config::parse(&yaml, Path::new("/"), &MapEnv(HashMap::new())).expect_err("invalid").0;
+        let on = |k: &str| errs.iter().filter(|e| e.path == k).map(|e| e.message.clone()).collect::<Vec<_>>();
+        let session = on("secrets.session_key_file");
+        assert!(session.iter().any(|m| m.contains("readable by group or others")), "{errs:?}");
+        assert!(session.iter().any(|m| m.contains("at least 32")), "{errs:?}");
+        let storage = on("secrets.storage_key_file");
+        assert!(storage.iter().any(|m| m.contains("openssl rand -hex 32")), "{errs:?}");
+        // One key for both: valid, with a warning.
+        let same = MapEnv(HashMap::from([
+            ("RIEGEL_SESSION_KEY".to_string(), "a".repeat(64)),
+            ("RIEGEL_STORAGE_KEY".to_string(), "a".repeat(64)),
+        ]));
+        let c = Config::parse(MINIMAL, Path::new("/"), &same).expect("valid");
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert_eq!(c.warnings[0].path, "secrets.storage_key_file");
+        assert!(Config::parse(MINIMAL, Path::new("/"), &env_with_keys()).expect("valid").warnings.is_empty());
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn minimal_config_parses_with_defaults() {

@@ -125,6 +125,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Serve { config } => {
             let cfg = load_config(&config)?;
             init_logging(&cfg.log.level, cfg.log.json);
+            for w in &cfg.warnings {
+                tracing::warn!(warning = %w, "configuration");
+            }
             serve(cfg)
         }
         Cmd::Demo { listen, dir } => demo(listen, dir),
@@ -162,6 +165,9 @@ fn check_config(path: &Path) -> ExitCode {
                 ExitCode::from(2)
             }
             Ok(_) => {
+                for w in &cfg.warnings {
+                    eprintln!("  warning: {w}");
+                }
                 println!("{}: ok", path.display());
                 ExitCode::SUCCESS
             }
