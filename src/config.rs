@@ -678,7 +678,7 @@ fn build(s: &mut Section<'_, '_>, env: &dyn Env) -> Option<Config> {
 /// What is allowed but unwise in a valid configuration.
 fn warnings(c: &Config) -> Vec<ConfigError> {
     let mut w = Vec::new();
-    if c.secrets.session_keys.iter().any(|k| *k == c.secrets.storage_key) {
+    if c.secrets.session_keys.contains(&c.secrets.storage_key) {
         w.push(ConfigError {
             path: "secrets.storage_key_file".into(),
             message: "the storage key is also a session key: use two keys (`openssl rand -hex 32` for each), or a leaked \
