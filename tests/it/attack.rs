@@ -85,8 +85,12 @@ struct Log {
     events: Vec<(u64, Event)>,
 }
 
-/// A raw-socket portal on loopback. Paths: `/big...` answers 256 MiB,
-/// `/hold...` never answers, everything else `200 ok` (keep-alive).
+/// The value of the cookie the portal sets on paths with `/cookie`.
+pub(crate) const PORTAL_SET_COOKIE: &str = "s3t-by-the-portal-9c2e";
+
+/// A raw-socket portal on loopback. Paths with `/big` answer 256 MiB, with
+/// `/hold` never, with `/cookie` set a cookie, everything else `200 ok`
+/// (keep-alive).
 pub(crate) struct RecordingPortal {
     pub addr: SocketAddr,
     log: Arc<(Mutex<Log>, Condvar)>,
@@ -119,10 +123,6 @@ impl RecordingPortal {
         self.log.0.lock().expect("lock").seen.clone()
     }
 
-    pub fn events(&self) -> Vec<(u64, Event)> {
-        self.log.0.lock().expect("lock").events.clone()
-    }
-
     /// Waits up to `limit` for `f` to hold over the log.
     fn wait(&self, limit: Duration, f: impl Fn(&Log) -> bool) -> bool {
         let (m, cv) = &*self.log;
@@ -138,12 +138,6 @@ impl RecordingPortal {
             }
             g = cv.wait_timeout(g, deadline - now).expect("lock").0;
         }
-    }
-
-    /// Waits for `n` requests in all.
-    pub fn wait_seen(&self, n: usize, limit: Duration) -> Vec<Seen> {
-        self.wait(limit, |l| l.seen.len() >= n);
-        self.seen()
     }
 
     /// Waits for the `nth` (0-based) head to arrive; its connection.
@@ -207,7 +201,7 @@ fn portal_conn(s: TcpStream, conn: u64, log: &(Mutex<Log>, Condvar)) {
             g.seen.push(Seen { body, ..seen });
             log.1.notify_all();
         }
-        if target.starts_with("/big") {
+        if target.contains("/big") {
             let total: usize = 256 << 20;
             let piece = vec![b'x'; 64 * 1024];
             if w.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n").as_bytes()).is_err() {
@@ -220,7 +214,7 @@ fn portal_conn(s: TcpStream, conn: u64, log: &(Mutex<Log>, Condvar)) {
                 }
                 sent += piece.len();
             }
-        } else if target.starts_with("/hold") {
+        } else if target.contains("/hold") {
             // No answer: wait for riegel to give up.
             let mut sink = [0u8; 1024];
             loop {
@@ -228,6 +222,10 @@ fn portal_conn(s: TcpStream, conn: u64, log: &(Mutex<Log>, Condvar)) {
                     Ok(0) | Err(_) => return note(log, conn, Event::Closed),
                     Ok(_) => {}
                 }
+            }
+        } else if target.contains("/cookie") {
+            if w.write_all(format!("HTTP/1.1 200 OK\r\nSet-Cookie: portal_set={PORTAL_SET_COOKIE}; Path=/\r\nContent-Length: 2\r\n\r\nok").as_bytes()).is_err() {
+                return note(log, conn, Event::WriteFailed);
             }
         } else if w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").is_err() {
             return note(log, conn, Event::WriteFailed);
@@ -451,7 +449,7 @@ fn public_path_spellings_that_a_portal_resolves_elsewhere_need_a_session() {
     for ok in ["/assets/app.css", "/assets/img/logo@2x.png", "/assets/a..b.css", "/assets/x-y_z~1.js", "/assets/%61pp.css"] {
         for (m, req) in both_ways(ok, "") {
             let a = once(r.addr, &req).unwrap_or_else(|| panic!("{m} {ok}: no answer"));
-            assert_eq!(a.status, 200, "{m} {ok}: {a:?}");
+            assert_eq!((a.status, a.body.as_slice()), (200, &b"ok"[..]), "{m} {ok}: {a:?}");
         }
     }
     assert_eq!(portal.take().len(), 10);
