@@ -14,7 +14,7 @@
 //! - `routes`: the per-request rules: `is_public`, `safe_redirect`,
 //!   `find_cookie`, `strip_cookie`, and the short way's head work (parse,
 //!   header policy, the portal's head: `short_head`).
-//! - `pages`: `Pages::load` and `render("login", ..)` with the context
+//! - `pages`: `assets::load_pages` and `render("login", ..)` with the context
 //!   `web::login::render_login` builds.
 //! - `argon2`: `Hasher::verify` with the default parameters
 //!   (argon2id m=19456 KiB, t=2, p=1): one password login.
@@ -36,7 +36,6 @@ use riegel::auth::OsRandom;
 use riegel::config::{Argon2Params, BrandingConfig, Language};
 use riegel::proxy::ShortHeadBench;
 use riegel::web::paths::is_public;
-use riegel::web::Pages;
 
 /// A fixed "now" so that every run verifies the same thing.
 const NOW: i64 = 1_764_000_000;
@@ -195,13 +194,13 @@ fn login_context(error: Option<&str>) -> minijinja::Value {
 fn bench_pages(c: &mut Criterion) {
     let mut g = c.benchmark_group("pages");
     let b_cfg = branding();
-    let pages = match Pages::load(&b_cfg, "/_riegel") {
+    let pages = match riegel::assets::load_pages(&b_cfg, "/_riegel") {
         Ok(p) => p,
-        Err(errs) => panic!("Pages::load failed: {errs:?}"),
+        Err(errs) => panic!("load_pages failed: {errs:?}"),
     };
     let html = pages.render("login", login_context(None)).expect("login renders");
     eprintln!("pages: rendered login page is {} bytes", html.len());
-    g.bench_function("load", |b| b.iter(|| Pages::load(black_box(&b_cfg), black_box("/_riegel")).is_ok()));
+    g.bench_function("load", |b| b.iter(|| riegel::assets::load_pages(black_box(&b_cfg), black_box("/_riegel")).is_ok()));
     g.bench_function("render/login", |b| {
         b.iter_batched(|| login_context(None), |ctx| pages.render("login", ctx), BatchSize::SmallInput)
     });

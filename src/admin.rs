@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
-use crate::store::{NewUser, Store, StoreError, Update, User};
+use crate::store::{CounterKey, NewUser, Store, StoreError, Update, User};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
@@ -108,36 +108,53 @@ fn describe(u: &User) -> String {
         u.email.as_deref().unwrap_or("-"),
         u.display_name,
         if u.disabled { "disabled" } else { "enabled" },
-        if u.totp.is_some() { "totp" } else { "no-totp" },
+        if u.authenticators.is_empty() { "no-totp" } else { "totp" },
         if u.password_hash.is_some() { "password" } else { "no-password" },
     )
 }
 
 /// Runs one admin request. Every change that affects access ends the
-/// user's sessions; every change is flushed before the answer.
-pub fn execute(store: &dyn Store, clock: &dyn Clock, req: AdminRequest) -> AdminResponse {
-    match run(store, clock, req) {
+/// user's sessions (through the user's security stamp, atomic with the
+/// change); every change is flushed before the answer.
+pub async fn execute(store: &dyn Store, clock: &dyn Clock, req: AdminRequest) -> AdminResponse {
+    match run(store, clock, req).await {
         Ok(r) => r,
         Err(e) => AdminResponse::err(e.to_string()),
     }
 }
 
-fn find(store: &dyn Store, login: &str) -> Result<User, StoreError> {
-    store.find_user(login)?.ok_or(StoreError::NoSuchUser)
+async fn find(store: &dyn Store, login: &str) -> Result<User, StoreError> {
+    store.find_user(login).await?.ok_or(StoreError::NoSuchUser)
 }
 
-fn change(store: &dyn Store, login: &str, f: &mut dyn FnMut(&mut User)) -> Result<User, StoreError> {
-    let u = find(store, login)?;
+async fn change(store: &dyn Store, login: &str, f: &mut (dyn FnMut(&mut User) + Send)) -> Result<User, StoreError> {
+    let u = find(store, login).await?;
     let updated = store
         .update_user(u.id, &mut |u| {
             f(u);
             Update::Commit
-        })?
+        })
+        .await?
         .ok_or(StoreError::NoSuchUser)?;
     Ok(updated)
 }
 
-fn run(store: &dyn Store, clock: &dyn Clock, req: AdminRequest) -> Result<AdminResponse, StoreError> {
+/// Ends the sessions a stamp change has made invalid (the stamp already
+/// refuses them; this removes the records).
+async fn end_sessions(store: &dyn Store, uid: u64) -> Result<usize, StoreError> {
+    Ok(store.delete_sessions_of(uid, None).await?.len())
+}
+
+/// The counters that lock or slow down logins to `u`: its account counter,
+/// and the unknown-login counters of its name and address (from before the
+/// account existed). Exact keys: no other account's counter is touched.
+fn login_counters(u: &User) -> Vec<CounterKey> {
+    let mut keys = vec![CounterKey::Account(u.id), CounterKey::login(&u.username)];
+    keys.extend(u.email.iter().map(|e| CounterKey::login(e)));
+    keys
+}
+
+async fn run(store: &dyn Store, clock: &dyn Clock, req: AdminRequest) -> Result<AdminResponse, StoreError> {
     let now = clock.now();
     let resp = match req {
         AdminRequest::Add { user } => {
@@ -145,7 +162,7 @@ fn run(store: &dyn Store, clock: &dyn Clock, req: AdminRequest) -> Result<AdminR
             if !errs.is_empty() {
                 return Ok(AdminResponse::err(errs.join("; ")));
             }
-            let u = store.insert_user(to_new(&user), now)?;
+            let u = store.insert_user(to_new(&user), now).await?;
             AdminResponse::ok(format!("added user {}", u.username))
         }
         AdminRequest::Import { users } => {
@@ -158,25 +175,30 @@ fn run(store: &dyn Store, clock: &dyn Clock, req: AdminRequest) -> Result<AdminR
             if !errs.is_empty() {
                 return Ok(AdminResponse::err(format!("nothing imported:\n{}", errs.join("\n"))));
             }
-            let n = store.insert_users(users.iter().map(to_new).collect(), now)?.len();
+            let n = store.insert_users(users.iter().map(to_new).collect(), now).await?.len();
             AdminResponse::ok(format!("imported {n} users"))
         }
         AdminRequest::List => {
-            let mut users = store.users()?;
+            let mut users = store.users().await?;
             users.sort_by(|a, b| a.username.cmp(&b.username));
             let lines: Vec<String> = users.iter().map(describe).collect();
             return Ok(AdminResponse::ok(lines.join("\n")));
         }
         AdminRequest::Show { user } => {
-            let u = find(store, &user)?;
-            let c = store.counter(&format!("u:{}", u.id))?;
+            let u = find(store, &user).await?;
+            let c = store.counter(&CounterKey::Account(u.id)).await?;
+            let authenticators = if u.authenticators.is_empty() {
+                if u.pending_authenticator.is_some() { "enrolment pending".to_string() } else { "none".to_string() }
+            } else {
+                format!("{} confirmed", u.authenticators.len())
+            };
             return Ok(AdminResponse::ok(format!(
-                "username: {}\ne-mail: {}\nname: {}\nstatus: {}\nauthenticator: {}\nrecovery codes left: {}\npassword: {}\nfailures in a row: {}\nbanned until: {}",
+                "username: {}\ne-mail: {}\nname: {}\nstatus: {}\nauthenticators: {}\nrecovery codes left: {}\npassword: {}\nfailures in a row: {}\nbanned until: {}",
                 u.username,
                 u.email.as_deref().unwrap_or("-"),
                 u.display_name,
                 if u.disabled { "disabled" } else { "enabled" },
-                if u.totp.is_some() { "confirmed" } else if u.pending_totp.is_some() { "enrolment pending" } else { "none" },
+                authenticators,
                 u.recovery_codes.len(),
                 match &u.password_hash {
                     Some(h) if h.starts_with("$2") => "set (bcrypt, upgraded at next login)",
@@ -196,16 +218,19 @@ fn run(store: &dyn Store, clock: &dyn Clock, req: AdminRequest) -> Result<AdminR
         AdminRequest::Disable { user } => {
             let u = change(store, &user, &mut |u| {
                 u.disabled = true;
+                u.revoke_sessions();
                 u.updated_at = now;
-            })?;
-            let n = store.delete_sessions_of(u.id, None)?;
+            })
+            .await?;
+            let n = end_sessions(store, u.id).await?;
             AdminResponse::ok(format!("disabled {}; ended {n} sessions", u.username))
         }
         AdminRequest::Enable { user } => {
             let u = change(store, &user, &mut |u| {
                 u.disabled = false;
                 u.updated_at = now;
-            })?;
+            })
+            .await?;
             AdminResponse::ok(format!("enabled {}", u.username))
         }
         AdminRequest::SetPassword { user, password_hash } => {
@@ -215,10 +240,12 @@ fn run(store: &dyn Store, clock: &dyn Clock, req: AdminRequest) -> Result<AdminR
             let u = change(store, &user, &mut |u| {
                 u.password_hash = Some(password_hash.clone());
                 u.reset = None;
+                u.revoke_sessions();
                 u.updated_at = now;
-            })?;
-            let n = store.delete_sessions_of(u.id, None)?;
-            store.delete_counters(&format!("u:{}", u.id))?;
+            })
+            .await?;
+            let n = end_sessions(store, u.id).await?;
+            store.delete_counter(&CounterKey::Account(u.id)).await?;
             AdminResponse::ok(format!("password of {} set; ended {n} sessions", u.username))
         }
         AdminRequest::SetEmail { user, email } => {
@@ -231,35 +258,45 @@ fn run(store: &dyn Store, clock: &dyn Clock, req: AdminRequest) -> Result<AdminR
             let u = change(store, &user, &mut |u| {
                 u.email = email.clone();
                 u.reset = None;
+                u.new_device = None;
+                u.revoke_sessions();
                 u.updated_at = now;
-            })?;
-            let n = store.delete_sessions_of(u.id, None)?;
+            })
+            .await?;
+            let n = end_sessions(store, u.id).await?;
             AdminResponse::ok(format!("e-mail of {} set to {}; ended {n} sessions", u.username, u.email.as_deref().unwrap_or("-")))
         }
         AdminRequest::ResetTotp { user } => {
             let u = change(store, &user, &mut |u| {
-                u.totp = None;
-                u.pending_totp = None;
+                u.authenticators.clear();
+                u.pending_authenticator = None;
                 u.recovery_codes.clear();
+                u.revoke_sessions();
                 u.updated_at = now;
-            })?;
-            let n = store.delete_sessions_of(u.id, None)?;
-            tracing::info!(target: "audit", event = "totp_reset", user = %u.username, "authenticator removed by an operator");
-            AdminResponse::ok(format!("authenticator of {} removed; the next login enrols again; ended {n} sessions", u.username))
+            })
+            .await?;
+            let n = end_sessions(store, u.id).await?;
+            tracing::info!(target: "audit", event = "totp_reset", user = %u.username, "authenticators removed by an operator");
+            AdminResponse::ok(format!("authenticators of {} removed; the next login enrols again; ended {n} sessions", u.username))
         }
         AdminRequest::Unban { user } => {
-            let u = find(store, &user)?;
-            let n = store.delete_counters(&format!("u:{}", u.id))? + store.delete_counters(&format!("n:{}", crate::store::login_key(&user)))?;
+            let u = find(store, &user).await?;
+            let mut n = 0;
+            for k in login_counters(&u) {
+                n += usize::from(store.delete_counter(&k).await?);
+            }
             AdminResponse::ok(format!("unbanned {} ({n} counters cleared)", u.username))
         }
         AdminRequest::Delete { user } => {
-            let u = find(store, &user)?;
-            store.delete_user(u.id)?;
-            store.delete_counters(&format!("u:{}", u.id))?;
+            let u = find(store, &user).await?;
+            store.delete_user(u.id).await?;
+            for k in login_counters(&u).into_iter().chain([CounterKey::ResetAccount(u.id)]) {
+                store.delete_counter(&k).await?;
+            }
             AdminResponse::ok(format!("deleted {}", u.username))
         }
     };
-    store.flush()?;
+    store.flush().await?;
     Ok(resp)
 }
 
@@ -283,9 +320,16 @@ pub fn serve_socket(path: &Path, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -
     std::thread::Builder::new()
         .name("riegel-admin".into())
         .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "admin socket: no runtime");
+                    return;
+                }
+            };
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
-                if let Err(e) = handle_conn(conn, store.as_ref(), clock.as_ref()) {
+                if let Err(e) = rt.block_on(handle_conn(conn, store.as_ref(), clock.as_ref())) {
                     tracing::warn!(error = %e, "admin socket request failed");
                 }
             }
@@ -294,23 +338,18 @@ pub fn serve_socket(path: &Path, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -
     Ok(())
 }
 
-fn unsafe_umask(mask: u32) -> u32 {
+fn unsafe_umask(mask: libc::mode_t) -> libc::mode_t {
     // SAFETY: umask only swaps the process file-creation mask.
-    unsafe { libc_umask(mask) }
+    unsafe { libc::umask(mask) }
 }
 
-extern "C" {
-    #[link_name = "umask"]
-    fn libc_umask(mask: u32) -> u32;
-}
-
-fn handle_conn(conn: UnixStream, store: &dyn Store, clock: &dyn Clock) -> std::io::Result<()> {
+async fn handle_conn(conn: UnixStream, store: &dyn Store, clock: &dyn Clock) -> std::io::Result<()> {
     conn.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut line = String::new();
     reader.by_ref().take(64 * 1024 * 1024).read_line(&mut line)?;
     let resp = match serde_json::from_str::<AdminRequest>(&line) {
-        Ok(req) => execute(store, clock, req),
+        Ok(req) => execute(store, clock, req).await,
         Err(e) => AdminResponse::err(format!("bad request: {e}")),
     };
     let mut w = conn;

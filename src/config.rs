@@ -132,6 +132,9 @@ pub struct PasswordConfig {
     pub argon2: Argon2Params,
     pub min_length: usize,
     pub max_concurrent_hashes: usize,
+    /// The longest a login waits for a free hashing thread before it gets
+    /// the "please try again" page (503).
+    pub hash_queue_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -483,8 +486,9 @@ fn build(s: &mut Section<'_, '_>, env: &dyn Env) -> Option<Config> {
         // Half the cores by default: a login storm never takes every core from proxying.
         let default_hashes = (default_threads() / 2).max(1) as u64;
         let max_concurrent_hashes = p.uint_or("max_concurrent_hashes", default_hashes, 1, 256) as usize;
+        let hash_queue_timeout = p.duration_or("hash_queue_timeout", Duration::from_secs(10));
         p.finish();
-        PasswordConfig { argon2, min_length, max_concurrent_hashes }
+        PasswordConfig { argon2, min_length, max_concurrent_hashes, hash_queue_timeout }
     };
 
     let regulation = {
@@ -1155,6 +1159,21 @@ mail: { from: "Portal <portal@example.at>", outbox: "/tmp/outbox" }
     }
 
     #[test]
+    fn hash_queue_timeout_defaults_to_ten_seconds_and_takes_durations() {
+        let c = Config::parse(MINIMAL, Path::new("/"), &env_with_keys()).expect("valid");
+        assert_eq!(c.password.hash_queue_timeout, Duration::from_secs(10));
+        let short = format!("{MINIMAL}password: {{ hash_queue_timeout: 250ms }}\n");
+        let c = Config::parse(&short, Path::new("/"), &env_with_keys()).expect("valid");
+        assert_eq!(c.password.hash_queue_timeout, Duration::from_millis(250));
+        for bad in ["0s", "10", "soon", "-1s"] {
+            let text = format!("{MINIMAL}password: {{ hash_queue_timeout: \"{bad}\" }}\n");
+            let errs = Config::parse(&text, Path::new("/"), &env_with_keys()).expect_err(bad).0;
+            assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+            assert_eq!(errs[0].path, "password.hash_queue_timeout", "{bad}: {errs:?}");
+        }
+    }
+
+    #[test]
     fn three_mistakes_are_all_reported_with_paths() {
         let text = r#"
 listen: "127.0.0.1:8080"
@@ -1255,6 +1274,7 @@ mail: { from: "Portal <portal@example.at>", outbox: "/tmp/o", colour: red }
         let c = Config::parse(&text, &dir, &MapEnv(HashMap::new())).expect("example config is valid");
         assert_eq!(c.branding.company, "IMMO PRO Immobilien GmbH");
         assert_eq!(c.totp.issuer, "IMMO PRO");
+        assert_eq!(c.password.hash_queue_timeout, Duration::from_secs(10));
         assert!(matches!(c.mail.transport, MailTransport::Smtp(_)));
         let _ = std::fs::remove_dir_all(dir);
     }

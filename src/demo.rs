@@ -102,6 +102,7 @@ fn render(method: &str, target: &str, headers: &[(String, String)], body: &[u8])
 <html lang="de"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Demo-Portal</title></head>
 <body>
+<main>
 <h1>Demo-Portal</h1>
 <p>Willkommen, <strong id="remote-name">{name}</strong>!</p>
 <dl>
@@ -115,6 +116,7 @@ fn render(method: &str, target: &str, headers: &[(String, String)], body: &[u8])
 <pre id="headers">
 {rows}</pre>
 <pre id="body">{body}</pre>
+</main>
 </body></html>
 "#,
         name = get("remote-name"),

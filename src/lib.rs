@@ -4,10 +4,12 @@
 
 pub mod admin;
 pub mod app;
+pub mod assets;
 pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod hashpool;
 pub mod mail;
 pub mod proxy;
 pub mod sched;

@@ -185,12 +185,27 @@ fn check_config(path: &Path) -> ExitCode {
     }
 }
 
+/// How long a stopping riegel keeps delivering mails already accepted.
+const MAIL_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A small runtime for the command line's own async work (the store, the
+/// mail spool); the gateway builds its own runtimes.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
 fn serve(cfg: Config) -> Result<ExitCode> {
     let listen = cfg.listen;
     let upstream = cfg.upstream.clone();
-    let services = riegel::app::build(cfg, Arc::new(SystemClock), None).context("cannot start")?;
+    let app = riegel::app::build(cfg, Arc::new(SystemClock), None).context("cannot start")?;
     tracing::info!(%listen, upstream = %format!("{}:{}", upstream.host, upstream.port), "riegel is listening");
-    riegel::proxy::run(services, None)?;
+    riegel::proxy::run(app.services.clone(), None)?;
+    if let Some(mailer) = &app.mailer {
+        // What is still in the spool goes out at the next start.
+        if !runtime()?.block_on(mailer.drain(MAIL_DRAIN)) {
+            tracing::info!("stopping with mails still in the spool; they are sent at the next start");
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -211,7 +226,7 @@ fn demo(listen: SocketAddr, dir: Option<PathBuf>) -> Result<ExitCode> {
     let hash = Hasher::new(&cfg.password.argon2)?.hash(&password, &OsRandom)?;
     {
         let store = SledStore::open(&cfg.store_path)?;
-        let r = admin::execute(
+        let r = runtime()?.block_on(admin::execute(
             &store,
             &SystemClock,
             AdminRequest::Add {
@@ -222,7 +237,7 @@ fn demo(listen: SocketAddr, dir: Option<PathBuf>) -> Result<ExitCode> {
                     password_hash: Some(hash),
                 },
             },
-        );
+        ));
         if !r.ok {
             bail!("demo user: {}", r.message);
         }
@@ -300,7 +315,7 @@ fn user(cfg: &Config, cmd: UserCmd) -> Result<ExitCode> {
         UserCmd::Delete { user } => AdminRequest::Delete { user },
     };
     let resp = match SledStore::open(&cfg.store_path) {
-        Ok(store) => admin::execute(&store, &SystemClock, req),
+        Ok(store) => runtime()?.block_on(admin::execute(&store, &SystemClock, req)),
         Err(StoreError::Locked { .. }) => admin::send(&cfg.admin_socket, &req)
             .with_context(|| format!("the store is in use; could not reach the running server at {}", cfg.admin_socket.display()))?,
         Err(e) => return Err(e.into()),

@@ -1,4 +1,4 @@
-//! The scheduling class of riegel's own threads (Linux).
+//! The scheduling class and nice value of riegel's own threads (Linux).
 //!
 //! - Password hashing runs in `SCHED_IDLE` ([`Policy::Idle`]): any other
 //!   thread that wakes up takes the CPU from it at once.
@@ -30,31 +30,35 @@ pub enum Policy {
 }
 
 impl Policy {
-    fn linux(self) -> i32 {
+    fn linux(self) -> libc::c_int {
         match self {
-            Policy::Normal => 0,
-            Policy::Batch => 3,
-            Policy::Idle => 5,
+            Policy::Normal => libc::SCHED_OTHER,
+            Policy::Batch => libc::SCHED_BATCH,
+            Policy::Idle => libc::SCHED_IDLE,
         }
     }
 }
 
-#[repr(C)]
-struct SchedParam {
-    sched_priority: i32,
-}
-
-extern "C" {
-    fn sched_setscheduler(pid: i32, policy: i32, param: *const SchedParam) -> i32;
-    #[cfg(test)]
-    fn sched_getscheduler(pid: i32) -> i32;
-}
+// The system calls go through `libc`. `rustix` would spare the `unsafe`
+// but has no `sched_setscheduler` (it lists it among the calls it does not
+// implement), and one crate for the three calls riegel makes itself (these
+// two and `umask` in `admin`) is simpler than two.
 
 /// Gives the calling thread `policy`; false when the system refuses.
 pub fn set_this_thread(policy: Policy) -> bool {
+    let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: pid 0 is the calling thread (a policy belongs to the thread on
-    // Linux); `param` points to a live, properly laid out sched_param.
-    unsafe { sched_setscheduler(0, policy.linux(), &SchedParam { sched_priority: 0 }) == 0 }
+    // Linux); `param` points to a live sched_param.
+    unsafe { libc::sched_setscheduler(0, policy.linux(), &param) == 0 }
+}
+
+/// Gives the calling thread the nice value `nice` (0 normal, 19 lowest);
+/// false when the system refuses.
+pub fn set_this_thread_nice(nice: i32) -> bool {
+    // On Linux the nice value belongs to the thread: PRIO_PROCESS with
+    // who 0 is the calling thread.
+    // SAFETY: the call only changes this thread's nice value.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) == 0 }
 }
 
 /// What a shard did over one interval.
@@ -256,11 +260,22 @@ mod tests {
     fn a_thread_gets_the_policy_it_asks_for() {
         std::thread::spawn(|| {
             // SAFETY: reads the calling thread's policy.
-            let now = || unsafe { sched_getscheduler(0) };
+            let now = || unsafe { libc::sched_getscheduler(0) };
             for (p, linux) in [(Policy::Batch, 3), (Policy::Normal, 0), (Policy::Idle, 5)] {
                 assert!(set_this_thread(p), "{p:?}");
                 assert_eq!(now(), linux, "{p:?}");
             }
+        })
+        .join()
+        .expect("thread");
+    }
+
+    #[test]
+    fn a_thread_can_lower_its_nice_value() {
+        std::thread::spawn(|| {
+            assert!(set_this_thread_nice(19));
+            // SAFETY: reads the calling thread's nice value.
+            assert_eq!(unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }, 19);
         })
         .join()
         .expect("thread");

@@ -83,8 +83,15 @@ impl std::fmt::Debug for SecretBox {
 }
 
 impl SecretBox {
+    /// The box for TOTP secrets.
     pub fn new(storage_key: &[u8]) -> Self {
-        let key = derive_key(storage_key, "riegel/totp-secret/v1");
+        Self::for_purpose(storage_key, "riegel/totp-secret/v1")
+    }
+
+    /// A box with its own key derived for `purpose` (one key per kind of
+    /// secret: TOTP secrets, spooled mails, portal cookies).
+    pub fn for_purpose(storage_key: &[u8], purpose: &str) -> Self {
+        let key = derive_key(storage_key, purpose);
         Self { cipher: XChaCha20Poly1305::new(&key.into()) }
     }
 

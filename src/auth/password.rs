@@ -5,6 +5,7 @@
 //! async executor.
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use argon2::password_hash::{Output, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
@@ -124,11 +125,33 @@ thread_local! {
     /// hashes on this thread: allocating and returning it for every login
     /// makes the kernel map, fault in and unmap 19 MiB per login, and the
     /// unmapping interrupts every other thread of the process (TLB
-    /// shootdown). `web::hashpool` releases it when its queue runs dry.
+    /// shootdown). The hashing pool (`crate::hashpool`) releases it on each
+    /// of its threads that has had no work for a moment.
     /// It is mapped from the system directly, not taken from the memory
     /// allocator, so that releasing it returns it at once (an allocator
     /// keeps freed memory for a while).
-    static SCRATCH: RefCell<Option<memmap2::MmapMut>> = const { RefCell::new(None) };
+    static SCRATCH: RefCell<Option<Scratch>> = const { RefCell::new(None) };
+}
+
+/// Bytes of argon2 working memory mapped on all threads together.
+static SCRATCH_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// One thread's working memory; counted in [`SCRATCH_BYTES`] while it lives.
+struct Scratch(memmap2::MmapMut);
+
+impl Scratch {
+    fn map(bytes: usize) -> Result<Self, PasswordError> {
+        // Faulted in by the kernel in one go rather than page by page.
+        let map = memmap2::MmapOptions::new().len(bytes.max(1)).populate().map_anon().map_err(|e| PasswordError::Params(format!("argon2 memory: {e}")))?;
+        SCRATCH_BYTES.fetch_add(map.len(), Ordering::Relaxed);
+        Ok(Self(map))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        SCRATCH_BYTES.fetch_sub(self.0.len(), Ordering::Relaxed);
+    }
 }
 
 /// Gives this thread's argon2 working memory back.
@@ -136,17 +159,22 @@ pub fn release_scratch() {
     SCRATCH.with(|s| *s.borrow_mut() = None);
 }
 
+/// How many bytes of argon2 working memory all threads together hold
+/// now (mapped and not yet released).
+pub fn scratch_bytes() -> usize {
+    SCRATCH_BYTES.load(Ordering::Relaxed)
+}
+
 /// Runs `f` on at least `blocks` blocks of this thread's working memory.
 fn with_scratch<T>(blocks: usize, f: impl FnOnce(&mut [Block]) -> T) -> Result<T, PasswordError> {
     let bytes = blocks.checked_mul(std::mem::size_of::<Block>()).ok_or(PasswordError::Params("memory size".into()))?;
     SCRATCH.with(|s| {
         let mut map = s.borrow_mut();
-        if map.as_ref().is_none_or(|m| m.len() < bytes) {
+        if map.as_ref().is_none_or(|m| m.0.len() < bytes) {
             *map = None;
-            // Faulted in by the kernel in one go rather than page by page.
-            *map = Some(memmap2::MmapOptions::new().len(bytes.max(1)).populate().map_anon().map_err(|e| PasswordError::Params(format!("argon2 memory: {e}")))?);
+            *map = Some(Scratch::map(bytes)?);
         }
-        let map = map.as_mut().ok_or(PasswordError::Params("argon2 memory".into()))?;
+        let map = &mut map.as_mut().ok_or(PasswordError::Params("argon2 memory".into()))?.0;
         // SAFETY: the mapping is at least `blocks` blocks long, page-aligned
         // (a `Block` needs 64), zero-filled by the kernel (a valid `Block`
         // is any bit pattern: it is a `[u64; 128]`), and borrowed mutably
@@ -280,7 +308,7 @@ mod tests {
         assert!(SCRATCH.with(|s| s.borrow().is_none()));
         let stored = fast().hash("x", &TestRandom::default()).expect("hash");
         assert_eq!(fast().verify(&stored, "x"), Ok(Verified::Right { upgrade: false }));
-        assert!(SCRATCH.with(|s| s.borrow().as_ref().is_some_and(|m| m.len() >= 1024 * 1024)));
+        assert!(SCRATCH.with(|s| s.borrow().as_ref().is_some_and(|m| m.0.len() >= 1024 * 1024)));
     }
 
     #[test]

@@ -11,17 +11,7 @@ use hmac::Mac;
 use super::crypto::{derive_key, random_array, HmacSha256, Random};
 use crate::clock::UnixTime;
 
-/// How far a session has come.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Stage {
-    /// The password was right; the second factor is still missing.
-    /// Such a session never reaches the portal.
-    Password = 1,
-    /// Password and second factor done.
-    Full = 2,
-}
-
-pub type SessionId = [u8; 16];
+pub use crate::store::{SessionId, Stage};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionClaims {

@@ -1,20 +1,30 @@
-//! A decorator that keeps session records in memory, so checking a session
-//! on every proxied request costs no database read and no decoding. Every
-//! session write and delete goes through here (the web layer and the admin
-//! socket share one store object per process), so the cache is exact.
+//! A decorator that keeps valid session records in memory, so checking a
+//! session on every proxied request costs no database read and no
+//! decoding. Every session write and delete in the process goes through
+//! here (the web layer and the admin socket share one object per process),
+//! so the cache is exact; other instances' changes arrive through
+//! [`CachedStore::forget_user`] and friends (PostgreSQL's LISTEN/NOTIFY),
+//! and while that channel is down the cache is not used at all
+//! ([`CachedStore::set_trusted`]).
 //!
-//! Every change to sessions raises a generation number, both before and
-//! after it reaches the database, and a record read from the database
-//! enters the cache only if the generation did not move meanwhile: a
-//! request racing a logout cannot put the logged-out session back.
+//! A session enters the cache only after its user's security stamp was
+//! compared with the session's ([`crate::store::User::stamp`]), and every
+//! change that moves a stamp or deletes sessions removes the user's
+//! entries. Every change raises a generation number both before and after
+//! it reaches the database, and a record read from the database enters the
+//! cache only if the generation did not move meanwhile: a request racing a
+//! logout or a revocation cannot put the old session back.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use super::{NewUser, SessionRecord, Store, StoreError, Update, User};
-use crate::auth::regulation::Counter;
-use crate::auth::session::SessionId;
+use async_trait::async_trait;
+
+use super::{
+    Accounts, Counter, CounterKey, Counters, CountersFn, MailSpool, NewUser, QueuedMail, SessionId, SessionRecord,
+    Sessions, Store, StoreError, TokenKind, Tokens, User, UserFn,
+};
 use crate::clock::UnixTime;
 
 /// Beyond this many cached sessions the cache starts over (it only ever
@@ -22,26 +32,79 @@ use crate::clock::UnixTime;
 const MAX_ENTRIES: usize = 200_000;
 
 type Key = (u64, SessionId);
+type Map = HashMap<Key, Arc<SessionRecord>>;
 
-pub struct CachedStore<S> {
-    inner: S,
-    sessions: RwLock<HashMap<Key, Arc<SessionRecord>>>,
+pub struct CachedStore {
+    inner: Arc<dyn Store>,
+    sessions: RwLock<Map>,
     generation: AtomicU64,
+    /// False while changes made elsewhere might not reach this process.
+    trusted: AtomicBool,
+    #[cfg(test)]
+    hook: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
-impl<S: Store> CachedStore<S> {
-    pub fn new(inner: S) -> Self {
-        Self { inner, sessions: RwLock::new(HashMap::new()), generation: AtomicU64::new(0) }
+impl CachedStore {
+    pub fn new(inner: Arc<dyn Store>) -> Self {
+        Self {
+            inner,
+            sessions: RwLock::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            trusted: AtomicBool::new(true),
+            #[cfg(test)]
+            hook: std::sync::Mutex::new(None),
+        }
     }
 
-    fn key(uid: u64, sid: &[u8]) -> Option<Key> {
-        let sid: SessionId = sid.try_into().ok()?;
-        Some((uid, sid))
+    /// The backend behind the cache.
+    pub fn backend(&self) -> &Arc<dyn Store> {
+        &self.inner
+    }
+
+    /// A cached, valid session: no I/O, no allocation. `None` when it is
+    /// not cached (ask [`CachedStore::valid_session`]).
+    pub fn cached_session(&self, uid: u64, sid: &SessionId) -> Option<Arc<SessionRecord>> {
+        if !self.trusted.load(Ordering::Acquire) {
+            return None;
+        }
+        self.sessions.read().ok()?.get(&(uid, *sid)).cloned()
+    }
+
+    /// The session if it exists and its user exists, is enabled and still
+    /// has the stamp the session was issued under; cached when it is.
+    pub async fn valid_session(&self, uid: u64, sid: &SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError> {
+        if let Some(r) = self.cached_session(uid, sid) {
+            return Ok(Some(r));
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        let Some(rec) = self.inner.session(uid, sid).await? else { return Ok(None) };
+        let valid = match self.inner.user(uid).await? {
+            Some(u) => !u.disabled && u.stamp == rec.stamp,
+            None => false,
+        };
+        self.run_hook();
+        if !valid {
+            return Ok(None);
+        }
+        let rec = Arc::new(rec);
+        if self.trusted.load(Ordering::Acquire) {
+            if let Ok(mut m) = self.sessions.write() {
+                // Only if no change happened since the database was asked
+                // (the generation moves under this lock).
+                if self.generation.load(Ordering::Acquire) == generation {
+                    if m.len() >= MAX_ENTRIES {
+                        m.clear();
+                    }
+                    m.insert((uid, *sid), rec.clone());
+                }
+            }
+        }
+        Ok(Some(rec))
     }
 
     /// Applies `f` to the cache and raises the generation (also when the
     /// map is unusable).
-    fn change(&self, f: impl FnOnce(&mut HashMap<Key, Arc<SessionRecord>>)) {
+    fn change(&self, f: impl FnOnce(&mut Map)) {
         let mut m = self.sessions.write();
         if let Ok(m) = m.as_mut() {
             f(m);
@@ -50,76 +113,120 @@ impl<S: Store> CachedStore<S> {
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// Forgets every cached session of a user (a change elsewhere).
+    pub fn forget_user(&self, uid: u64) {
+        self.change(|m| m.retain(|k, _| k.0 != uid));
+    }
+
+    /// Forgets one cached session (a change elsewhere).
+    pub fn forget_session(&self, uid: u64, sid: &SessionId) {
+        self.change(|m| _ = m.remove(&(uid, *sid)));
+    }
+
+    /// Whether the cache may be used. Turned off, it is emptied and every
+    /// check reads the database until it is turned on again (then it is
+    /// emptied once more: nothing from before is trusted).
+    pub fn set_trusted(&self, trusted: bool) {
+        self.change(|m| m.clear());
+        self.trusted.store(trusted, Ordering::Release);
+        self.change(|m| m.clear());
+    }
+
+    /// How many sessions are cached.
+    pub fn cached_len(&self) -> usize {
+        self.sessions.read().map(|m| m.len()).unwrap_or(0)
+    }
+
     /// Changes sessions in the database with `write`, the cache before and
     /// after it with `forget`.
-    fn change_around<T>(
-        &self,
-        forget: impl Fn(&mut HashMap<Key, Arc<SessionRecord>>),
-        write: impl FnOnce() -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
+    async fn change_around<T, F>(&self, forget: impl Fn(&mut Map), write: F) -> Result<T, StoreError>
+    where
+        F: std::future::Future<Output = Result<T, StoreError>>,
+    {
         // Before: a failed write must not leave a usable cache entry.
         self.change(&forget);
-        let r = write();
+        let r = write.await;
+        self.run_hook();
         // After: a reader that fetched the old record meanwhile does not
         // cache it (the generation moved).
         self.change(&forget);
         r
     }
+
+    #[cfg(test)]
+    fn run_hook(&self) {
+        let hook = self.hook.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = hook {
+            h();
+        }
+    }
+
+    #[cfg(not(test))]
+    fn run_hook(&self) {}
 }
 
-impl<S: Store> Store for CachedStore<S> {
-    fn insert_user(&self, user: NewUser, now: UnixTime) -> Result<User, StoreError> {
-        self.inner.insert_user(user, now)
+#[async_trait]
+impl Accounts for CachedStore {
+    async fn insert_users(&self, users: Vec<NewUser>, now: UnixTime) -> Result<Vec<User>, StoreError> {
+        self.inner.insert_users(users, now).await
     }
-    fn insert_users(&self, users: Vec<NewUser>, now: UnixTime) -> Result<Vec<User>, StoreError> {
-        self.inner.insert_users(users, now)
+    async fn user(&self, id: u64) -> Result<Option<User>, StoreError> {
+        self.inner.user(id).await
     }
-    fn user(&self, id: u64) -> Result<Option<User>, StoreError> {
-        self.inner.user(id)
+    async fn find_user(&self, login: &str) -> Result<Option<User>, StoreError> {
+        self.inner.find_user(login).await
     }
-    fn find_user(&self, login: &str) -> Result<Option<User>, StoreError> {
-        self.inner.find_user(login)
+    async fn users(&self) -> Result<Vec<User>, StoreError> {
+        self.inner.users().await
     }
-    fn users(&self) -> Result<Vec<User>, StoreError> {
-        self.inner.users()
+    async fn update_user(&self, id: u64, f: &mut UserFn<'_>) -> Result<Option<User>, StoreError> {
+        // Any update may move the stamp or disable the user: the user's
+        // entries go before and, if it did, after the write.
+        self.change(|m| m.retain(|k, _| k.0 != id));
+        let mut before: Option<(u64, bool)> = None;
+        let r = self
+            .inner
+            .update_user(id, &mut |u| {
+                before = Some((u.stamp, u.disabled));
+                f(u)
+            })
+            .await;
+        self.run_hook();
+        let moved = match &r {
+            Ok(Some(u)) => before != Some((u.stamp, u.disabled)),
+            Ok(None) => false,
+            Err(_) => true,
+        };
+        if moved {
+            self.change(|m| m.retain(|k, _| k.0 != id));
+        } else {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        r
     }
-    fn update_user(&self, id: u64, f: &mut dyn FnMut(&mut User) -> Update) -> Result<Option<User>, StoreError> {
-        self.inner.update_user(id, f)
+    async fn delete_user(&self, id: u64) -> Result<bool, StoreError> {
+        self.change_around(|m| m.retain(|k, _| k.0 != id), self.inner.delete_user(id)).await
     }
-    fn delete_user(&self, id: u64) -> Result<bool, StoreError> {
-        self.change_around(|m| m.retain(|k, _| k.0 != id), || self.inner.delete_user(id))
-    }
+}
 
-    fn put_session(&self, s: &SessionRecord) -> Result<(), StoreError> {
+#[async_trait]
+impl Sessions for CachedStore {
+    async fn put_session(&self, s: &SessionRecord) -> Result<(), StoreError> {
         // Not cached here: the next read caches it, under the generation
         // rule (a revocation right after this write must win).
-        let key = Self::key(s.uid, &s.sid);
-        self.change_around(|m| _ = key.map(|k| m.remove(&k)), || self.inner.put_session(s))
+        let key = s.sid().map(|sid| (s.uid, sid));
+        self.change_around(|m| _ = key.map(|k| m.remove(&k)), self.inner.put_session(s)).await
     }
-
-    fn session(&self, uid: u64, sid: &SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError> {
-        let key = (uid, *sid);
-        if let Ok(m) = self.sessions.read() {
-            if let Some(r) = m.get(&key) {
-                return Ok(Some(r.clone()));
-            }
-        }
-        let generation = self.generation.load(Ordering::Acquire);
-        let found = self.inner.session(uid, sid)?;
-        if let (Some(r), Ok(mut m)) = (&found, self.sessions.write()) {
-            // Only if no change happened since the database was asked.
-            if self.generation.load(Ordering::Acquire) == generation {
-                if m.len() >= MAX_ENTRIES {
-                    m.clear();
-                }
-                m.insert(key, r.clone());
-            }
-        }
-        Ok(found)
+    /// The stored record, uncached and unchecked: web asks
+    /// [`CachedStore::valid_session`].
+    async fn session(&self, uid: u64, sid: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        self.inner.session(uid, sid).await
     }
-
-    fn touch_session(&self, uid: u64, sid: &SessionId, now: UnixTime) -> Result<(), StoreError> {
-        self.inner.touch_session(uid, sid, now)?;
+    async fn sessions_of(&self, uid: u64) -> Result<Vec<SessionRecord>, StoreError> {
+        self.inner.sessions_of(uid).await
+    }
+    async fn touch_session(&self, uid: u64, sid: &SessionId, now: UnixTime) -> Result<(), StoreError> {
+        self.inner.touch_session(uid, sid, now).await?;
         // Refreshed in place rather than forgotten: an entry that is gone
         // (a racing delete) stays gone. A read that fetched the record
         // before the touch does not cache it (the generation moves).
@@ -132,145 +239,107 @@ impl<S: Store> Store for CachedStore<S> {
         });
         Ok(())
     }
+    async fn set_portal_jar(&self, uid: u64, sid: &SessionId, jar: Option<Vec<u8>>) -> Result<bool, StoreError> {
+        self.change_around(|m| _ = m.remove(&(uid, *sid)), self.inner.set_portal_jar(uid, sid, jar.clone())).await
+    }
+    async fn delete_session(&self, uid: u64, sid: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        self.change_around(|m| _ = m.remove(&(uid, *sid)), self.inner.delete_session(uid, sid)).await
+    }
+    async fn delete_sessions_of(&self, uid: u64, keep: Option<&SessionId>) -> Result<Vec<SessionRecord>, StoreError> {
+        self.change_around(|m| m.retain(|k, _| k.0 != uid || Some(&k.1) == keep), self.inner.delete_sessions_of(uid, keep)).await
+    }
+    async fn purge_sessions(&self, now: UnixTime, idle: i64) -> Result<Vec<SessionRecord>, StoreError> {
+        self.change_around(|m| m.retain(|_, s| now < s.expires_at && now - s.last_seen <= idle), self.inner.purge_sessions(now, idle))
+            .await
+    }
+    async fn count_sessions(&self) -> Result<usize, StoreError> {
+        self.inner.count_sessions().await
+    }
+}
 
-    fn delete_session(&self, uid: u64, sid: &SessionId) -> Result<(), StoreError> {
-        self.change_around(|m| _ = m.remove(&(uid, *sid)), || self.inner.delete_session(uid, sid))
+#[async_trait]
+impl Counters for CachedStore {
+    async fn counter(&self, key: &CounterKey) -> Result<Counter, StoreError> {
+        self.inner.counter(key).await
     }
+    async fn update_counters(&self, keys: &[CounterKey], f: &mut CountersFn<'_>) -> Result<Option<Vec<Counter>>, StoreError> {
+        self.inner.update_counters(keys, f).await
+    }
+    async fn delete_counter(&self, key: &CounterKey) -> Result<bool, StoreError> {
+        self.inner.delete_counter(key).await
+    }
+    async fn count_bans(&self, now: UnixTime) -> Result<usize, StoreError> {
+        self.inner.count_bans(now).await
+    }
+}
 
-    fn delete_sessions_of(&self, uid: u64, keep: Option<&SessionId>) -> Result<usize, StoreError> {
-        self.change_around(|m| m.retain(|k, _| k.0 != uid || Some(&k.1) == keep), || self.inner.delete_sessions_of(uid, keep))
+#[async_trait]
+impl Tokens for CachedStore {
+    async fn put_token(&self, token_hash: &str, kind: TokenKind, uid: u64) -> Result<(), StoreError> {
+        self.inner.put_token(token_hash, kind, uid).await
     }
+    async fn token(&self, token_hash: &str, kind: TokenKind) -> Result<Option<u64>, StoreError> {
+        self.inner.token(token_hash, kind).await
+    }
+    async fn delete_token(&self, token_hash: &str) -> Result<(), StoreError> {
+        self.inner.delete_token(token_hash).await
+    }
+}
 
-    fn purge_sessions(&self, now: UnixTime, idle: i64) -> Result<usize, StoreError> {
-        self.change_around(|m| m.retain(|_, s| now < s.expires_at && now - s.last_seen <= idle), || self.inner.purge_sessions(now, idle))
+#[async_trait]
+impl MailSpool for CachedStore {
+    async fn enqueue_mail(&self, sealed: Vec<u8>, to_domain: &str, now: UnixTime) -> Result<u64, StoreError> {
+        self.inner.enqueue_mail(sealed, to_domain, now).await
     }
+    async fn claim_mails(&self, now: UnixTime, lease_until: UnixTime, limit: usize) -> Result<Vec<QueuedMail>, StoreError> {
+        self.inner.claim_mails(now, lease_until, limit).await
+    }
+    async fn finish_mail(&self, id: u64) -> Result<(), StoreError> {
+        self.inner.finish_mail(id).await
+    }
+    async fn retry_mail(&self, id: u64, attempts: u32, at: UnixTime) -> Result<(), StoreError> {
+        self.inner.retry_mail(id, attempts, at).await
+    }
+    async fn mail_queue_depth(&self) -> Result<usize, StoreError> {
+        self.inner.mail_queue_depth().await
+    }
+}
 
-    fn counter(&self, key: &str) -> Result<Counter, StoreError> {
-        self.inner.counter(key)
+#[async_trait]
+impl Store for CachedStore {
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.inner.flush().await
     }
-    fn update_counter(&self, key: &str, f: &dyn Fn(Counter) -> Counter) -> Result<Counter, StoreError> {
-        self.inner.update_counter(key, f)
+    async fn healthy(&self) -> Result<(), StoreError> {
+        self.inner.healthy().await
     }
-    fn delete_counters(&self, prefix: &str) -> Result<usize, StoreError> {
-        self.inner.delete_counters(prefix)
-    }
-    fn put_reset_index(&self, token_hash: &str, uid: u64) -> Result<(), StoreError> {
-        self.inner.put_reset_index(token_hash, uid)
-    }
-    fn reset_index(&self, token_hash: &str) -> Result<Option<u64>, StoreError> {
-        self.inner.reset_index(token_hash)
-    }
-    fn delete_reset_index(&self, token_hash: &str) -> Result<(), StoreError> {
-        self.inner.delete_reset_index(token_hash)
-    }
-    fn flush(&self) -> Result<(), StoreError> {
-        self.inner.flush()
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Mutex, Weak};
+    use std::sync::Weak;
 
     use super::*;
-    use crate::auth::session::Stage;
-    use crate::store::SledStore;
+    use crate::store::{SledStore, Stage, Update};
 
-    type Hook = Box<dyn FnOnce() + Send>;
-
-    /// The database, with a hook that runs inside the next session read or
-    /// write: after the database, before the cache.
-    struct Hooked {
-        db: SledStore,
-        hook: Mutex<Option<Hook>>,
-    }
-
-    impl Hooked {
-        fn run_hook(&self) {
-            let hook = self.hook.lock().expect("hook").take();
-            if let Some(h) = hook {
-                h();
-            }
-        }
-    }
-
-    impl Store for Hooked {
-        fn insert_user(&self, user: NewUser, now: UnixTime) -> Result<User, StoreError> {
-            self.db.insert_user(user, now)
-        }
-        fn insert_users(&self, users: Vec<NewUser>, now: UnixTime) -> Result<Vec<User>, StoreError> {
-            self.db.insert_users(users, now)
-        }
-        fn user(&self, id: u64) -> Result<Option<User>, StoreError> {
-            self.db.user(id)
-        }
-        fn find_user(&self, login: &str) -> Result<Option<User>, StoreError> {
-            self.db.find_user(login)
-        }
-        fn users(&self) -> Result<Vec<User>, StoreError> {
-            self.db.users()
-        }
-        fn update_user(&self, id: u64, f: &mut dyn FnMut(&mut User) -> Update) -> Result<Option<User>, StoreError> {
-            self.db.update_user(id, f)
-        }
-        fn delete_user(&self, id: u64) -> Result<bool, StoreError> {
-            self.db.delete_user(id)
-        }
-        fn put_session(&self, s: &SessionRecord) -> Result<(), StoreError> {
-            let r = self.db.put_session(s);
-            self.run_hook();
-            r
-        }
-        fn session(&self, uid: u64, sid: &SessionId) -> Result<Option<Arc<SessionRecord>>, StoreError> {
-            let r = self.db.session(uid, sid);
-            self.run_hook();
-            r
-        }
-        fn touch_session(&self, uid: u64, sid: &SessionId, now: UnixTime) -> Result<(), StoreError> {
-            self.db.touch_session(uid, sid, now)
-        }
-        fn delete_session(&self, uid: u64, sid: &SessionId) -> Result<(), StoreError> {
-            self.db.delete_session(uid, sid)
-        }
-        fn delete_sessions_of(&self, uid: u64, keep: Option<&SessionId>) -> Result<usize, StoreError> {
-            self.db.delete_sessions_of(uid, keep)
-        }
-        fn purge_sessions(&self, now: UnixTime, idle: i64) -> Result<usize, StoreError> {
-            self.db.purge_sessions(now, idle)
-        }
-        fn counter(&self, key: &str) -> Result<Counter, StoreError> {
-            self.db.counter(key)
-        }
-        fn update_counter(&self, key: &str, f: &dyn Fn(Counter) -> Counter) -> Result<Counter, StoreError> {
-            self.db.update_counter(key, f)
-        }
-        fn delete_counters(&self, prefix: &str) -> Result<usize, StoreError> {
-            self.db.delete_counters(prefix)
-        }
-        fn put_reset_index(&self, token_hash: &str, uid: u64) -> Result<(), StoreError> {
-            self.db.put_reset_index(token_hash, uid)
-        }
-        fn reset_index(&self, token_hash: &str) -> Result<Option<u64>, StoreError> {
-            self.db.reset_index(token_hash)
-        }
-        fn delete_reset_index(&self, token_hash: &str) -> Result<(), StoreError> {
-            self.db.delete_reset_index(token_hash)
-        }
-        fn flush(&self) -> Result<(), StoreError> {
-            self.db.flush()
-        }
-    }
-
-    fn cached() -> (Arc<CachedStore<Hooked>>, std::path::PathBuf) {
+    fn cached() -> (Arc<CachedStore>, std::path::PathBuf) {
         use std::sync::atomic::AtomicU32;
         static N: AtomicU32 = AtomicU32::new(0);
         let p = std::env::temp_dir().join(format!("riegel-cached-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
         let _ = std::fs::remove_dir_all(&p);
         let db = SledStore::open(&p).expect("open");
-        (Arc::new(CachedStore::new(Hooked { db, hook: Mutex::new(None) })), p)
+        (Arc::new(CachedStore::new(Arc::new(db))), p)
     }
 
-    fn rec(uid: u64, sid: u8) -> SessionRecord {
+    async fn user(c: &CachedStore, name: &str) -> u64 {
+        let u = NewUser { username: name.into(), email: None, display_name: name.into(), password_hash: None };
+        c.insert_user(u, 1).await.expect("user").id
+    }
+
+    fn rec(uid: u64, sid: u8, stamp: u64) -> SessionRecord {
         SessionRecord {
             uid,
             sid: vec![sid; 16],
@@ -282,70 +351,127 @@ mod tests {
             email: None,
             display_name: "U".into(),
             rd: None,
+            stamp,
+            user_agent: None,
+            ip: None,
+            device_proof: false,
+            portal_jar: None,
         }
     }
 
-    fn on_next_access(c: &Arc<CachedStore<Hooked>>, f: impl FnOnce(&CachedStore<Hooked>) + Send + 'static) {
-        let weak: Weak<CachedStore<Hooked>> = Arc::downgrade(c);
-        *c.inner.hook.lock().expect("hook") = Some(Box::new(move || {
+    /// Runs `f` inside the next database access, after the database and
+    /// before the cache.
+    fn on_next_access<F>(c: &Arc<CachedStore>, f: impl FnOnce(Arc<CachedStore>) -> F + Send + 'static)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let weak: Weak<CachedStore> = Arc::downgrade(c);
+        let handle = tokio::runtime::Handle::current();
+        *c.hook.lock().expect("hook") = Some(Box::new(move || {
             if let Some(c) = weak.upgrade() {
-                f(&c);
+                // The hook runs on a runtime thread: finish the change on
+                // another thread before the interrupted access goes on.
+                std::thread::spawn(move || handle.block_on(f(c))).join().expect("hook thread");
             }
         }));
     }
 
-    #[test]
-    fn a_read_racing_a_logout_does_not_bring_the_session_back() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_racing_a_logout_or_revocation_does_not_bring_the_session_back() {
         let (c, p) = cached();
+        let a = user(&c, "a").await;
         // In the database only: the next read misses the cache.
-        c.inner.db.put_session(&rec(1, 1)).expect("put");
-        on_next_access(&c, |c| c.delete_session(1, &[1; 16]).expect("delete"));
+        c.backend().put_session(&rec(a, 1, 0)).await.expect("put");
+        on_next_access(&c, move |c| async move { _ = c.delete_session(a, &[1; 16]).await.expect("delete") });
         // This read began before the logout and may still see the session;
-        assert!(c.session(1, &[1; 16]).expect("get").is_some());
-        // every read after the logout must not, on any thread.
-        assert!(c.session(1, &[1; 16]).expect("get").is_none());
-        let other = c.clone();
-        assert!(std::thread::spawn(move || other.session(1, &[1; 16]).expect("get").is_none()).join().expect("thread"));
-        // A revocation right after a login's database write wins.
-        on_next_access(&c, |c| _ = c.delete_sessions_of(3, None).expect("revoke"));
-        c.put_session(&rec(3, 3)).expect("put");
-        assert!(c.session(3, &[3; 16]).expect("get").is_none());
-        // The same for revoking all of a user's sessions and for deleting the user.
-        c.inner.db.put_session(&rec(2, 2)).expect("put");
-        on_next_access(&c, |c| _ = c.delete_sessions_of(2, None).expect("delete"));
-        assert!(c.session(2, &[2; 16]).expect("get").is_some());
-        assert!(c.session(2, &[2; 16]).expect("get").is_none());
+        assert!(c.valid_session(a, &[1; 16]).await.expect("get").is_some());
+        // every read after the logout must not.
+        assert!(c.valid_session(a, &[1; 16]).await.expect("get").is_none());
+        // A revocation (stamp) right after a login's database write wins.
+        let b = user(&c, "b").await;
+        on_next_access(&c, move |c| async move {
+            c.update_user(b, &mut |u| {
+                u.revoke_sessions();
+                Update::Commit
+            })
+            .await
+            .expect("revoke");
+        });
+        c.put_session(&rec(b, 3, 0)).await.expect("put");
+        assert!(c.valid_session(b, &[3; 16]).await.expect("get").is_none());
+        // A revocation inside a read: that read may pass, no later one does,
+        // and the session written by a login that read the old stamp never does.
+        let d = user(&c, "d").await;
+        c.backend().put_session(&rec(d, 4, 0)).await.expect("put");
+        on_next_access(&c, move |c| async move {
+            c.update_user(d, &mut |u| {
+                u.revoke_sessions();
+                Update::Commit
+            })
+            .await
+            .expect("revoke");
+        });
+        let _ = c.valid_session(d, &[4; 16]).await.expect("get");
+        assert!(c.valid_session(d, &[4; 16]).await.expect("get").is_none());
+        assert!(c.cached_session(d, &[4; 16]).is_none());
         let _ = std::fs::remove_dir_all(p);
     }
 
-    #[test]
-    fn every_thread_sees_every_change() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stamps_disable_and_every_change_reach_the_cache() {
         let (c, p) = cached();
-        c.put_session(&rec(1, 1)).expect("put");
-        c.put_session(&rec(1, 2)).expect("put");
-        let read = |c: &Arc<CachedStore<Hooked>>, sid: u8| {
-            let c = c.clone();
-            let here = c.session(1, &[sid; 16]).expect("get").map(|r| r.last_seen);
-            let there = std::thread::spawn(move || c.session(1, &[sid; 16]).expect("get").map(|r| r.last_seen)).join().expect("thread");
-            assert_eq!(here, there);
-            here
-        };
-        // Read twice so that both layers hold it on this thread.
-        assert_eq!(read(&c, 1), Some(1));
-        assert_eq!(read(&c, 1), Some(1));
-        c.touch_session(1, &[1; 16], 50).expect("touch");
-        assert_eq!(read(&c, 1), Some(50));
-        assert_eq!(c.inner.db.session(1, &[1; 16]).expect("get").map(|r| r.last_seen), Some(50));
-        // A new stage under the same id replaces the copy.
-        let mut partial = rec(1, 1);
-        partial.stage = Stage::Password;
-        c.put_session(&partial).expect("put");
-        assert_eq!(c.session(1, &[1; 16]).expect("get").map(|r| r.stage), Some(Stage::Password));
-        c.delete_session(1, &[1; 16]).expect("delete");
-        assert_eq!(read(&c, 1), None);
-        assert_eq!(read(&c, 2), Some(1));
-        assert_eq!(c.purge_sessions(2_000, 10).expect("purge"), 1);
-        assert_eq!(read(&c, 2), None);
+        let a = user(&c, "a").await;
+        c.put_session(&rec(a, 1, 0)).await.expect("put");
+        c.put_session(&rec(a, 2, 0)).await.expect("put");
+        // A session issued under another stamp is never valid.
+        c.put_session(&rec(a, 3, 5)).await.expect("put");
+        assert!(c.valid_session(a, &[3; 16]).await.expect("get").is_none());
+        assert_eq!(c.valid_session(a, &[1; 16]).await.expect("get").map(|r| r.last_seen), Some(1));
+        assert!(c.cached_session(a, &[1; 16]).is_some());
+        c.touch_session(a, &[1; 16], 50).await.expect("touch");
+        assert_eq!(c.cached_session(a, &[1; 16]).map(|r| r.last_seen), Some(50));
+        assert_eq!(c.backend().session(a, &[1; 16]).await.expect("get").map(|r| r.last_seen), Some(50));
+        // An update that moves nothing keeps sessions valid.
+        c.update_user(a, &mut |u| {
+            u.display_name = "A".into();
+            Update::Commit
+        })
+        .await
+        .expect("update");
+        assert!(c.valid_session(a, &[1; 16]).await.expect("get").is_some());
+        // Disabling ends them (also without a stamp change), at once.
+        c.update_user(a, &mut |u| {
+            u.disabled = true;
+            Update::Commit
+        })
+        .await
+        .expect("disable");
+        assert!(c.cached_session(a, &[1; 16]).is_none());
+        assert!(c.valid_session(a, &[1; 16]).await.expect("get").is_none());
+        c.update_user(a, &mut |u| {
+            u.disabled = false;
+            u.revoke_sessions();
+            Update::Commit
+        })
+        .await
+        .expect("enable");
+        assert!(c.valid_session(a, &[2; 16]).await.expect("get").is_none());
+        // Untrusted: nothing cached is used, checks go to the database.
+        c.put_session(&rec(a, 6, 1)).await.expect("put");
+        assert!(c.valid_session(a, &[6; 16]).await.expect("get").is_some());
+        c.set_trusted(false);
+        assert!(c.cached_session(a, &[6; 16]).is_none());
+        assert!(c.valid_session(a, &[6; 16]).await.expect("get").is_some());
+        assert_eq!(c.cached_len(), 0);
+        c.set_trusted(true);
+        assert!(c.valid_session(a, &[6; 16]).await.expect("get").is_some());
+        assert_eq!(c.cached_len(), 1);
+        c.forget_user(a);
+        assert_eq!(c.cached_len(), 0);
+        // Deleting the user ends its sessions.
+        assert!(c.valid_session(a, &[6; 16]).await.expect("get").is_some());
+        c.delete_user(a).await.expect("delete");
+        assert!(c.valid_session(a, &[6; 16]).await.expect("get").is_none());
         let _ = std::fs::remove_dir_all(p);
     }
 }

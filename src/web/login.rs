@@ -1,20 +1,19 @@
 //! The first factor (`/login`) and logout.
 
+use crate::store::prelude::*;
 use minijinja::context;
 
 use super::forms::{check_post, form_page, Form, PostCheck};
-use super::{
-    fail_slowly, RegulationKeys, clear_session_cookie, error_page, page, rd_param, redirect, regulation_check,
-    session, session_cookie, Reply, Request, Services, WebError,
-};
+use super::regulation::Attempt;
+use super::{clear_session_cookie, error_page, page, rd_param, redirect, session, session_cookie, Reply, Request, Services, WebError};
 use crate::auth::password::{Verified, MAX_PASSWORD_BYTES};
 use crate::auth::session::{SessionClaims, SessionCodec, Stage};
 use crate::store::{SessionRecord, Update, User};
 
-pub(super) fn get(req: &Request<'_>, s: &Services) -> Result<Reply, WebError> {
+pub(super) async fn get(req: &Request<'_>, s: &Services) -> Result<Reply, WebError> {
     let rd = rd_param(req);
     // Already signed in: go on.
-    if session(req, s).is_some_and(|(claims, _)| claims.stage == Stage::Full) {
+    if session(req, s).await.is_some_and(|(claims, _)| claims.stage == Stage::Full) {
         return Ok(redirect(rd.as_deref().unwrap_or("/")));
     }
     let notice = req.query.and_then(|q| {
@@ -66,12 +65,13 @@ pub(super) async fn post(req: &Request<'_>, s: &Services) -> Result<Reply, WebEr
     if login.is_empty() || password.is_empty() {
         return render_login(req, s, 200, rd.as_deref(), &login, Some("err_required"), None, 0);
     }
-    let user = s.store.find_user(&login)?;
-    let reg = RegulationKeys::new(user.as_ref().map(|u| u.id), &login, req.client_ip);
-    let keys = reg.with_limits(s);
-    if let Some(minutes) = regulation_check(s, &keys)? {
+    let user = s.store.find_user(&login).await?;
+    // The attempt is counted before the hash is computed: of any number of
+    // guesses sent at once, at most the regulation's allowance is checked.
+    let attempt = Attempt::login(s, user.as_ref().map(|u| u.id), &login, req.client_ip);
+    if let Err(refused) = attempt.reserve(s).await? {
         tracing::warn!(target: "audit", event = "login", outcome = "banned", ip = %req.client_ip, "login refused: too many failures");
-        return render_login(req, s, 429, rd.as_deref(), "", Some("err_banned"), None, minutes);
+        return render_login(req, s, 429, rd.as_deref(), "", Some("err_banned"), None, refused.minutes);
     }
 
     // Always run one argon2 verification, whether the user exists or not.
@@ -89,19 +89,19 @@ pub(super) async fn post(req: &Request<'_>, s: &Services) -> Result<Reply, WebEr
     };
     let Some((user, upgrade)) = ok_user else {
         tracing::info!(target: "audit", event = "login", outcome = "failure", ip = %req.client_ip, "password login failed");
-        fail_slowly(s, &keys).await?;
+        attempt.failed(s).await?;
         // The typed name is not echoed: wrong password, unknown and disabled
         // accounts get byte-identical pages.
         return render_login(req, s, 200, rd.as_deref(), "", Some("err_login_failed"), None, 0);
     };
 
-    reg.succeed(s)?;
+    attempt.succeeded(s).await?;
     if upgrade {
         upgrade_hash(s, &user, password).await;
     }
-    let (cookie, _) = start_session(s, &user, Stage::Password, rd.clone(), None).await?;
+    let (cookie, _) = start_session(s, req, &user, Stage::Password, rd.clone(), None).await?;
     tracing::info!(target: "audit", event = "login", outcome = "password_ok", user = %user.username, ip = %req.client_ip, "password accepted");
-    let next = if user.totp.is_some() { "verify" } else { "setup" };
+    let next = if user.authenticators.is_empty() { "setup" } else { "verify" };
     let mut r = redirect(&s.route(next));
     r.headers.push(("set-cookie", cookie));
     Ok(r)
@@ -116,13 +116,16 @@ async fn upgrade_hash(s: &Services, user: &User, password: String) {
         Ok(Ok(h)) => h,
         _ => return,
     };
-    let r = s.store.update_user(user.id, &mut |u| {
-        if u.password_hash != old {
-            return Update::Abort;
-        }
-        u.password_hash = Some(new.clone());
-        Update::Commit
-    });
+    let r = s
+        .store
+        .update_user(user.id, &mut |u| {
+            if u.password_hash != old {
+                return Update::Abort;
+            }
+            u.password_hash = Some(new.clone());
+            Update::Commit
+        })
+        .await;
     match r {
         Ok(Some(_)) => tracing::info!(user = %user.username, "password hash upgraded to argon2id"),
         Ok(None) => {}
@@ -130,10 +133,12 @@ async fn upgrade_hash(s: &Services, user: &User, password: String) {
     }
 }
 
-/// Issues a new session id at `stage` (never reusing the old one), stores
-/// its record, ends `replaces`, flushes, and returns the cookie header.
+/// Issues a new session id at `stage` (never reusing the old one) under
+/// the user's current security stamp, stores its record, ends `replaces`,
+/// flushes, and returns the cookie header.
 pub(super) async fn start_session(
     s: &Services,
+    req: &Request<'_>,
     user: &User,
     stage: Stage,
     rd: Option<String>,
@@ -157,10 +162,15 @@ pub(super) async fn start_session(
         email: user.email.clone(),
         display_name: user.display_name.clone(),
         rd,
+        stamp: user.stamp,
+        user_agent: None,
+        ip: Some(req.client_ip.to_string()),
+        device_proof: false,
+        portal_jar: None,
     };
-    s.store.put_session(&rec)?;
+    s.store.put_session(&rec).await?;
     if let Some(old) = replaces {
-        s.store.delete_session(old.uid, &old.sid)?;
+        s.store.delete_session(old.uid, &old.sid).await?;
     }
     s.flush().await?;
     let value = s.codec.encode(&SessionClaims { sid, uid: user.id, stage, issued_at: now, expires_at });
@@ -182,8 +192,8 @@ pub(super) async fn logout_post(req: &Request<'_>, s: &Services) -> Result<Reply
         PostCheck::BadToken if !same_origin => return Ok(error_page(s, 403, "error_403")),
         _ => {}
     }
-    if let Some((claims, rec)) = session(req, s) {
-        s.store.delete_session(claims.uid, &claims.sid)?;
+    if let Some((claims, rec)) = session(req, s).await {
+        s.store.delete_session(claims.uid, &claims.sid).await?;
         s.flush().await?;
         tracing::info!(target: "audit", event = "logout", user = %rec.username, ip = %req.client_ip, "logged out");
     }

@@ -3,38 +3,39 @@
 //! [`Outcome`]: a [`Reply`] to send, or [`Outcome::Forward`] to pass the
 //! request on to the portal with an identity.
 //!
-//! `web` does no network I/O and never reads the system clock: time,
+//! `web` does no network or file I/O and never reads the system clock: time,
 //! randomness, the store and the mail queue come in through [`Services`].
 //! Blocking work (argon2, store flushes) goes through
 //! [`Services::blocking_hash`] and [`Services::flush`], which run it off the
-//! async executor.
+//! async executor; the hashing threads are started outside `web`
+//! ([`crate::hashpool`]) and handed in.
 
-pub mod hashpool;
 pub mod pages;
 pub mod paths;
 
 mod forms;
 mod login;
+mod regulation;
 mod reset;
 mod second;
 
+use crate::store::prelude::*;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use minijinja::context;
-use tokio::sync::Semaphore;
-
 use crate::auth::crypto::{derive_key, SecretBox};
 use crate::auth::password::Hasher;
 use crate::auth::redirect::{encode_rd, safe_redirect};
-use crate::auth::regulation::{minutes_left, Decision, Limits};
+use crate::auth::regulation::Limits;
 use crate::auth::session::{find_cookie, SessionClaims, SessionCodec, Stage};
 use crate::auth::Random;
 use crate::clock::{Clock, UnixTime};
 use crate::config::Config;
-use crate::mail::MailQueue;
-use crate::store::{SessionRecord, Store, StoreError};
+use crate::hashpool::{HashPool, PoolError};
+use crate::mail::{MailError, MailQueue};
+use crate::store::{CachedStore, SessionRecord, Store, StoreError};
 
 pub use pages::Pages;
 
@@ -108,10 +109,16 @@ impl Reply {
 pub enum WebError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Mail(#[from] MailError),
     #[error("page: {0}")]
     Page(#[from] pages::PagesError),
     #[error("background task failed: {0}")]
     Task(String),
+    /// No hashing thread became free within `password.hash_queue_timeout`:
+    /// the 503 page ("please try again").
+    #[error("busy: {0}")]
+    Busy(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -119,7 +126,7 @@ pub enum WebError {
 /// Everything the handlers need, injected.
 pub struct Services {
     pub cfg: Arc<Config>,
-    pub store: Arc<dyn Store>,
+    pub store: Arc<CachedStore>,
     pub clock: Arc<dyn Clock>,
     pub rng: Arc<dyn Random>,
     pub mail: Arc<dyn MailQueue>,
@@ -129,8 +136,7 @@ pub struct Services {
     pub dummy_hash: String,
     pub secret_box: SecretBox,
     pub recovery_pepper: [u8; 32],
-    hash_pool: hashpool::HashPool,
-    flush_slots: Arc<Semaphore>,
+    hash_pool: HashPool,
     pub cookie_name: String,
     pub csrf_cookie_name: String,
     pub account_limits: Limits,
@@ -143,11 +149,12 @@ pub struct Services {
 impl Services {
     pub fn new(
         cfg: Arc<Config>,
-        store: Arc<dyn Store>,
+        store: Arc<CachedStore>,
         clock: Arc<dyn Clock>,
         rng: Arc<dyn Random>,
         mail: Arc<dyn MailQueue>,
         pages: Pages,
+        hash_pool: HashPool,
     ) -> Result<Self, WebError> {
         let hasher = Hasher::new(&cfg.password.argon2).map_err(|e| WebError::Internal(e.to_string()))?;
         let dummy_hash = hasher.dummy_hash(rng.as_ref()).map_err(|e| WebError::Internal(e.to_string()))?;
@@ -158,9 +165,7 @@ impl Services {
             codec: SessionCodec::new(&cfg.secrets.session_keys),
             secret_box: SecretBox::new(&cfg.secrets.storage_key),
             recovery_pepper: derive_key(&cfg.secrets.storage_key, "riegel/recovery-codes/v1"),
-            hash_pool: hashpool::HashPool::new(hasher.clone(), cfg.password.max_concurrent_hashes)
-                .map_err(|e| WebError::Internal(format!("hash threads: {e}")))?,
-            flush_slots: Arc::new(Semaphore::new(4)),
+            hash_pool,
             cookie_name: cfg.cookie_name(),
             csrf_cookie_name: cfg.csrf_cookie_name(),
             account_limits: Limits::account(&cfg.regulation),
@@ -183,28 +188,29 @@ impl Services {
     }
 
     /// Runs password hashing off the executor on the hashing threads, at
-    /// most `max_concurrent_hashes` at once; further logins wait their turn.
+    /// most `max_concurrent_hashes` at once; further logins wait their turn,
+    /// for at most `password.hash_queue_timeout` ([`WebError::Busy`]).
     pub async fn blocking_hash<T, F>(&self, f: F) -> Result<T, WebError>
     where
         F: FnOnce(&Hasher) -> T + Send + 'static,
         T: Send + 'static,
     {
-        self.hash_pool.run(f).await.map_err(|e| WebError::Task(e.to_string()))
+        let hasher = self.hasher.clone();
+        self.hash_pool.run(move || f(&hasher)).await.map_err(|e| match e {
+            PoolError::Busy(_) => WebError::Busy(e.to_string()),
+            PoolError::Stopped | PoolError::Start(_) => WebError::Task(e.to_string()),
+        })
     }
 
-    /// Flushes the store off the executor. Called before acknowledging a write.
+    /// Logins (and password changes) waiting for a free hashing thread now.
+    pub fn hash_queue_depth(&self) -> usize {
+        self.hash_pool.waiting()
+    }
+
+    /// Waits until the store's writes are durable. Called before
+    /// acknowledging a write.
     pub async fn flush(&self) -> Result<(), WebError> {
-        let _permit = self.flush_slots.acquire().await.map_err(|e| WebError::Task(e.to_string()))?;
-        let s = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            // A blocking thread started from a shard inherits the shard's
-            // class, SCHED_BATCH at times; a flush keeps the default one.
-            let _ = crate::sched::set_this_thread(crate::sched::Policy::Normal);
-            s.flush()
-        })
-        .await
-        .map_err(|e| WebError::Task(e.to_string()))??;
-        Ok(())
+        Ok(self.store.flush().await?)
     }
 
     fn route(&self, name: &str) -> String {
@@ -222,15 +228,19 @@ impl Services {
 /// The answer to one request.
 pub async fn handle(req: &Request<'_>, s: &Arc<Services>) -> Outcome {
     let Some(rest) = req.path.strip_prefix(s.prefix.as_str()) else {
-        return portal_request(req, s);
+        return portal_request(req, s).await;
     };
     if !(rest.is_empty() || rest.starts_with('/')) {
         // e.g. /_riegelx is a portal path.
-        return portal_request(req, s);
+        return portal_request(req, s).await;
     }
     let result = route(req, rest, s).await;
     Outcome::Reply(match result {
         Ok(r) => r,
+        Err(e @ WebError::Busy(_)) => {
+            tracing::warn!(error = %e, path = %loggable_path(&s.prefix, req.path), "request turned away");
+            error_page(s, 503, "error_503")
+        }
         Err(e) => {
             tracing::error!(error = %e, path = %loggable_path(&s.prefix, req.path), "request failed");
             error_page(s, 500, "error_500")
@@ -246,7 +256,7 @@ async fn route(req: &Request<'_>, rest: &str, s: &Arc<Services>) -> Result<Reply
     let not_allowed = || Ok(error_page(s, 405, "error_400"));
     match rest {
         "/login" => match m {
-            Get => login::get(req, s),
+            Get => login::get(req, s).await,
             Post => login::post(req, s).await,
             _ => not_allowed(),
         },
@@ -260,17 +270,17 @@ async fn route(req: &Request<'_>, rest: &str, s: &Arc<Services>) -> Result<Reply
             _ => not_allowed(),
         },
         "/setup/confirm" => match m {
-            Get => second::confirm_get(req, s),
+            Get => second::confirm_get(req, s).await,
             Post => second::confirm_post(req, s).await,
             _ => not_allowed(),
         },
         "/verify" => match m {
-            Get => second::verify_get(req, s),
+            Get => second::verify_get(req, s).await,
             Post => second::verify_post(req, s).await,
             _ => not_allowed(),
         },
         "/recovery" => match m {
-            Get => second::recovery_get(req, s),
+            Get => second::recovery_get(req, s).await,
             Post => second::recovery_post(req, s).await,
             _ => not_allowed(),
         },
@@ -280,11 +290,11 @@ async fn route(req: &Request<'_>, rest: &str, s: &Arc<Services>) -> Result<Reply
             _ => not_allowed(),
         },
         "/healthz" => match m {
-            Get => Ok(healthz(s)),
+            Get => Ok(healthz(s).await),
             _ => not_allowed(),
         },
         "/auth" => match m {
-            Get => Ok(forward_auth(req, s)),
+            Get => Ok(forward_auth(req, s).await),
             _ => not_allowed(),
         },
         p if p.starts_with("/static/") => match m {
@@ -294,7 +304,7 @@ async fn route(req: &Request<'_>, rest: &str, s: &Arc<Services>) -> Result<Reply
         p if p.starts_with("/reset/") => {
             let token = &p["/reset/".len()..];
             match m {
-                Get => reset::reset_get(req, s, token),
+                Get => reset::reset_get(req, s, token).await,
                 Post => reset::reset_post(req, s, token).await,
                 _ => not_allowed(),
             }
@@ -306,11 +316,11 @@ async fn route(req: &Request<'_>, rest: &str, s: &Arc<Services>) -> Result<Reply
 
 /// A request for the portal: forward it with an identity, pass it if
 /// public, or send the user to the login page.
-fn portal_request(req: &Request<'_>, s: &Services) -> Outcome {
+async fn portal_request(req: &Request<'_>, s: &Services) -> Outcome {
     if paths::is_public(&s.cfg.public_paths, req.path) {
         return Outcome::Forward(None);
     }
-    match full_session(req, s) {
+    match full_session(req, s).await {
         Some(id) => Outcome::Forward(Some(id)),
         None => {
             let mut target = req.path.to_string();
@@ -333,38 +343,42 @@ pub fn loggable_path<'a>(prefix: &str, path: &'a str) -> std::borrow::Cow<'a, st
 }
 
 /// The identity of a valid, fully authenticated session, if any.
-pub fn full_session(req: &Request<'_>, s: &Services) -> Option<Identity> {
+pub async fn full_session(req: &Request<'_>, s: &Services) -> Option<Identity> {
     let now = s.now();
-    let (claims, rec) = session_at(req, s, now)?;
+    let (claims, rec) = session_at(req, s, now).await?;
     if claims.stage != Stage::Full {
         return None;
     }
     if now - rec.last_seen >= 60 {
         // Keep idle tracking coarse: at most one write a minute per session.
-        if let Err(e) = s.store.touch_session(claims.uid, &claims.sid, now) {
+        if let Err(e) = s.store.touch_session(claims.uid, &claims.sid, now).await {
             tracing::warn!(error = %e, "could not record session activity");
         }
     }
     Some(Identity(rec))
 }
 
-/// A session whose cookie verifies and whose record still exists, matches
-/// the cookie's stage and is neither idle too long nor past its lifetime.
-fn session(req: &Request<'_>, s: &Services) -> Option<(SessionClaims, Arc<SessionRecord>)> {
-    session_at(req, s, s.now())
+/// A session whose cookie verifies and whose record still exists, was
+/// issued under its user's current security stamp, matches the cookie's
+/// stage and is neither idle too long nor past its lifetime.
+async fn session(req: &Request<'_>, s: &Services) -> Option<(SessionClaims, Arc<SessionRecord>)> {
+    session_at(req, s, s.now()).await
 }
 
-/// [`session`] at `now`.
-fn session_at(req: &Request<'_>, s: &Services, now: UnixTime) -> Option<(SessionClaims, Arc<SessionRecord>)> {
+/// [`session`] at `now`. A cached session costs no I/O and no allocation.
+async fn session_at(req: &Request<'_>, s: &Services, now: UnixTime) -> Option<(SessionClaims, Arc<SessionRecord>)> {
     let value = find_cookie(req.cookie?, &s.cookie_name)?;
     let claims = s.codec.decode(value, now).ok()?;
-    let rec = match s.store.session(claims.uid, &claims.sid) {
-        Ok(Some(r)) => r,
-        Ok(None) => return None,
-        Err(e) => {
-            tracing::error!(error = %e, "session lookup failed");
-            return None;
-        }
+    let rec = match s.store.cached_session(claims.uid, &claims.sid) {
+        Some(r) => r,
+        None => match s.store.valid_session(claims.uid, &claims.sid).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::error!(error = %e, "session lookup failed");
+                return None;
+            }
+        },
     };
     let idle = s.cfg.session.idle_timeout.as_secs() as i64;
     if rec.stage != claims.stage || now >= rec.expires_at || now - rec.last_seen > idle {
@@ -373,17 +387,17 @@ fn session_at(req: &Request<'_>, s: &Services, now: UnixTime) -> Option<(Session
     Some((claims, rec))
 }
 
-fn healthz(s: &Services) -> Reply {
-    match s.store.counter("health") {
-        Ok(_) => plain(200, "ok\n"),
+async fn healthz(s: &Services) -> Reply {
+    match s.store.healthy().await {
+        Ok(()) => plain(200, "ok\n"),
         Err(_) => plain(503, "store unavailable\n"),
     }
 }
 
 /// `GET /_riegel/auth` for nginx `auth_request`, Traefik and Caddy
 /// forward auth: 200 with the identity headers, or 401.
-fn forward_auth(req: &Request<'_>, s: &Services) -> Reply {
-    match full_session(req, s) {
+async fn forward_auth(req: &Request<'_>, s: &Services) -> Reply {
+    match full_session(req, s).await {
         Some(id) => {
             let mut r = plain(200, "");
             r.headers.push(("x-riegel-user", id.user().to_string()));
@@ -503,73 +517,6 @@ fn session_cookie(s: &Services, value: &str) -> String {
 
 fn clear_session_cookie(s: &Services) -> String {
     cookie_header(s, &s.cookie_name, "", Some(0), "Lax")
-}
-
-/// The state of the regulation for a login attempt.
-fn regulation_check(s: &Services, keys: &[(&str, &Limits)]) -> Result<Option<i64>, WebError> {
-    let now = s.now();
-    let mut until: Option<UnixTime> = None;
-    for (key, _) in keys {
-        if let Decision::Banned { until: u } = s.store.counter(key)?.check(now) {
-            until = Some(until.map_or(u, |x: UnixTime| x.max(u)));
-        }
-    }
-    Ok(until.map(|u| minutes_left(u, now)))
-}
-
-/// Records a failure on every key; returns the delay to apply.
-fn regulation_fail(s: &Services, keys: &[(&str, &Limits)]) -> Result<std::time::Duration, WebError> {
-    let now = s.now();
-    let mut delay = std::time::Duration::ZERO;
-    for (key, limits) in keys {
-        let l: Limits = **limits;
-        let c = s.store.update_counter(key, &move |c| c.fail(now, &l))?;
-        delay = delay.max(c.delay(&l));
-    }
-    Ok(delay)
-}
-
-/// Records a failure on every key, then holds the answer back by the
-/// regulation's progressive delay.
-async fn fail_slowly(s: &Services, keys: &[(&str, &Limits)]) -> Result<(), WebError> {
-    let delay = regulation_fail(s, keys)?;
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
-    Ok(())
-}
-
-/// The account and address counters of one login or code attempt.
-struct RegulationKeys {
-    account: String,
-    address: String,
-}
-
-impl RegulationKeys {
-    fn new(uid: Option<u64>, login: &str, ip: IpAddr) -> Self {
-        Self { account: account_key(uid, login), address: address_key(ip) }
-    }
-
-    fn with_limits<'a>(&'a self, s: &'a Services) -> [(&'a str, &'a Limits); 2] {
-        [(self.account.as_str(), &s.account_limits), (self.address.as_str(), &s.address_limits)]
-    }
-
-    /// A success clears the account's failures (not the address's).
-    fn succeed(&self, s: &Services) -> Result<(), WebError> {
-        s.store.update_counter(&self.account, &|c| c.succeed())?;
-        Ok(())
-    }
-}
-
-fn account_key(uid: Option<u64>, login: &str) -> String {
-    match uid {
-        Some(id) => format!("u:{id}"),
-        None => format!("n:{}", crate::store::login_key(login)),
-    }
-}
-
-fn address_key(ip: IpAddr) -> String {
-    format!("ip:{ip}")
 }
 
 /// Validated `rd` from the query, if any.

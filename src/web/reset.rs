@@ -1,23 +1,30 @@
 //! Forgotten password: `/forgot` asks for a mail, `/reset/<token>` sets a
-//! new password. The answer to `/forgot` is the same page at once whatever
-//! the account: the lookup, the token and the mail happen afterwards in the
-//! background. `GET /reset/<token>` never consumes the token (mail scanners
-//! prefetch links); only the POST does.
+//! new password. The answer to `/forgot` is the same page whatever the
+//! account, and it comes no sooner than a fixed time after the request
+//! ([`FORGOT_ANSWER_TIME`]), so the work done for an existing account (a
+//! token, a mail in the spool) does not show in the time either; the mail
+//! is durable before the answer says it is on its way. `GET
+//! /reset/<token>` never consumes the token (mail scanners prefetch
+//! links); only the POST does.
 
+use crate::store::prelude::*;
 use std::sync::Arc;
+use std::time::Duration;
 
 use minijinja::context;
 
 use super::forms::{check_post, form_page, Form, PostCheck};
-use super::{
-    account_key, address_key, error_page, error_page_with, page, regulation_check, regulation_fail, Reply, Request, Services,
-    WebError,
-};
+use super::regulation::Attempt;
+use super::{error_page, error_page_with, page, Reply, Request, Services, WebError};
 use crate::auth::crypto::{random_token, sha256};
 use crate::auth::password::check_policy;
-use crate::auth::regulation::Limits;
 use crate::mail::Mail;
-use crate::store::{ResetState, Update, User};
+use crate::store::{CounterKey, OneTimeToken, TokenKind, Update, User};
+
+/// The least time between a `/forgot` request and its answer: longer than
+/// the work for an existing account takes (a few store writes and a
+/// flush), so existing and unknown accounts are answered equally late.
+const FORGOT_ANSWER_TIME: Duration = Duration::from_millis(300);
 
 fn render_forgot(req: &Request<'_>, s: &Services, status: u16, username: &str, error: Option<&str>) -> Result<Reply, WebError> {
     let ctx = context! {
@@ -33,13 +40,8 @@ pub(super) fn forgot_get(req: &Request<'_>, s: &Services) -> Result<Reply, WebEr
     render_forgot(req, s, 200, "", None)
 }
 
-/// Reset requests count against their own counters, per address and per
-/// account, with the regulation's limits.
-fn reset_keys(ip: std::net::IpAddr) -> String {
-    format!("reset-{}", address_key(ip))
-}
-
 pub(super) async fn forgot_post(req: &Request<'_>, s: &Arc<Services>) -> Result<Reply, WebError> {
+    let answer_time = tokio::time::sleep(FORGOT_ANSWER_TIME);
     let form = Form::parse(req.body);
     let login = form.get("username").trim().to_string();
     match check_post(req, s, &form) {
@@ -50,61 +52,59 @@ pub(super) async fn forgot_post(req: &Request<'_>, s: &Arc<Services>) -> Result<
     if login.is_empty() || login.len() > 320 {
         return render_forgot(req, s, 200, "", Some("err_required"));
     }
-    let ikey = reset_keys(req.client_ip);
-    if let Some(minutes) = regulation_check(s, &[(ikey.as_str(), &s.address_limits)])? {
-        return Ok(error_page_with(s, 429, "error_429", minutes));
+    // Every request counts against the client network (reset requests
+    // have their own counters, with the regulation's limits).
+    if let Err(refused) = Attempt::reset_request(s, req.client_ip).charge(s).await? {
+        return Ok(error_page_with(s, 429, "error_429", refused.minutes));
     }
-    regulation_fail(s, &[(ikey.as_str(), &s.address_limits)])?;
-    let bg = s.clone();
-    let ip = req.client_ip;
-    tokio::spawn(async move {
-        if let Err(e) = send_reset_mail(&bg, &login, ip).await {
-            tracing::error!(error = %e, "reset request failed");
-        }
-    });
+    send_reset_mail(s, &login, req.client_ip).await?;
+    // The store is durable here in both cases (a flush either way).
+    s.flush().await?;
+    answer_time.await;
     let minutes = s.cfg.reset.token_lifetime.as_secs().div_ceil(60);
     page(s, 200, "forgot_sent", context! { back_url => s.route("login"), minutes => minutes })
 }
 
 async fn send_reset_mail(s: &Services, login: &str, ip: std::net::IpAddr) -> Result<(), WebError> {
-    let user = s.store.find_user(login)?;
+    let user = s.store.find_user(login).await?;
     let Some(user) = user.filter(|u| !u.disabled && u.email.is_some()) else {
         tracing::info!(target: "audit", event = "reset_request", outcome = "no_mail", %ip, "reset requested for an unknown, disabled or mail-less account");
         return Ok(());
     };
-    let akey = format!("reset-{}", account_key(Some(user.id), ""));
-    let limits: Limits = s.account_limits;
-    if regulation_check(s, &[(akey.as_str(), &limits)])?.is_some() {
+    if Attempt::reset_mail(s, user.id).charge(s).await?.is_err() {
         tracing::warn!(target: "audit", event = "reset_request", outcome = "rate_limited", user = %user.username, %ip, "reset mail not sent: too many requests");
         return Ok(());
     }
-    regulation_fail(s, &[(akey.as_str(), &limits)])?;
     let token = random_token::<32>(s.rng.as_ref());
     let hash = data_encoding::HEXLOWER.encode(&sha256(token.as_bytes()));
     let expires_at = s.now() + s.cfg.reset.token_lifetime.as_secs() as i64;
     let mut previous: Option<String> = None;
-    let updated = s.store.update_user(user.id, &mut |u| {
-        // A newer token cancels the older one.
-        previous = u.reset.as_ref().map(|r| r.token_hash.clone());
-        u.reset = Some(ResetState { token_hash: hash.clone(), expires_at });
-        Update::Commit
-    })?;
+    let updated = s
+        .store
+        .update_user(user.id, &mut |u| {
+            // A newer token cancels the older one.
+            previous = u.reset.as_ref().map(|r| r.token_hash.clone());
+            u.reset = Some(OneTimeToken { token_hash: hash.clone(), expires_at, sid: None });
+            Update::Commit
+        })
+        .await?;
     let Some(updated) = updated else { return Ok(()) };
     if let Some(p) = previous {
-        s.store.delete_reset_index(&p)?;
+        s.store.delete_token(&p).await?;
     }
-    s.store.put_reset_index(&hash, user.id)?;
-    s.flush().await?;
+    s.store.put_token(&hash, TokenKind::Reset, user.id).await?;
     let link = format!("{}{}/reset/{token}", s.cfg.public_url.as_str().trim_end_matches('/'), s.prefix);
     let minutes = s.cfg.reset.token_lifetime.as_secs().div_ceil(60);
-    notify(s, &updated, "reset", context! { link => link, minutes => minutes });
+    // Durable (flushed) before it returns.
+    notify(s, &updated, "reset", context! { link => link, minutes => minutes }).await;
     tracing::info!(target: "audit", event = "reset_request", outcome = "mail_queued", user = %user.username, %ip, "reset mail queued");
     Ok(())
 }
 
-/// Renders and queues a mail to the user, if the user has an address.
-/// Failures are logged; they never fail the request.
-pub(super) fn notify(s: &Services, user: &User, template: &str, extra: minijinja::Value) {
+/// Renders and queues a mail to the user, if the user has an address; the
+/// mail is durable when this returns. Failures are logged; they never fail
+/// the request.
+pub(super) async fn notify(s: &Services, user: &User, template: &str, extra: minijinja::Value) {
     let Some(to) = user.email.clone() else { return };
     let time = humantime::format_rfc3339_seconds(
         std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(s.now()).unwrap_or(0)),
@@ -116,7 +116,7 @@ pub(super) fn notify(s: &Services, user: &User, template: &str, extra: minijinja
     let ctx = context! { ..extra, ..context! { name => name, time => time } };
     match s.pages.render_mail(template, ctx) {
         Ok((subject, text, html)) => {
-            if let Err(e) = s.mail.send(Mail { to, subject, text, html: Some(html) }) {
+            if let Err(e) = s.mail.send(Mail { to, subject, text, html: Some(html) }).await {
                 tracing::error!(error = %e, template, "mail not queued");
             }
         }
@@ -126,13 +126,13 @@ pub(super) fn notify(s: &Services, user: &User, template: &str, extra: minijinja
 
 /// The user a reset token belongs to, if the token is the newest, unused
 /// and unexpired one of that user.
-fn token_user(s: &Services, token: &str) -> Result<Option<(User, String)>, WebError> {
+async fn token_user(s: &Services, token: &str) -> Result<Option<(User, String)>, WebError> {
     if token.len() != 43 || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
         return Ok(None);
     }
     let hash = data_encoding::HEXLOWER.encode(&sha256(token.as_bytes()));
-    let Some(uid) = s.store.reset_index(&hash)? else { return Ok(None) };
-    let Some(user) = s.store.user(uid)? else { return Ok(None) };
+    let Some(uid) = s.store.token(&hash, TokenKind::Reset).await? else { return Ok(None) };
+    let Some(user) = s.store.user(uid).await? else { return Ok(None) };
     let valid = !user.disabled
         && user.reset.as_ref().is_some_and(|r| crate::auth::crypto::ct_eq(r.token_hash.as_bytes(), hash.as_bytes()) && s.now() < r.expires_at);
     Ok(valid.then_some((user, hash)))
@@ -159,8 +159,8 @@ fn render_reset(req: &Request<'_>, s: &Services, token: &str, status: u16, error
     Ok(no_referrer(form_page(req, s, status, "reset", ctx)?))
 }
 
-pub(super) fn reset_get(req: &Request<'_>, s: &Services, token: &str) -> Result<Reply, WebError> {
-    if token_user(s, token)?.is_none() {
+pub(super) async fn reset_get(req: &Request<'_>, s: &Services, token: &str) -> Result<Reply, WebError> {
+    if token_user(s, token).await?.is_none() {
         return Ok(no_referrer(error_page(s, 410, "error_reset_invalid")));
     }
     render_reset(req, s, token, 200, None)
@@ -173,7 +173,7 @@ pub(super) async fn reset_post(req: &Request<'_>, s: &Services, token: &str) -> 
         PostCheck::BadToken => return render_reset(req, s, token, 403, Some("err_csrf")),
         PostCheck::Ok => {}
     }
-    let Some((user, hash)) = token_user(s, token)? else {
+    let Some((user, hash)) = token_user(s, token).await? else {
         return Ok(no_referrer(error_page(s, 410, "error_reset_invalid")));
     };
     let pw = form.get("password").to_string();
@@ -186,25 +186,30 @@ pub(super) async fn reset_post(req: &Request<'_>, s: &Services, token: &str) -> 
         .await?
         .map_err(|e| WebError::Internal(e.to_string()))?;
     let now = s.now();
-    let updated = s.store.update_user(user.id, &mut |u| {
-        // Single use: only if this token is still the current one.
-        if !u.reset.as_ref().is_some_and(|r| r.token_hash == hash && now < r.expires_at) {
-            return Update::Abort;
-        }
-        u.password_hash = Some(new_hash.clone());
-        u.reset = None;
-        u.updated_at = now;
-        Update::Commit
-    })?;
+    let updated = s
+        .store
+        .update_user(user.id, &mut |u| {
+            // Single use: only if this token is still the current one.
+            if !u.reset.as_ref().is_some_and(|r| r.token_hash == hash && now < r.expires_at) {
+                return Update::Abort;
+            }
+            u.password_hash = Some(new_hash.clone());
+            u.reset = None;
+            u.updated_at = now;
+            // A reset ends every session; the authenticator stays.
+            u.revoke_sessions();
+            Update::Commit
+        })
+        .await?;
     let Some(updated) = updated else {
         return Ok(no_referrer(error_page(s, 410, "error_reset_invalid")));
     };
-    s.store.delete_reset_index(&hash)?;
-    // A reset ends every session and lifts a lock; the authenticator stays.
-    let ended = s.store.delete_sessions_of(user.id, None)?;
-    s.store.delete_counters(&account_key(Some(user.id), ""))?;
+    s.store.delete_token(&hash).await?;
+    let ended = s.store.delete_sessions_of(user.id, None).await?.len();
+    // A reset lifts a lock on this account (and only this one).
+    s.store.delete_counter(&CounterKey::Account(user.id)).await?;
     s.flush().await?;
     tracing::info!(target: "audit", event = "password_reset", outcome = "success", user = %user.username, ip = %req.client_ip, sessions_ended = ended, "password changed through reset link");
-    notify(s, &updated, "password_changed", context! {});
+    notify(s, &updated, "password_changed", context! {}).await;
     Ok(no_referrer(page(s, 200, "reset_done", context! { login_url => s.route("login") })?))
 }

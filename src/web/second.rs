@@ -3,17 +3,16 @@
 //! reached only with a password-stage session; success replaces it with a
 //! new, full session.
 
+use crate::store::prelude::*;
 use minijinja::context;
 
 use super::forms::{check_post, form_page, Form, PostCheck};
 use super::login::start_session;
-use super::{
-    fail_slowly, error_page, page, redirect, regulation_check, session, RegulationKeys, Reply, Request,
-    Services, WebError,
-};
+use super::regulation::Attempt;
+use super::{error_page, page, redirect, session, Reply, Request, Services, WebError};
 use crate::auth::session::{SessionClaims, Stage};
 use crate::auth::totp;
-use crate::store::{SealedSecret, SessionRecord, Update, User};
+use crate::store::{Authenticator, PendingAuthenticator, SessionRecord, Update, User};
 
 struct Pending {
     claims: SessionClaims,
@@ -22,14 +21,14 @@ struct Pending {
 }
 
 /// The password-stage session and its (enabled) user, or the way back to login.
-fn pending(req: &Request<'_>, s: &Services) -> Result<Result<Pending, Reply>, WebError> {
+async fn pending(req: &Request<'_>, s: &Services) -> Result<Result<Pending, Reply>, WebError> {
     let expired = || redirect(&format!("{}?notice=login_expired", s.route("login")));
-    let Some((claims, rec)) = session(req, s) else { return Ok(Err(expired())) };
+    let Some((claims, rec)) = session(req, s).await else { return Ok(Err(expired())) };
     if claims.stage != Stage::Password {
         // Already fully signed in.
         return Ok(Err(redirect(rec.rd.as_deref().unwrap_or("/"))));
     }
-    match s.store.user(claims.uid)? {
+    match s.store.user(claims.uid).await? {
         Some(user) if !user.disabled => Ok(Ok(Pending { claims, rec, user })),
         _ => Ok(Err(expired())),
     }
@@ -37,72 +36,175 @@ fn pending(req: &Request<'_>, s: &Services) -> Result<Result<Pending, Reply>, We
 
 macro_rules! pending_or_return {
     ($req:expr, $s:expr) => {
-        match pending($req, $s)? {
+        match pending($req, $s).await? {
             Ok(p) => p,
             Err(reply) => return Ok(reply),
         }
     };
 }
 
-fn binding(uid: u64) -> Vec<u8> {
+/// What a sealed TOTP secret is bound to: the user it belongs to.
+pub(super) fn binding(uid: u64) -> Vec<u8> {
     format!("riegel-totp:{uid}").into_bytes()
 }
 
-fn open_secret(s: &Services, uid: u64, sealed: &SealedSecret) -> Result<Vec<u8>, WebError> {
-    s.secret_box
-        .open(&sealed.sealed, &binding(uid))
-        .map_err(|e| WebError::Internal(format!("TOTP secret of user {uid}: {e}")))
+pub(super) fn open_secret(s: &Services, uid: u64, sealed: &[u8]) -> Result<Vec<u8>, WebError> {
+    s.secret_box.open(sealed, &binding(uid)).map_err(|e| WebError::Internal(format!("TOTP secret of user {uid}: {e}")))
 }
 
-fn pending_is_fresh(s: &Services, p: &SealedSecret) -> bool {
+pub(super) fn pending_is_fresh(s: &Services, p: &PendingAuthenticator) -> bool {
     s.now() - p.created_at < s.cfg.totp.enrollment_timeout.as_secs() as i64
+}
+
+/// Which of the user's authenticators `code` is the current code of, and
+/// its time step; every authenticator is checked, each against its own
+/// last used step.
+pub(super) fn matching_authenticator(s: &Services, user: &User, code: &str) -> Result<Option<(u32, i64)>, WebError> {
+    let now = s.now();
+    let mut found = None;
+    for a in &user.authenticators {
+        let secret = open_secret(s, user.id, &a.sealed)?;
+        if let Ok(step) = totp::verify(&secret, code, now, a.last_step) {
+            found = found.or(Some((a.id, step)));
+        }
+    }
+    Ok(found)
+}
+
+/// Records `step` as used on authenticator `id`, atomically: of many
+/// concurrent submissions of one code exactly one commits. The sealed
+/// secret must still be the one that was checked.
+pub(super) async fn use_step(s: &Services, user: &User, id: u32, step: i64) -> Result<Option<User>, WebError> {
+    let Some(checked) = user.authenticator(id).map(|a| a.sealed.clone()) else { return Ok(None) };
+    let now = s.now();
+    Ok(s.store
+        .update_user(user.id, &mut |u| {
+            let Some(a) = u.authenticators.iter_mut().find(|a| a.id == id) else { return Update::Abort };
+            if a.sealed != checked || a.last_step.is_some_and(|l| l >= step) {
+                return Update::Abort;
+            }
+            a.last_step = Some(step);
+            a.last_used_at = Some(now);
+            Update::Commit
+        })
+        .await?)
+}
+
+/// A fresh enrolment secret for `user`, or the one in progress (so a
+/// reload shows the same QR code): the plain secret.
+pub(super) async fn enrolment_secret(
+    s: &Services,
+    user: &User,
+    name: &str,
+    sid: Option<crate::store::SessionId>,
+) -> Result<Vec<u8>, WebError> {
+    let reusable = |p: &PendingAuthenticator| pending_is_fresh(s, p) && p.sid == sid && p.name == name;
+    if let Some(p) = user.pending_authenticator.as_ref().filter(|p| reusable(p)) {
+        return open_secret(s, user.id, &p.sealed);
+    }
+    // Kept server-side (sealed) until confirmed or expired.
+    let secret = totp::generate_secret(s.rng.as_ref()).to_vec();
+    let sealed = PendingAuthenticator {
+        sealed: s.secret_box.seal(s.rng.as_ref(), &secret, &binding(user.id)),
+        created_at: s.now(),
+        name: name.to_string(),
+        sid,
+    };
+    let mut chosen: Option<PendingAuthenticator> = None;
+    let updated = s
+        .store
+        .update_user(user.id, &mut |u| {
+            chosen = None;
+            if let Some(existing) = u.pending_authenticator.as_ref().filter(|p| reusable(p)) {
+                // Another tab was quicker: show its secret.
+                chosen = Some(existing.clone());
+                return Update::Abort;
+            }
+            u.pending_authenticator = Some(sealed.clone());
+            Update::Commit
+        })
+        .await?;
+    s.flush().await?;
+    match (updated, chosen) {
+        (Some(_), _) => Ok(secret),
+        (None, Some(other)) => open_secret(s, user.id, &other.sealed),
+        (None, None) => Err(WebError::Internal("enrolment update aborted".into())),
+    }
+}
+
+/// The QR code, the grouped key and the otpauth URI of a secret.
+pub(super) fn enrolment_context(s: &Services, user: &User, secret: &[u8]) -> Result<minijinja::Value, WebError> {
+    let b32 = totp::secret_base32(secret);
+    let uri = totp::otpauth_uri(&s.cfg.totp.issuer, &user.username, secret);
+    let qr = totp::qr_svg(&uri).ok_or_else(|| WebError::Internal("QR code could not be rendered".into()))?;
+    Ok(context! {
+        qr_svg => minijinja::Value::from_safe_string(qr),
+        secret_grouped => totp::group_secret(&b32),
+        otpauth_uri => uri,
+    })
+}
+
+/// Turns the pending enrolment into an authenticator if `code` is its
+/// current code. Returns the committed user, or `None` when the code is
+/// wrong or the enrolment changed meanwhile.
+pub(super) async fn confirm_enrolment(
+    s: &Services,
+    user: &User,
+    pending: &PendingAuthenticator,
+    code: &str,
+    extra: &mut (dyn FnMut(&mut User) + Send),
+) -> Result<Option<User>, WebError> {
+    let secret = open_secret(s, user.id, &pending.sealed)?;
+    let Ok(step) = totp::verify(&secret, code, s.now(), None) else { return Ok(None) };
+    let now = s.now();
+    Ok(s.store
+        .update_user(user.id, &mut |u| {
+            if u.pending_authenticator.as_ref() != Some(pending) {
+                return Update::Abort;
+            }
+            let Some(p) = u.pending_authenticator.take() else { return Update::Abort };
+            let id = u.next_authenticator_id.max(1);
+            u.next_authenticator_id = id.saturating_add(1);
+            u.authenticators.push(Authenticator {
+                id,
+                name: p.name,
+                sealed: p.sealed,
+                created_at: now,
+                last_used_at: Some(now),
+                last_step: Some(step),
+            });
+            u.enrolled_once = true;
+            u.updated_at = now;
+            extra(u);
+            Update::Commit
+        })
+        .await?)
+}
+
+/// Ten new recovery codes, and their keyed hashes for the store.
+pub(super) fn new_recovery_codes(s: &Services, uid: u64) -> (Vec<String>, Vec<String>) {
+    let codes = totp::generate_recovery_codes(s.rng.as_ref());
+    let hashes = codes.iter().map(|c| recovery_hash(s, uid, c)).collect();
+    (codes, hashes)
+}
+
+pub(super) fn recovery_hash(s: &Services, uid: u64, code: &str) -> String {
+    data_encoding::HEXLOWER.encode(&totp::hash_recovery_code(&s.recovery_pepper, uid, code))
 }
 
 // ---------- enrolment ----------
 
 pub(super) async fn setup_get(req: &Request<'_>, s: &Services) -> Result<Reply, WebError> {
     let p = pending_or_return!(req, s);
-    if p.user.totp.is_some() {
+    if !p.user.authenticators.is_empty() {
         return Ok(redirect(&s.route("verify")));
     }
-    let secret = match p.user.pending_totp.as_ref().filter(|x| pending_is_fresh(s, x)) {
-        Some(sealed) => open_secret(s, p.user.id, sealed)?,
-        None => {
-            // A new secret; kept server-side (sealed) until confirmed or expired,
-            // so a reload shows the same QR code.
-            let secret = totp::generate_secret(s.rng.as_ref()).to_vec();
-            let sealed = SealedSecret { sealed: s.secret_box.seal(s.rng.as_ref(), &secret, &binding(p.user.id)), created_at: s.now() };
-            let mut chosen: Option<SealedSecret> = None;
-            let updated = s.store.update_user(p.user.id, &mut |u| {
-                if let Some(existing) = u.pending_totp.as_ref().filter(|x| pending_is_fresh(s, x)) {
-                    // Another tab was quicker: show its secret.
-                    chosen = Some(existing.clone());
-                    return Update::Abort;
-                }
-                u.pending_totp = Some(sealed.clone());
-                Update::Commit
-            })?;
-            s.flush().await?;
-            match (updated, chosen) {
-                (Some(_), _) => {
-                    tracing::info!(target: "audit", event = "totp_enrolment_started", user = %p.user.username, ip = %req.client_ip, "authenticator enrolment started");
-                    secret
-                }
-                (None, Some(other)) => open_secret(s, p.user.id, &other)?,
-                (None, None) => return Err(WebError::Internal("enrolment update aborted".into())),
-            }
-        }
-    };
-    let b32 = totp::secret_base32(&secret);
-    let account = p.user.username.clone();
-    let uri = totp::otpauth_uri(&s.cfg.totp.issuer, &account, &secret);
-    let qr = totp::qr_svg(&uri).ok_or_else(|| WebError::Internal("QR code could not be rendered".into()))?;
-    let ctx = context! {
-        qr_svg => minijinja::Value::from_safe_string(qr),
-        secret_grouped => totp::group_secret(&b32),
-        otpauth_uri => uri,
-        continue_url => s.route("setup/confirm"),
-    };
+    let fresh = p.user.pending_authenticator.as_ref().is_none_or(|x| !pending_is_fresh(s, x) || x.sid.is_some());
+    let secret = enrolment_secret(s, &p.user, "", None).await?;
+    if fresh {
+        tracing::info!(target: "audit", event = "totp_enrolment_started", user = %p.user.username, ip = %req.client_ip, "authenticator enrolment started");
+    }
+    let ctx = context! { ..enrolment_context(s, &p.user, &secret)?, ..context! { continue_url => s.route("setup/confirm") } };
     page(s, 200, "setup", ctx)
 }
 
@@ -116,12 +218,17 @@ fn render_confirm(req: &Request<'_>, s: &Services, status: u16, error: Option<&s
     form_page(req, s, status, "setup_confirm", ctx)
 }
 
-pub(super) fn confirm_get(req: &Request<'_>, s: &Services) -> Result<Reply, WebError> {
+/// The first enrolment of this login, if one is in progress.
+fn first_enrolment(s: &Services, user: &User) -> Option<PendingAuthenticator> {
+    user.pending_authenticator.clone().filter(|x| pending_is_fresh(s, x) && x.sid.is_none())
+}
+
+pub(super) async fn confirm_get(req: &Request<'_>, s: &Services) -> Result<Reply, WebError> {
     let p = pending_or_return!(req, s);
-    if p.user.totp.is_some() {
+    if !p.user.authenticators.is_empty() {
         return Ok(redirect(&s.route("verify")));
     }
-    if !p.user.pending_totp.as_ref().is_some_and(|x| pending_is_fresh(s, x)) {
+    if first_enrolment(s, &p.user).is_none() {
         return Ok(redirect(&s.route("setup")));
     }
     render_confirm(req, s, 200, None, 0)
@@ -135,50 +242,36 @@ pub(super) async fn confirm_post(req: &Request<'_>, s: &Services) -> Result<Repl
         PostCheck::Ok => {}
     }
     let p = pending_or_return!(req, s);
-    if p.user.totp.is_some() {
+    if !p.user.authenticators.is_empty() {
         return Ok(redirect(&s.route("verify")));
     }
-    let Some(sealed) = p.user.pending_totp.clone().filter(|x| pending_is_fresh(s, x)) else {
+    let Some(enrolment) = first_enrolment(s, &p.user) else {
         return Ok(redirect(&s.route("setup")));
     };
     let code = form.get("code");
     if totp::normalize_code(code).is_err() {
         return render_confirm(req, s, 200, Some("err_code_format"), 0);
     }
-    let reg = RegulationKeys::new(Some(p.user.id), "", req.client_ip);
-    let keys = reg.with_limits(s);
-    if let Some(minutes) = regulation_check(s, &keys)? {
-        return render_confirm(req, s, 429, Some("err_banned"), minutes);
+    let attempt = Attempt::user(s, p.user.id, req.client_ip);
+    if let Err(refused) = attempt.reserve(s).await? {
+        return render_confirm(req, s, 429, Some("err_banned"), refused.minutes);
     }
-    let secret = open_secret(s, p.user.id, &sealed)?;
-    let step = totp::verify(&secret, code, s.now(), p.user.last_totp_step);
-    let codes = totp::generate_recovery_codes(s.rng.as_ref());
-    let hashes: Vec<String> = codes
-        .iter()
-        .map(|c| data_encoding::HEXLOWER.encode(&totp::hash_recovery_code(&s.recovery_pepper, p.user.id, c)))
-        .collect();
-    let committed = match step {
-        Ok(step) => s.store.update_user(p.user.id, &mut |u| {
-            if u.totp.is_some() || u.pending_totp.as_ref() != Some(&sealed) || u.last_totp_step.is_some_and(|l| l >= step) {
-                return Update::Abort;
-            }
-            u.totp = u.pending_totp.take();
-            u.last_totp_step = Some(step);
-            u.recovery_codes = hashes.clone();
-            Update::Commit
-        })?,
-        Err(_) => None,
-    };
-    if committed.is_none() {
+    let (codes, hashes) = new_recovery_codes(s, p.user.id);
+    let committed = confirm_enrolment(s, &p.user, &enrolment, code, &mut |u| {
+        u.recovery_codes = hashes.clone();
+        // A new authenticator ends every other session of the user.
+        u.revoke_sessions();
+    })
+    .await?;
+    let Some(user) = committed else {
         tracing::info!(target: "audit", event = "totp_enrolment_confirm", outcome = "failure", user = %p.user.username, ip = %req.client_ip, "enrolment code refused");
-        fail_slowly(s, &keys).await?;
+        attempt.failed(s).await?;
         return render_confirm(req, s, 200, Some("err_code_invalid"), 0);
-    }
-    reg.succeed(s)?;
-    // A new authenticator ends every other session of the user.
-    s.store.delete_sessions_of(p.user.id, Some(&p.claims.sid))?;
-    let (cookie, rec) = start_session(s, &p.user, Stage::Full, p.rec.rd.clone(), Some(&p.claims)).await?;
-    tracing::info!(target: "audit", event = "totp_enrolment_confirm", outcome = "success", user = %p.user.username, ip = %req.client_ip, "authenticator activated");
+    };
+    attempt.succeeded(s).await?;
+    s.store.delete_sessions_of(user.id, Some(&p.claims.sid)).await?;
+    let (cookie, rec) = start_session(s, req, &user, Stage::Full, p.rec.rd.clone(), Some(&p.claims)).await?;
+    tracing::info!(target: "audit", event = "totp_enrolment_confirm", outcome = "success", user = %user.username, ip = %req.client_ip, "authenticator activated");
     let ctx = context! {
         recovery_codes => codes,
         continue_url => rec.rd.clone().unwrap_or_else(|| "/".into()),
@@ -200,9 +293,9 @@ fn render_verify(req: &Request<'_>, s: &Services, status: u16, error: Option<&st
     form_page(req, s, status, "verify", ctx)
 }
 
-pub(super) fn verify_get(req: &Request<'_>, s: &Services) -> Result<Reply, WebError> {
+pub(super) async fn verify_get(req: &Request<'_>, s: &Services) -> Result<Reply, WebError> {
     let p = pending_or_return!(req, s);
-    if p.user.totp.is_none() {
+    if p.user.authenticators.is_empty() {
         return Ok(redirect(&s.route("setup")));
     }
     render_verify(req, s, 200, None, 0)
@@ -216,39 +309,29 @@ pub(super) async fn verify_post(req: &Request<'_>, s: &Services) -> Result<Reply
         PostCheck::Ok => {}
     }
     let p = pending_or_return!(req, s);
-    let Some(sealed) = p.user.totp.clone() else {
+    if p.user.authenticators.is_empty() {
         return Ok(redirect(&s.route("setup")));
-    };
+    }
     let code = form.get("code");
     if totp::normalize_code(code).is_err() {
         return render_verify(req, s, 200, Some("err_code_format"), 0);
     }
-    let reg = RegulationKeys::new(Some(p.user.id), "", req.client_ip);
-    let keys = reg.with_limits(s);
-    if let Some(minutes) = regulation_check(s, &keys)? {
-        return render_verify(req, s, 429, Some("err_banned"), minutes);
+    let attempt = Attempt::user(s, p.user.id, req.client_ip);
+    if let Err(refused) = attempt.reserve(s).await? {
+        return render_verify(req, s, 429, Some("err_banned"), refused.minutes);
     }
-    let secret = open_secret(s, p.user.id, &sealed)?;
-    // Record the used step atomically: of many concurrent submissions of one
-    // code exactly one commits.
-    let committed = match totp::verify(&secret, code, s.now(), p.user.last_totp_step) {
-        Ok(step) => s.store.update_user(p.user.id, &mut |u| {
-            if u.totp.as_ref() != Some(&sealed) || u.last_totp_step.is_some_and(|l| l >= step) {
-                return Update::Abort;
-            }
-            u.last_totp_step = Some(step);
-            Update::Commit
-        })?,
-        Err(_) => None,
+    let committed = match matching_authenticator(s, &p.user, code)? {
+        Some((id, step)) => use_step(s, &p.user, id, step).await?,
+        None => None,
     };
-    if committed.is_none() {
+    let Some(user) = committed else {
         tracing::info!(target: "audit", event = "totp_verify", outcome = "failure", user = %p.user.username, ip = %req.client_ip, "TOTP code refused");
-        fail_slowly(s, &keys).await?;
+        attempt.failed(s).await?;
         return render_verify(req, s, 200, Some("err_code_invalid"), 0);
-    }
-    reg.succeed(s)?;
-    let (cookie, rec) = start_session(s, &p.user, Stage::Full, p.rec.rd.clone(), Some(&p.claims)).await?;
-    tracing::info!(target: "audit", event = "totp_verify", outcome = "success", user = %p.user.username, ip = %req.client_ip, "second factor accepted");
+    };
+    attempt.succeeded(s).await?;
+    let (cookie, rec) = start_session(s, req, &user, Stage::Full, p.rec.rd.clone(), Some(&p.claims)).await?;
+    tracing::info!(target: "audit", event = "totp_verify", outcome = "success", user = %user.username, ip = %req.client_ip, "second factor accepted");
     let mut r = redirect(rec.rd.as_deref().unwrap_or("/"));
     r.headers.push(("set-cookie", cookie));
     Ok(r)
@@ -266,12 +349,28 @@ fn render_recovery(req: &Request<'_>, s: &Services, status: u16, error: Option<&
     form_page(req, s, status, "recovery", ctx)
 }
 
-pub(super) fn recovery_get(req: &Request<'_>, s: &Services) -> Result<Reply, WebError> {
+pub(super) async fn recovery_get(req: &Request<'_>, s: &Services) -> Result<Reply, WebError> {
     let p = pending_or_return!(req, s);
-    if p.user.totp.is_none() {
+    if p.user.authenticators.is_empty() {
         return Ok(redirect(&s.route("setup")));
     }
     render_recovery(req, s, 200, None, 0)
+}
+
+/// Uses up recovery code `code` of `user`, atomically (each code once).
+pub(super) async fn use_recovery_code(s: &Services, user: &User, code: &str) -> Result<Option<User>, WebError> {
+    let hash = recovery_hash(s, user.id, code);
+    Ok(s.store
+        .update_user(user.id, &mut |u| {
+            let before = u.recovery_codes.len();
+            u.recovery_codes.retain(|h| !crate::auth::crypto::ct_eq(h.as_bytes(), hash.as_bytes()));
+            if u.recovery_codes.len() == before {
+                Update::Abort
+            } else {
+                Update::Commit
+            }
+        })
+        .await?)
 }
 
 pub(super) async fn recovery_post(req: &Request<'_>, s: &Services) -> Result<Reply, WebError> {
@@ -282,38 +381,27 @@ pub(super) async fn recovery_post(req: &Request<'_>, s: &Services) -> Result<Rep
         PostCheck::Ok => {}
     }
     let p = pending_or_return!(req, s);
-    if p.user.totp.is_none() {
+    if p.user.authenticators.is_empty() {
         return Ok(redirect(&s.route("setup")));
     }
     let code = form.get("code");
     if totp::normalize_recovery_code(code).len() != 10 {
         return render_recovery(req, s, 200, Some("err_recovery_invalid"), 0);
     }
-    let reg = RegulationKeys::new(Some(p.user.id), "", req.client_ip);
-    let keys = reg.with_limits(s);
-    if let Some(minutes) = regulation_check(s, &keys)? {
-        return render_recovery(req, s, 429, Some("err_banned"), minutes);
+    let attempt = Attempt::user(s, p.user.id, req.client_ip);
+    if let Err(refused) = attempt.reserve(s).await? {
+        return render_recovery(req, s, 429, Some("err_banned"), refused.minutes);
     }
-    let hash = data_encoding::HEXLOWER.encode(&totp::hash_recovery_code(&s.recovery_pepper, p.user.id, code));
-    let committed = s.store.update_user(p.user.id, &mut |u| {
-        let before = u.recovery_codes.len();
-        u.recovery_codes.retain(|h| !crate::auth::crypto::ct_eq(h.as_bytes(), hash.as_bytes()));
-        if u.recovery_codes.len() == before {
-            Update::Abort
-        } else {
-            Update::Commit
-        }
-    })?;
-    let Some(updated) = committed else {
+    let Some(updated) = use_recovery_code(s, &p.user, code).await? else {
         tracing::info!(target: "audit", event = "recovery_code", outcome = "failure", user = %p.user.username, ip = %req.client_ip, "recovery code refused");
-        fail_slowly(s, &keys).await?;
+        attempt.failed(s).await?;
         return render_recovery(req, s, 200, Some("err_recovery_invalid"), 0);
     };
-    reg.succeed(s)?;
-    let (cookie, rec) = start_session(s, &p.user, Stage::Full, p.rec.rd.clone(), Some(&p.claims)).await?;
+    attempt.succeeded(s).await?;
+    let (cookie, rec) = start_session(s, req, &updated, Stage::Full, p.rec.rd.clone(), Some(&p.claims)).await?;
     let remaining = updated.recovery_codes.len();
     tracing::warn!(target: "audit", event = "recovery_code", outcome = "success", user = %p.user.username, ip = %req.client_ip, remaining, "recovery code used instead of TOTP");
-    super::reset::notify(s, &updated, "recovery_used", context! { remaining => remaining });
+    super::reset::notify(s, &updated, "recovery_used", context! { remaining => remaining }).await;
     let mut r = redirect(rec.rd.as_deref().unwrap_or("/"));
     r.headers.push(("set-cookie", cookie));
     Ok(r)

@@ -1090,10 +1090,9 @@ fn forwarded_for_is_read_as_bytes_from_the_right() {
     let csrf = page.input("csrf").expect("csrf");
     let resp = c.post("/_riegel/login", &[("username", "nobody"), ("password", "wrong-wrong"), ("csrf", &csrf)]);
     assert_eq!(resp.status, 200, "{}", resp.body);
-    // The address counters as web keys them (`ip:` and the address).
-    let failures = |key: &str| r.services.store.counter(key).expect("counter").failures;
-    assert_eq!(failures("ip:127.0.0.1"), 0, "the failure was put on the proxy's address");
-    assert_eq!(failures("ip:203.0.113.9"), 1, "the failure was not put on the client's address");
+    let failures = |ip: &str| r.counter(&riegel::store::CounterKey::address(ip.parse().expect("ip"))).failures;
+    assert_eq!(failures("127.0.0.1"), 0, "the failure was put on the proxy's address");
+    assert_eq!(failures("203.0.113.9"), 1, "the failure was not put on the client's address");
 }
 
 #[test]

@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -15,7 +15,18 @@ use std::time::{Duration, Instant};
 
 use riegel::clock::OffsetClock;
 use riegel::config::{Config, ProcessEnv};
+use riegel::store::prelude::*;
 use riegel::web::Services;
+
+/// Runs a future to completion on this test thread (the store and the
+/// admin commands are async; the tests are not).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    thread_local! {
+        static RT: tokio::runtime::Runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("test runtime");
+    }
+    RT.with(|rt| rt.block_on(f))
+}
 
 static N: AtomicU32 = AtomicU32::new(0);
 
@@ -44,55 +55,125 @@ pub fn tool(name: &str) -> Option<PathBuf> {
 
 // ---------------- SMTP sink ----------------
 
+/// One mail as the SMTP server received it.
 #[derive(Debug, Clone)]
 pub struct ReceivedMail {
     pub from: String,
     pub to: Vec<String>,
+    /// The message as it came over the wire.
     pub data: String,
 }
 
 impl ReceivedMail {
-    /// The decoded text of the mail (quoted-printable and base64 parts undone).
+    /// The message parsed by a real MIME parser (mail-parser).
+    pub fn parsed(&self) -> mail_parser::Message<'_> {
+        mail_parser::MessageParser::default().parse(self.data.as_bytes()).expect("a MIME message")
+    }
+
+    pub fn subject(&self) -> String {
+        self.parsed().subject().unwrap_or("").to_string()
+    }
+
+    /// The decoded plain-text body (quoted-printable or base64 undone).
+    pub fn plain(&self) -> String {
+        self.parsed().body_text(0).map(|t| t.into_owned()).unwrap_or_default()
+    }
+
+    /// The decoded HTML body, if any.
+    pub fn html(&self) -> Option<String> {
+        self.parsed().body_html(0).map(|t| t.into_owned())
+    }
+
+    /// Subject and every decoded text part, for searching a mail's text.
     pub fn text(&self) -> String {
-        decode_mail_body(&self.data)
+        format!("{}\n{}\n{}", self.subject(), self.plain(), self.html().unwrap_or_default())
     }
 }
 
+/// The state a sink handler shares: what arrived, and whether the server
+/// is "down" (it then refuses every session with a transient error).
+#[derive(Clone, Default)]
+struct SinkState {
+    mails: Arc<Mutex<Vec<ReceivedMail>>>,
+    down: Arc<AtomicBool>,
+}
+
+/// A mailin-embedded handler: collects each mail.
+#[derive(Clone, Default)]
+struct SinkHandler {
+    state: SinkState,
+    from: String,
+    to: Vec<String>,
+    data: Vec<u8>,
+}
+
+impl mailin_embedded::Handler for SinkHandler {
+    fn helo(&mut self, _ip: std::net::IpAddr, _domain: &str) -> mailin_embedded::Response {
+        if self.state.down.load(Ordering::SeqCst) {
+            return mailin_embedded::response::INTERNAL_ERROR;
+        }
+        mailin_embedded::response::OK
+    }
+    fn mail(&mut self, _ip: std::net::IpAddr, _domain: &str, from: &str) -> mailin_embedded::Response {
+        if self.state.down.load(Ordering::SeqCst) {
+            return mailin_embedded::response::INTERNAL_ERROR;
+        }
+        self.from = from.to_string();
+        self.to.clear();
+        mailin_embedded::response::OK
+    }
+    fn rcpt(&mut self, to: &str) -> mailin_embedded::Response {
+        self.to.push(to.to_string());
+        mailin_embedded::response::OK
+    }
+    fn data_start(&mut self, _domain: &str, _from: &str, _is8bit: bool, _to: &[String]) -> mailin_embedded::Response {
+        self.data.clear();
+        mailin_embedded::response::OK
+    }
+    fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.data.extend_from_slice(buf);
+        Ok(())
+    }
+    fn data_end(&mut self) -> mailin_embedded::Response {
+        if self.state.down.load(Ordering::SeqCst) {
+            return mailin_embedded::response::INTERNAL_ERROR;
+        }
+        let mail = ReceivedMail { from: self.from.clone(), to: self.to.clone(), data: String::from_utf8_lossy(&self.data).into_owned() };
+        self.state.mails.lock().expect("lock").push(mail);
+        mailin_embedded::response::OK
+    }
+}
+
+/// A real SMTP server (mailin-embedded) on a loopback port; lettre talks
+/// the whole SMTP dialogue to it. The one SMTP sink of the tests.
 pub struct SmtpSink {
     pub addr: SocketAddr,
     pub mails: Arc<Mutex<Vec<ReceivedMail>>>,
-    stop: Arc<AtomicBool>,
+    down: Arc<AtomicBool>,
 }
 
 impl SmtpSink {
     pub fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind smtp");
-        listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
-        let mails = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (m, s) = (mails.clone(), stop.clone());
+        let state = SinkState::default();
+        let (mails, down) = (state.mails.clone(), state.down.clone());
+        let mut server = mailin_embedded::Server::new(SinkHandler { state, ..SinkHandler::default() });
+        server.with_name("sink.test").with_num_threads(8).with_tcp_listener(listener);
         std::thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((conn, _)) => {
-                        let (m, s) = (m.clone(), s.clone());
-                        std::thread::spawn(move || {
-                            let _ = smtp_session(conn, m, s);
-                        });
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-            // Dropping the listener closes the port: connections are refused.
+            let _ = server.serve();
         });
-        SmtpSink { addr, mails, stop }
+        SmtpSink { addr, mails, down }
     }
 
-    /// Stops accepting; the port is closed shortly after.
+    /// From now on every delivery fails with a transient error (421/451),
+    /// as from a server that is down; `up` undoes it.
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        std::thread::sleep(Duration::from_millis(50));
+        self.down.store(true, Ordering::SeqCst);
+    }
+
+    pub fn up(&self) {
+        self.down.store(false, Ordering::SeqCst);
     }
 
     pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<ReceivedMail> {
@@ -107,123 +188,6 @@ impl SmtpSink {
     }
 }
 
-fn smtp_session(conn: TcpStream, mails: Arc<Mutex<Vec<ReceivedMail>>>, stop: Arc<AtomicBool>) -> std::io::Result<()> {
-    conn.set_nonblocking(false)?;
-    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut w = conn.try_clone()?;
-    let mut r = BufReader::new(conn);
-    w.write_all(b"220 sink.test ESMTP\r\n")?;
-    let (mut from, mut to) = (String::new(), Vec::new());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if r.read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        if stop.load(Ordering::SeqCst) {
-            // A stopped server drops pooled connections too.
-            return Ok(());
-        }
-        let cmd = line.trim_end().to_string();
-        let upper = cmd.to_ascii_uppercase();
-        if upper.starts_with("EHLO") {
-            w.write_all(b"250-sink.test\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 OK\r\n")?;
-        } else if upper.starts_with("HELO") {
-            w.write_all(b"250 sink.test\r\n")?;
-        } else if upper.starts_with("MAIL FROM:") {
-            from = cmd[10..].trim().to_string();
-            to.clear();
-            w.write_all(b"250 OK\r\n")?;
-        } else if upper.starts_with("RCPT TO:") {
-            to.push(cmd[8..].trim().trim_matches(['<', '>']).to_string());
-            w.write_all(b"250 OK\r\n")?;
-        } else if upper == "DATA" {
-            w.write_all(b"354 go ahead\r\n")?;
-            let mut data = String::new();
-            loop {
-                line.clear();
-                if r.read_line(&mut line)? == 0 {
-                    return Ok(());
-                }
-                if line == ".\r\n" || line == ".\n" {
-                    break;
-                }
-                let l = line.strip_prefix('.').filter(|_| line.starts_with("..")).unwrap_or(&line);
-                data.push_str(l);
-            }
-            mails.lock().expect("lock").push(ReceivedMail { from: from.clone(), to: to.clone(), data });
-            w.write_all(b"250 OK queued\r\n")?;
-        } else if upper == "QUIT" {
-            w.write_all(b"221 bye\r\n")?;
-            return Ok(());
-        } else if upper == "RSET" || upper == "NOOP" {
-            w.write_all(b"250 OK\r\n")?;
-        } else {
-            w.write_all(b"502 not implemented\r\n")?;
-        }
-    }
-}
-
-/// Undoes quoted-printable soft breaks and escapes, and base64 parts,
-/// enough to search a mail's text.
-pub fn decode_mail_body(raw: &str) -> String {
-    let (head, body) = match raw.find("\r\n\r\n").or_else(|| raw.find("\n\n")) {
-        Some(i) => raw.split_at(i),
-        None => ("", raw),
-    };
-    format!("{head}{}", decode_parts(body))
-}
-
-fn decode_parts(raw: &str) -> String {
-    let mut out = String::new();
-    // base64 parts
-    let mut in_b64 = false;
-    let mut b64 = String::new();
-    for line in raw.lines() {
-        let l = line.trim_end();
-        if l.to_ascii_lowercase().starts_with("content-transfer-encoding: base64") {
-            in_b64 = true;
-            continue;
-        }
-        if in_b64 {
-            if l.starts_with("--") {
-                if let Ok(bytes) = data_encoding::BASE64.decode(b64.as_bytes()) {
-                    out.push_str(&String::from_utf8_lossy(&bytes));
-                    out.push('\n');
-                }
-                b64.clear();
-                in_b64 = false;
-            } else if !l.is_empty() && !l.contains(':') {
-                b64.push_str(l);
-            }
-            continue;
-        }
-        out.push_str(l);
-        out.push('\n');
-    }
-    if !b64.is_empty() {
-        if let Ok(bytes) = data_encoding::BASE64.decode(b64.as_bytes()) {
-            out.push_str(&String::from_utf8_lossy(&bytes));
-        }
-    }
-    // quoted-printable
-    let joined = out.replace("=\r\n", "").replace("=\n", "");
-    let bytes = joined.as_bytes();
-    let mut dec = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'=' && i + 2 < bytes.len() && bytes[i + 1].is_ascii_hexdigit() && bytes[i + 2].is_ascii_hexdigit() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("00");
-            dec.push(u8::from_str_radix(hex, 16).unwrap_or(b'?'));
-            i += 3;
-        } else {
-            dec.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&dec).into_owned()
-}
-
 // ---------------- riegel ----------------
 
 pub struct Riegel {
@@ -231,6 +195,7 @@ pub struct Riegel {
     pub base: String,
     pub clock: OffsetClock,
     pub services: Arc<Services>,
+    pub mailer: Option<Arc<riegel::mail::Mailer>>,
     pub upstream: SocketAddr,
     pub smtp: SmtpSink,
     pub dir: PathBuf,
@@ -252,11 +217,14 @@ pub struct Options {
     pub https: bool,
     /// More keys under `server:`, each line indented by two spaces.
     pub server_yaml: String,
+    /// More keys under `password:` (after [`TEST_ARGON`]'s), each line
+    /// indented by two spaces.
+    pub password_yaml: String,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { extra_yaml: String::new(), upstream: None, upstream_read_timeout: "2s", language: "de", branding_yaml: String::new(), https: false, server_yaml: String::new() }
+        Options { extra_yaml: String::new(), upstream: None, upstream_read_timeout: "2s", language: "de", branding_yaml: String::new(), https: false, server_yaml: String::new(), password_yaml: String::new() }
     }
 }
 
@@ -307,7 +275,7 @@ branding:
   language: {lang}
 {branding}totp:
   issuer: "IMMO PRO"
-{TEST_ARGON}{extra}"#,
+{TEST_ARGON}{password}{extra}"#,
             read = opts.upstream_read_timeout,
             store = dir.join("data").display(),
             smtp = smtp.addr.port(),
@@ -316,12 +284,14 @@ branding:
             scheme = if opts.https { "https" } else { "http" },
             server = opts.server_yaml,
             branding = opts.branding_yaml,
+            password = opts.password_yaml,
         );
         let config_path = dir.join("riegel.yaml");
         std::fs::write(&config_path, &yaml).expect("config");
         let cfg = Config::parse(&yaml, &dir, &ProcessEnv).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
         let clock = OffsetClock::new();
-        let services = riegel::app::build(cfg, Arc::new(clock.clone()), None).expect("build services");
+        let app = riegel::app::build(cfg, Arc::new(clock.clone()), None).expect("build services");
+        let services = app.services.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let s2 = services.clone();
         std::thread::spawn(move || {
@@ -333,7 +303,7 @@ branding:
             assert!(start.elapsed() < Duration::from_secs(10), "riegel did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Riegel { base: format!("http://{addr}"), addr, clock, services, upstream, smtp, dir, config_path, shutdown: Some(tx) }
+        Riegel { base: format!("http://{addr}"), addr, clock, services, mailer: app.mailer, upstream, smtp, dir, config_path, shutdown: Some(tx) }
     }
 
     pub fn client(&self) -> Client {
@@ -343,23 +313,28 @@ branding:
     /// Adds a user through the same code as `riegel user add`.
     pub fn add_user(&self, username: &str, email: Option<&str>, password: Option<&str>) {
         let hash = password.map(|p| self.services.hasher.hash(p, &riegel::auth::OsRandom).expect("hash"));
-        let r = riegel::admin::execute(
-            self.services.store.as_ref(),
-            &self.clock,
-            riegel::admin::AdminRequest::Add {
-                user: riegel::admin::NewUserSpec {
-                    username: username.into(),
-                    email: email.map(Into::into),
-                    display_name: format!("{username} Muster"),
-                    password_hash: hash,
-                },
+        let r = self.admin(riegel::admin::AdminRequest::Add {
+            user: riegel::admin::NewUserSpec {
+                username: username.into(),
+                email: email.map(Into::into),
+                display_name: format!("{username} Muster"),
+                password_hash: hash,
             },
-        );
+        });
         assert!(r.ok, "{}", r.message);
     }
 
     pub fn admin(&self, req: riegel::admin::AdminRequest) -> riegel::admin::AdminResponse {
-        riegel::admin::execute(self.services.store.as_ref(), &self.clock, req)
+        block_on(riegel::admin::execute(self.services.store.as_ref(), &self.clock, req))
+    }
+
+    /// The stored user record (from the store riegel runs on).
+    pub fn user(&self, login: &str) -> Option<riegel::store::User> {
+        block_on(self.services.store.find_user(login)).expect("store")
+    }
+
+    pub fn counter(&self, key: &riegel::store::CounterKey) -> riegel::store::Counter {
+        block_on(self.services.store.counter(key)).expect("store")
     }
 
     pub fn now(&self) -> i64 {

@@ -74,7 +74,7 @@ fn ban_engages_and_lifts_with_the_clock() {
     }
     assert_eq!(u.login("unbekannt", "falsch-12345").status, 429);
     // The counters are in the store: they survive a restart (checked in the store itself).
-    assert!(r.services.store.counter(&format!("u:{}", r.services.store.find_user("gustav").expect("s").expect("u").id)).expect("c").banned_until > r.now());
+    assert!(r.counter(&riegel::store::CounterKey::Account(r.user("gustav").expect("u").id)).banned_until > r.now());
     r.clock.advance(14 * 60);
     assert_eq!(c.login("gustav", "Richtig-2024").status, 429);
     r.clock.advance(2 * 60);
@@ -178,7 +178,7 @@ fn csv_import_with_argon2_and_bcrypt_hashes_keeps_passwords_and_upgrades_bcrypt(
     assert!(String::from_utf8_lossy(&out.stdout).contains("imported 3 users"));
     assert_eq!(r.client().login("karl", "Argon-Passwort-1").status, 303);
     assert_eq!(r.client().login("lena@example.at", "Bcrypt-Passwort-1").status, 303);
-    let lena = r.services.store.find_user("lena").expect("store").expect("user");
+    let lena = r.user("lena").expect("user");
     assert!(lena.password_hash.as_deref().unwrap_or("").starts_with("$argon2id$"), "bcrypt hash not upgraded");
     assert_eq!(r.client().login("lena", "Bcrypt-Passwort-1").status, 303, "upgraded hash must still verify");
     // A user without a hash cannot log in (sets a password through reset).
@@ -191,7 +191,7 @@ fn csv_import_with_argon2_and_bcrypt_hashes_keeps_passwords_and_upgrades_bcrypt(
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 2") && err.contains("line 3"), "{err}");
-    assert!(r.services.store.find_user("nina").expect("store").is_none(), "half-imported");
+    assert!(r.user("nina").is_none(), "half-imported");
 }
 
 #[test]

@@ -6,6 +6,7 @@ mod harness;
 mod attack;
 mod browser;
 mod gateway;
+mod hashing;
 mod login;
 mod reset;
 mod totp;

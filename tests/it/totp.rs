@@ -179,15 +179,14 @@ fn secrets_are_encrypted_at_rest_and_bound_to_the_user() {
     r.add_user("fritz", None, Some("Sommer-2024!"));
     let mut c = r.client();
     let e = login_and_enrol(&r, &mut c, "emma", "Sommer-2024!");
-    let store = &r.services.store;
-    let emma = store.find_user("emma").expect("s").expect("u");
-    let sealed = emma.totp.clone().expect("sealed");
+    let emma = r.user("emma").expect("u");
+    let sealed = emma.authenticators.first().cloned().expect("sealed");
     let raw = data_encoding::BASE32_NOPAD.decode(e.secret.as_bytes()).expect("b32");
     assert!(!sealed.sealed.windows(raw.len()).any(|w| w == raw.as_slice()), "secret stored in clear");
     let json = serde_json::to_string(&emma).expect("json");
     assert!(!json.contains(&e.secret));
     // Copying emma's sealed secret onto fritz does not give fritz a working authenticator.
-    let fritz = store.find_user("fritz").expect("s").expect("u");
+    let fritz = r.user("fritz").expect("u");
     assert!(r.services.secret_box.open(&sealed.sealed, format!("riegel-totp:{}", fritz.id).as_bytes()).is_err());
     // Recovery codes are stored hashed.
     assert!(emma.recovery_codes.iter().all(|h| h.len() == 64 && !e.recovery_codes.contains(h)));
