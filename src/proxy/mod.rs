@@ -35,7 +35,7 @@ mod direct;
 mod front;
 mod h1;
 mod moved;
-pub mod policy;
+mod policy;
 mod wait;
 
 use crate::sched::{self, Policy};
