@@ -1,6 +1,7 @@
 //! Serves a client connection from accept to close. Each request head is
 //! read here, under the header timeout, and looked at before anything else
-//! ([`h1::way`]): an HTTP/1.1 GET or HEAD without a body, upgrade or
+//! ([`h1::way`]): a head riegel refuses gets the 400 page and the
+//! connection ends; an HTTP/1.1 GET or HEAD without a body, upgrade or
 //! `Expect` (what almost every click is) is answered on bytes, by riegel's
 //! own pages or the short way to the portal ([`super::direct`]). Anything
 //! else goes, head included, to Pingora's proxy framework with

@@ -1,9 +1,10 @@
 //! The Pingora glue, and the only module that knows Pingora. Each request
 //! becomes a [`web::Request`]; [`web::handle`] decides; this module writes
-//! riegel's own replies, or forwards to the portal with the identity headers
-//! after removing every client-sent copy of them.
+//! riegel's own replies, or forwards to the portal what the one header
+//! policy (`proxy::policy`) lets through, with riegel's X-Forwarded-* and the
+//! identity.
 //!
-//! Connections are served by [`front::Front`]: it reads each request head
+//! Connections are served by `front::Front`: it reads each request head
 //! itself, serves bodiless GET/HEAD requests (most clicks) on Pingora's
 //! HTTP/1 sessions directly, and hands everything else, head included, to
 //! Pingora's proxy framework with [`Gateway`] as its `ProxyHttp`.
@@ -645,7 +646,7 @@ impl BackgroundService for ShardRuntime {
 
 /// Accepts on the listener and hands each new connection, round robin, to a
 /// shard, where it is served by that shard's app until it closes. A plain
-/// TCP connection moves to the shard's reactor too ([`moved`]).
+/// TCP connection moves to the shard's reactor too (`moved`).
 pub struct Dispatch<A> {
     shards: Vec<(Arc<Shard>, Arc<A>)>,
     next: AtomicUsize,

@@ -37,7 +37,7 @@ fn hex(b: u8) -> Option<u8> {
 }
 
 /// A path that means the same to every server: it starts with `/`; it
-/// holds only [`plain_byte`]s and `%XX` escapes of unreserved characters
+/// holds only plain bytes (`plain_byte`) and `%XX` escapes of unreserved characters
 /// (so no `;`, `#`, `\`, `%`, controls, spaces or non-ASCII bytes, raw or
 /// escaped); no segment is empty but the last (no `//`); and no segment,
 /// escapes decoded, is only dots (`.`, `..`, `...`).

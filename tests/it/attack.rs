@@ -1205,3 +1205,23 @@ fn slow_headers_are_cut_after_the_header_timeout_on_both_ways() {
     }
     assert!(portal.take().is_empty());
 }
+
+#[test]
+fn a_websocket_upgrade_is_forwarded_as_one_and_other_upgrades_are_not() {
+    let (r, portal) = riegel_with_portal("");
+    let ws = b"GET /pub/ws HTTP/1.1\r\nHost: riegel.test\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nUpgrade_Spoof: x\r\n\r\n";
+    let a = once(r.addr, ws).expect("answer");
+    assert_eq!(a.status, 200);
+    let s = &portal.take()[0];
+    assert_eq!(s.values("connection"), vec!["Upgrade"], "{}", s.text());
+    assert_eq!(s.values("upgrade"), vec!["websocket"], "{}", s.text());
+    assert_eq!(s.values("sec-websocket-key"), vec!["dGhlIHNhbXBsZSBub25jZQ=="]);
+    // h2c (or anything else) is no upgrade riegel passes on.
+    let h2c = b"GET /pub/h2c HTTP/1.1\r\nHost: riegel.test\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n";
+    let a = once(r.addr, h2c).expect("answer");
+    assert_eq!(a.status, 200);
+    let s = &portal.take()[0];
+    for gone in ["connection", "upgrade", "http2-settings"] {
+        assert!(!s.has_spelling_of(gone), "{gone} reached the portal:\n{}", s.text());
+    }
+}
