@@ -89,8 +89,8 @@ struct Log {
 pub(crate) const PORTAL_SET_COOKIE: &str = "s3t-by-the-portal-9c2e";
 
 /// A raw-socket portal on loopback. Paths with `/big` answer 256 MiB, with
-/// `/hold` never, with `/cookie` set a cookie, everything else `200 ok`
-/// (keep-alive).
+/// `/hold` never, with `/cookie` set a cookie, with `/badhead` a head no
+/// parser takes (a cookie in it), everything else `200 ok` (keep-alive).
 pub(crate) struct RecordingPortal {
     pub addr: SocketAddr,
     log: Arc<(Mutex<Log>, Condvar)>,
@@ -223,6 +223,10 @@ fn portal_conn(s: TcpStream, conn: u64, log: &(Mutex<Log>, Condvar)) {
                     Ok(_) => {}
                 }
             }
+        } else if target.contains("/badhead") {
+            // An answer head no parser takes, with a cookie in it.
+            let _ = w.write_all(format!("HTTP/1.1 200 OK\r\nSet-Cookie: portal_bad={PORTAL_SET_COOKIE}\r\nNo Colon Here\r\n\r\n").as_bytes());
+            return note(log, conn, Event::WriteFailed);
         } else if target.contains("/cookie") {
             if w.write_all(format!("HTTP/1.1 200 OK\r\nSet-Cookie: portal_set={PORTAL_SET_COOKIE}; Path=/\r\nContent-Length: 2\r\n\r\nok").as_bytes()).is_err() {
                 return note(log, conn, Event::WriteFailed);

@@ -645,8 +645,8 @@ fn debug_and_trace_logs_hold_no_password_code_cookie_or_token() {
 }
 
 /// A login with enrolment, portal requests (GET and POST, with a portal
-/// cookie, and one whose answer sets a cookie), a refused head, a reset and
-/// a logout, against `riegel serve` with `RIEGEL_LOG=level`; then its log
+/// cookie, one whose answer sets a cookie, one whose answer head is
+/// unreadable), a refused head, a reset and a logout, against `riegel serve` with `RIEGEL_LOG=level`; then its log
 /// is searched for every secret that passed.
 fn logs_hold_no_secrets(level: &str) {
     let portal = crate::attack::RecordingPortal::start();
@@ -695,6 +695,10 @@ fn logs_hold_no_secrets(level: &str) {
     assert_eq!(c.request("POST", "/pub/cookie", &[], Some("a=b")).status, 200);
     assert_eq!(c.get("/pub/cookie").status, 200);
     secrets.push(crate::attack::PORTAL_SET_COOKIE.into());
+    // An answer no parser takes is a 502 on both ways, and its bytes (a
+    // cookie among them) are not quoted in the log.
+    assert_eq!(c.get("/pub/badhead").status, 502);
+    assert_eq!(c.request("POST", "/pub/badhead", &[], Some("a=b")).status, 502);
     let seen = portal.seen();
     assert!(seen.iter().any(|r| r.text().contains(portal_cookie)), "the portal cookie reached the portal");
     // A head riegel refuses, cookies and all.
