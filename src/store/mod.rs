@@ -17,6 +17,8 @@
 
 mod cached;
 mod keys;
+#[cfg(test)]
+pub(crate) mod memory;
 mod sled_store;
 
 pub use cached::CachedStore;

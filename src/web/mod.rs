@@ -14,6 +14,8 @@ pub mod pages;
 pub mod paths;
 
 mod forms;
+#[cfg(test)]
+mod journey_tests;
 mod login;
 mod regulation;
 mod reset;

@@ -8,5 +8,7 @@ mod browser;
 mod gateway;
 mod hashing;
 mod login;
+mod mail;
+mod regulation;
 mod reset;
 mod totp;
