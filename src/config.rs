@@ -107,8 +107,14 @@ pub struct ServerConfig {
     pub work_stealing: bool,
     /// Shard threads in `SCHED_BATCH` while busy (see `crate::sched`).
     pub adaptive_scheduling: bool,
+    /// A client must send each request head within this.
     pub header_timeout: Duration,
+    /// A body riegel reads (a form) or forwards must arrive whole within
+    /// this, counted from the end of its head.
     pub body_timeout: Duration,
+    /// Longest wait for a client to take the next piece of an answer, on
+    /// both ways (nginx's `send_timeout`).
+    pub write_timeout: Duration,
     pub max_connections: usize,
     pub max_form_bytes: usize,
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -444,6 +450,7 @@ fn build(s: &mut Section<'_, '_>, env: &dyn Env) -> Option<Config> {
         let adaptive_scheduling = sv.bool_or("adaptive_scheduling", true);
         let header_timeout = sv.duration_or("header_timeout", Duration::from_secs(10));
         let body_timeout = sv.duration_or("body_timeout", Duration::from_secs(10));
+        let write_timeout = sv.duration_or("write_timeout", Duration::from_secs(60));
         let max_connections = sv.uint_or("max_connections", 10_000, 1, 1_000_000) as usize;
         let max_form_bytes = sv.uint_or("max_form_bytes", 16 * 1024, 1024, 1024 * 1024) as usize;
         let list = sv.string_list_or("trusted_proxies", &[]);
@@ -458,7 +465,17 @@ fn build(s: &mut Section<'_, '_>, env: &dyn Env) -> Option<Config> {
             }
         }
         sv.finish();
-        ServerConfig { threads, work_stealing, adaptive_scheduling, header_timeout, body_timeout, max_connections, max_form_bytes, trusted_proxies }
+        ServerConfig {
+            threads,
+            work_stealing,
+            adaptive_scheduling,
+            header_timeout,
+            body_timeout,
+            write_timeout,
+            max_connections,
+            max_form_bytes,
+            trusted_proxies,
+        }
     };
 
     let password = {
@@ -1206,6 +1223,22 @@ mail: { from: "Portal <portal@example.at>", outbox: "/tmp/outbox" }
         let errs = Config::parse(&bad, Path::new("/"), &env_with_keys()).expect_err("invalid").0;
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert_eq!(errs[0].path, "server.adaptive_scheduling", "{errs:?}");
+    }
+
+    #[test]
+    fn server_timeouts_have_defaults_and_take_durations() {
+        let c = Config::parse(MINIMAL, Path::new("/"), &env_with_keys()).expect("valid");
+        assert_eq!(c.server.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.body_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.write_timeout, Duration::from_secs(60));
+        let set = format!("{MINIMAL}server: {{ body_timeout: 3s, write_timeout: 2m }}\n");
+        let c = Config::parse(&set, Path::new("/"), &env_with_keys()).expect("valid");
+        assert_eq!((c.server.body_timeout, c.server.write_timeout), (Duration::from_secs(3), Duration::from_secs(120)));
+        let bad = format!("{MINIMAL}server: {{ write_timeout: 0s, body_timeout: soon }}\n");
+        let errs = Config::parse(&bad, Path::new("/"), &env_with_keys()).expect_err("invalid").0;
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths.len(), 2, "{errs:?}");
+        assert!(paths.contains(&"server.write_timeout") && paths.contains(&"server.body_timeout"), "{errs:?}");
     }
 
     #[test]

@@ -108,11 +108,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logging to stderr: `level` (or `RIEGEL_LOG`, an `EnvFilter` directive
+/// list) for riegel's own targets. Every other target (Pingora, sled,
+/// rustls, tokio ...) is capped at `warn` whatever `RIEGEL_LOG` says: at
+/// debug and trace Pingora logs request and answer heads and raw request
+/// bytes, cookies and all, and secrets never reach a log.
 fn init_logging(level: &str, json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RIEGEL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},pingora=warn,pingora_core=warn,pingora_proxy=warn,sled=warn")));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if json { b.json().try_init() } else { b.try_init() };
+    use tracing_subscriber::filter::{filter_fn, FilterExt};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
+    let wanted = tracing_subscriber::EnvFilter::try_from_env("RIEGEL_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let capped = filter_fn(|meta| {
+        let t = meta.target();
+        let own = t == "riegel" || t.starts_with("riegel::") || t == "audit";
+        own || *meta.level() <= tracing::Level::WARN
+    });
+    let filter = wanted.and(capped);
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    let registry = tracing_subscriber::registry();
+    let _ = if json { registry.with(layer.json().with_filter(filter)).try_init() } else { registry.with(layer.with_filter(filter)).try_init() };
 }
 
 fn load_config(path: &Path) -> Result<Config> {

@@ -141,7 +141,7 @@ impl Browser {
             method,
             path,
             query,
-            cookie: cookie.as_deref(),
+            cookie: cookie.as_deref().map(str::as_bytes),
             origin: (method == Method::Post).then_some(origin.as_str()),
             sec_fetch_site: (method == Method::Post).then_some("same-origin"),
             content_type: (method == Method::Post).then_some("application/x-www-form-urlencoded"),

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod attack;
 mod browser;
 mod gateway;
 mod hashing;
