@@ -209,6 +209,7 @@ impl Front {
         let xff_value = text(&head.x_forwarded_for);
         let xff = xff_value.as_slice();
         let client = core.resolve_client_ip(peer, xff);
+        let own = path.starts_with(core.services.prefix.as_str());
         let req = web::Request {
             method: if head.head_only { Method::Head } else { Method::Get },
             path,
@@ -217,6 +218,9 @@ impl Front {
             origin: text(&head.origin),
             sec_fetch_site: text(&head.sec_fetch_site),
             content_type: None,
+            // Read only for riegel's own pages: no work for portal requests.
+            user_agent: own.then(|| web::headers::raw_header(&buf[..head.len], "user-agent")).flatten(),
+            accept_language: own.then(|| web::headers::raw_header(&buf[..head.len], "accept-language")).flatten(),
             client_ip: client,
             body: &[],
         };

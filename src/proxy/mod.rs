@@ -142,6 +142,8 @@ impl Core {
             origin: header_str(h, "origin"),
             sec_fetch_site: header_str(h, "sec-fetch-site"),
             content_type: header_str(h, "content-type"),
+            user_agent: header_str(h, "user-agent"),
+            accept_language: header_str(h, "accept-language"),
             client_ip,
             body,
         }

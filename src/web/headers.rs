@@ -50,6 +50,26 @@ pub fn headers_to_strip<'a>(
     out
 }
 
+/// The first value of header `name` (any case) in a complete request head
+/// as it came from the client (request line, header lines, blank line).
+/// For the few headers only riegel's own pages read (`User-Agent`,
+/// `Accept-Language`), which the proxy's short way does not pick out.
+pub fn raw_header<'a>(head: &'a [u8], name: &str) -> Option<&'a str> {
+    let mut lines = head.split(|&b| b == b'\n');
+    lines.next()?; // the request line
+    for line in lines {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+        if line[..colon].eq_ignore_ascii_case(name.as_bytes()) {
+            return std::str::from_utf8(&line[colon + 1..]).ok().map(str::trim);
+        }
+    }
+    None
+}
+
 /// The client's address: the TCP peer, unless the peer is a trusted proxy;
 /// then the right-most address in `X-Forwarded-For` that is not itself a
 /// trusted proxy. A malformed header never "fails open": the last trusted
@@ -124,5 +144,16 @@ mod tests {
         assert_eq!(client_ip(peer, &["1.1.1.1, garbage"], &trusted), peer);
         assert_eq!(client_ip(peer, &[], &trusted), peer);
         assert_eq!(client_ip(peer, &["[2001:db8::1]:443"], &trusted), "2001:db8::1".parse::<IpAddr>().expect("ip"));
+    }
+
+    #[test]
+    fn raw_header_finds_the_first_value_in_any_case() {
+        let head = b"GET /_riegel/login HTTP/1.1\r\nHost: x\r\naccept-language:  de-AT,de;q=0.9 \r\nUser-Agent: A\r\nUser-Agent: B\r\n\r\nbody: no\r\n";
+        assert_eq!(raw_header(head, "Accept-Language"), Some("de-AT,de;q=0.9"));
+        assert_eq!(raw_header(head, "user-agent"), Some("A"));
+        assert_eq!(raw_header(head, "body"), None, "nothing after the blank line");
+        assert_eq!(raw_header(head, "GET /_riegel/login HTTP/1.1\r\nHost"), None);
+        assert_eq!(raw_header(b"GET / HTTP/1.1\nX: \xff\n\n", "x"), None, "not UTF-8");
+        assert_eq!(raw_header(b"", "x"), None);
     }
 }
