@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod account;
 mod browser;
 mod gateway;
 mod hashing;
