@@ -193,7 +193,7 @@ pub(super) async fn get(req: &Request<'_>, s: &Services) -> Result<Reply, WebErr
                 "session_gone",
                 "enrolment_expired",
             ];
-            KNOWN.iter().find(|k| **k == v).map(|k| *k)
+            KNOWN.iter().find(|k| **k == v).copied()
         })
     });
     let notice = notice.map(|n| format!("account_notice_{n}"));

@@ -173,7 +173,7 @@ pub(super) async fn resend_post(req: &Request<'_>, s: &Services) -> Result<Reply
 /// What a link token is: valid for this browser session, valid but opened
 /// in another browser (or after the session ended), or not valid at all.
 enum Link {
-    Here { rec: std::sync::Arc<SessionRecord>, user: User, hash: String },
+    Here { rec: std::sync::Arc<SessionRecord>, user: Box<User>, hash: String },
     ElseWhere,
     Invalid,
 }
@@ -192,7 +192,7 @@ async fn check_link(req: &Request<'_>, s: &Services, token: &str) -> Result<Link
     };
     match session(req, s).await {
         Some((claims, rec)) if claims.stage == Stage::Password && claims.uid == uid && t.sid == Some(claims.sid) => {
-            Ok(Link::Here { rec, user, hash })
+            Ok(Link::Here { rec, user: Box::new(user), hash })
         }
         _ => Ok(Link::ElseWhere),
     }
