@@ -56,6 +56,35 @@ impl Language {
             Language::En => "en",
         }
     }
+
+    /// The language of a code (`de`, `en`), if riegel ships it.
+    pub fn from_code(code: &str) -> Option<Language> {
+        match code {
+            "de" => Some(Language::De),
+            "en" => Some(Language::En),
+            _ => None,
+        }
+    }
+}
+
+/// How the operator can be reached (`branding.contact`): shown in mails,
+/// on the lockout page and on the recovery pages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Contact {
+    pub phone: Option<String>,
+    pub email: Option<String>,
+}
+
+/// What a user who had an authenticator and has none left (a lost phone,
+/// `riegel user reset-totp`) must show besides the password before a new
+/// one can be enrolled (`totp.reenrol_proof`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReenrolProof {
+    /// A one-time link mailed to the user's address, opened in the same
+    /// browser session.
+    Email,
+    /// The password alone (as for a new account).
+    None,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,7 +213,15 @@ pub struct MailConfig {
 pub struct BrandingConfig {
     pub company: String,
     pub portal_name: String,
+    /// The default language: used when neither the language cookie nor
+    /// `Accept-Language` names one of `languages`. Always in `languages`.
     pub language: Language,
+    /// The languages offered (`branding.languages`), the default first.
+    pub languages: Vec<Language>,
+    /// The IANA time zone of times in mails and on "Mein Zugang"
+    /// (validated against the time zone data compiled into riegel).
+    pub timezone: String,
+    pub contact: Contact,
     pub logo_file: Option<PathBuf>,
     pub primary_color: String,
     pub imprint_url: Option<String>,
@@ -200,6 +237,7 @@ pub struct BrandingConfig {
 pub struct TotpConfig {
     pub issuer: String,
     pub enrollment_timeout: Duration,
+    pub reenrol_proof: ReenrolProof,
 }
 
 #[derive(Debug, Clone)]
@@ -576,13 +614,74 @@ fn build(s: &mut Section<'_, '_>, env: &dyn Env) -> Option<Config> {
         let mut b = s.section("branding");
         let company = b.string_or("company", "riegel");
         let portal_name = b.string_or("portal_name", "Portal");
-        let language = match b.string_or("language", "de").as_str() {
-            "de" => Language::De,
-            "en" => Language::En,
-            _ => {
+        // `language` is the default, `languages` the offer; either implies
+        // the other when it is the only one given.
+        let language = b.opt_string("language").and_then(|l| match Language::from_code(&l) {
+            Some(l) => Some(l),
+            None => {
                 b.error("language", "must be de or en");
+                None
+            }
+        });
+        let listed = if b.has("languages") {
+            Some(b.string_list_or("languages", &[]))
+        } else {
+            let _ = b.get("languages"); // `languages: null` is the default, not an unknown key
+            None
+        };
+        let mut languages: Vec<Language> = Vec::new();
+        for (i, code) in listed.iter().flatten().enumerate() {
+            match Language::from_code(code) {
+                Some(l) if languages.contains(&l) => b.error(&format!("languages[{i}]"), &format!("'{code}' is listed twice")),
+                Some(l) => languages.push(l),
+                None => b.error(&format!("languages[{i}]"), &format!("'{code}' is not a language riegel ships (de, en)")),
+            }
+        }
+        if listed.as_ref().is_some_and(|l| l.is_empty()) {
+            b.error("languages", "must list at least one language (de, en)");
+        }
+        let language = match (language, languages.first().copied()) {
+            (Some(l), _) if listed.is_none() => {
+                languages = vec![l];
+                l
+            }
+            (Some(l), Some(_)) if !languages.contains(&l) => {
+                b.error("language", &format!("'{}' is not in branding.languages; the default language must be one of them", l.code()));
+                l
+            }
+            (Some(l), _) => l,
+            (None, Some(first)) => first,
+            (None, None) => {
+                languages = vec![Language::De];
                 Language::De
             }
+        };
+        // The default first: it is what a request without a choice gets.
+        languages.retain(|l| *l != language);
+        languages.insert(0, language);
+        let timezone = b.string_or("timezone", "Europe/Vienna");
+        if jiff::tz::db().get(&timezone).is_err() {
+            b.error("timezone", &format!("'{timezone}' is not a time zone riegel knows (an IANA name such as Europe/Vienna)"));
+        }
+        let contact = match b.opt_section("contact") {
+            Some(mut c) => {
+                let phone = c.opt_string("phone").map(|p| p.trim().to_string());
+                if let Some(p) = &phone {
+                    let digits = p.bytes().filter(u8::is_ascii_digit).count();
+                    if digits < 3 || !p.chars().all(|ch| ch.is_ascii_digit() || " +-/()".contains(ch)) {
+                        c.error("phone", &format!("'{p}' is not a phone number (digits, spaces and + - / ( ) only)"));
+                    }
+                }
+                let email = c.opt_string("email").map(|e| e.trim().to_string());
+                if let Some(e) = &email {
+                    if !valid_email(e) {
+                        c.error("email", &format!("'{e}' is not an e-mail address"));
+                    }
+                }
+                c.finish();
+                Contact { phone, email }
+            }
+            None => Contact::default(),
         };
         let logo_file = b.opt_existing_file("logo_file");
         if let Some(l) = &logo_file {
@@ -628,6 +727,9 @@ fn build(s: &mut Section<'_, '_>, env: &dyn Env) -> Option<Config> {
             company,
             portal_name,
             language,
+            languages,
+            timezone,
+            contact,
             logo_file,
             primary_color,
             imprint_url,
@@ -644,8 +746,16 @@ fn build(s: &mut Section<'_, '_>, env: &dyn Env) -> Option<Config> {
             t.error("issuer", "must not contain ':'");
         }
         let enrollment_timeout = t.duration_or("enrollment_timeout", Duration::from_secs(3600));
+        let reenrol_proof = match t.string_or("reenrol_proof", "email").as_str() {
+            "email" => ReenrolProof::Email,
+            "none" => ReenrolProof::None,
+            _ => {
+                t.error("reenrol_proof", "must be email or none");
+                ReenrolProof::Email
+            }
+        };
         t.finish();
-        TotpConfig { issuer, enrollment_timeout }
+        TotpConfig { issuer, enrollment_timeout, reenrol_proof }
     };
 
     let log = {
@@ -1357,8 +1467,78 @@ mail: { from: "Portal <portal@example.at>", outbox: "/tmp/o", colour: red }
         let c = Config::parse(&text, &dir, &MapEnv(HashMap::new())).expect("example config is valid");
         assert_eq!(c.branding.company, "IMMO PRO Immobilien GmbH");
         assert_eq!(c.totp.issuer, "IMMO PRO");
+        assert_eq!(c.branding.languages, vec![Language::De, Language::En]);
+        assert_eq!(c.branding.contact.phone.as_deref(), Some("+43 1 234 56 78"));
         assert_eq!(c.password.hash_queue_timeout, Duration::from_secs(10));
         assert!(matches!(c.mail.transport, MailTransport::Smtp(_)));
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn branding(extra: &str) -> Result<Config, Vec<ConfigError>> {
+        let text = format!("{MINIMAL}{extra}");
+        Config::parse(&text, Path::new("/"), &env_with_keys()).map_err(|e| e.0)
+    }
+
+    #[test]
+    fn languages_default_to_the_one_language_and_the_default_comes_first() {
+        let c = branding("").expect("valid");
+        assert_eq!((c.branding.language, c.branding.languages.clone()), (Language::De, vec![Language::De]));
+        let c = branding("branding: { language: en }\n").expect("valid");
+        assert_eq!((c.branding.language, c.branding.languages.clone()), (Language::En, vec![Language::En]));
+        let c = branding("branding: { languages: [de, en] }\n").expect("valid");
+        assert_eq!((c.branding.language, c.branding.languages.clone()), (Language::De, vec![Language::De, Language::En]));
+        let c = branding("branding: { languages: [de, en], language: en }\n").expect("valid");
+        assert_eq!((c.branding.language, c.branding.languages.clone()), (Language::En, vec![Language::En, Language::De]));
+        let c = branding("branding: { languages: [en] }\n").expect("valid");
+        assert_eq!(c.branding.language, Language::En);
+        let c = branding("branding: { languages: null }\n").expect("valid");
+        assert_eq!(c.branding.languages, vec![Language::De]);
+    }
+
+    #[test]
+    fn language_mistakes_are_reported_with_their_key_paths() {
+        let errs = branding("branding: { languages: [de, fr, de, 3], language: en }\n").expect_err("invalid");
+        let all: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        for want in [
+            "branding.languages[1]: 'fr' is not a language riegel ships (de, en)",
+            "branding.languages[2]: 'de' is listed twice",
+            "branding.languages[3]: must be a string",
+            "branding.language: 'en' is not in branding.languages",
+        ] {
+            assert!(all.iter().any(|e| e.starts_with(want)), "{want} missing in {all:#?}");
+        }
+        assert_eq!(all.len(), 4, "{all:#?}");
+        let errs = branding("branding: { languages: [] }\n").expect_err("invalid");
+        assert_eq!(errs[0].path, "branding.languages");
+        let errs = branding("branding: { languages: de }\n").expect_err("invalid");
+        assert_eq!((errs[0].path.as_str(), errs[0].message.as_str()), ("branding.languages", "must be a list"));
+        let errs = branding("branding: { language: fr }\n").expect_err("invalid");
+        assert_eq!(errs[0].path, "branding.language");
+    }
+
+    #[test]
+    fn timezone_contact_and_reenrol_proof() {
+        let c = branding("").expect("valid");
+        assert_eq!(c.branding.timezone, "Europe/Vienna");
+        assert_eq!(c.branding.contact, Contact::default());
+        assert_eq!(c.totp.reenrol_proof, ReenrolProof::Email);
+        let c = branding(
+            "branding: { timezone: America/New_York, contact: { phone: \"+43 1 234 56-78\", email: hv@example.at } }\ntotp: { reenrol_proof: none }\n",
+        )
+        .expect("valid");
+        assert_eq!(c.branding.timezone, "America/New_York");
+        assert_eq!(c.branding.contact.phone.as_deref(), Some("+43 1 234 56-78"));
+        assert_eq!(c.branding.contact.email.as_deref(), Some("hv@example.at"));
+        assert_eq!(c.totp.reenrol_proof, ReenrolProof::None);
+        let errs = branding(
+            "branding: { timezone: Europe/Wien, contact: { phone: \"ruf an\", email: nobody, fax: 1 } }\ntotp: { reenrol_proof: sms }\n",
+        )
+        .expect_err("invalid");
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["branding.timezone", "branding.contact.phone", "branding.contact.email", "branding.contact.fax", "totp.reenrol_proof"],
+            "{errs:#?}"
+        );
     }
 }

@@ -234,6 +234,8 @@ impl Front {
             origin: text(&head.origin),
             sec_fetch_site: text(&head.sec_fetch_site),
             content_type: None,
+            user_agent: text(&head.user_agent),
+            accept_language: text(&head.accept_language),
             client_ip: head.client,
             body: &[],
         };

@@ -57,9 +57,11 @@ pub(super) struct ShortHead {
     pub path: Range<usize>,
     pub query: Option<Range<usize>>,
     pub cookie: Option<Cookies>,
-    /// The first Origin and Sec-Fetch-Site fields.
+    /// The first Origin, Sec-Fetch-Site, User-Agent and Accept-Language fields.
     pub origin: Option<Range<usize>>,
     pub sec_fetch_site: Option<Range<usize>>,
+    pub user_agent: Option<Range<usize>>,
+    pub accept_language: Option<Range<usize>>,
     /// The client's address after the trusted-proxy rules.
     pub client: IpAddr,
     /// The client asked to close the connection after this request.
@@ -131,6 +133,8 @@ fn decide(buf: &[u8], req: &httparse::Request<'_, '_>, len: usize, policy: &Head
         cookie: None,
         origin: None,
         sec_fetch_site: None,
+        user_agent: None,
+        accept_language: None,
         client: survey.client,
         close: survey.close,
         upstream: Vec::with_capacity(len + 256),
@@ -155,6 +159,10 @@ fn decide(buf: &[u8], req: &httparse::Request<'_, '_>, len: usize, policy: &Head
             h.origin = Some(range(buf, hd.value));
         } else if is(n, "sec-fetch-site") && h.sec_fetch_site.is_none() {
             h.sec_fetch_site = Some(range(buf, hd.value));
+        } else if is(n, "user-agent") && h.user_agent.is_none() {
+            h.user_agent = Some(range(buf, hd.value));
+        } else if is(n, "accept-language") && h.accept_language.is_none() {
+            h.accept_language = Some(range(buf, hd.value));
         }
     }
     let up = &mut h.upstream;

@@ -442,6 +442,8 @@ impl ProxyHttp for Gateway {
                 origin: first_text(h, "origin"),
                 sec_fetch_site: first_text(h, "sec-fetch-site"),
                 content_type: first_text(h, "content-type"),
+                user_agent: first_text(h, "user-agent"),
+                accept_language: first_text(h, "accept-language"),
                 client_ip: ip,
                 body: &body,
             };

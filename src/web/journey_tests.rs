@@ -145,6 +145,8 @@ impl Browser {
             origin: (method == Method::Post).then_some(origin.as_str()),
             sec_fetch_site: (method == Method::Post).then_some("same-origin"),
             content_type: (method == Method::Post).then_some("application/x-www-form-urlencoded"),
+            user_agent: Some("Mozilla/5.0 (X11; Linux x86_64; rv:140.0) Gecko/20100101 Firefox/140.0"),
+            accept_language: None,
             client_ip: self.ip,
             body,
         };
@@ -297,7 +299,10 @@ async fn recovery_codes_work_once_and_mail_a_notice() {
     let mut c = k.browser();
     c.login("dora", PASSWORD).await;
     let r = c.submit("/_riegel/recovery", "/_riegel/recovery", &[("code", &codes[0])]).await;
-    assert_eq!(r.status, 303, "{}", body(&r));
+    // A page that offers a new device right away, with a full session.
+    assert_eq!(r.status, 200, "{}", body(&r));
+    assert!(body(&r).contains("Neues Gerät einrichten"), "{}", body(&r));
+    assert!(matches!(c.get("/mieter").await, Got::Forwarded(Some(_))));
     let mut d = k.browser();
     d.login("dora", PASSWORD).await;
     let again = d.submit("/_riegel/recovery", "/_riegel/recovery", &[("code", &codes[0])]).await;

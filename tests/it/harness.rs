@@ -220,11 +220,13 @@ pub struct Options {
     /// More keys under `password:` (after [`TEST_ARGON`]'s), each line
     /// indented by two spaces.
     pub password_yaml: String,
+    /// More keys under `totp:`, each line indented by two spaces.
+    pub totp_yaml: String,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { extra_yaml: String::new(), upstream: None, upstream_read_timeout: "2s", language: "de", branding_yaml: String::new(), https: false, server_yaml: String::new(), password_yaml: String::new() }
+        Options { extra_yaml: String::new(), upstream: None, upstream_read_timeout: "2s", language: "de", branding_yaml: String::new(), https: false, server_yaml: String::new(), password_yaml: String::new(), totp_yaml: String::new() }
     }
 }
 
@@ -275,7 +277,7 @@ branding:
   language: {lang}
 {branding}totp:
   issuer: "IMMO PRO"
-{TEST_ARGON}{password}{extra}"#,
+{totp}{TEST_ARGON}{password}{extra}"#,
             read = opts.upstream_read_timeout,
             store = dir.join("data").display(),
             smtp = smtp.addr.port(),
@@ -285,6 +287,7 @@ branding:
             server = opts.server_yaml,
             branding = opts.branding_yaml,
             password = opts.password_yaml,
+            totp = opts.totp_yaml,
         );
         let config_path = dir.join("riegel.yaml");
         std::fs::write(&config_path, &yaml).expect("config");

@@ -4,6 +4,7 @@
 mod harness;
 
 mod attack;
+mod account;
 mod browser;
 mod gateway;
 mod hashing;
