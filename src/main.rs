@@ -256,7 +256,10 @@ fn demo(listen: SocketAddr, dir: Option<PathBuf>) -> Result<ExitCode> {
     println!("  Password:   {password}");
     println!("  Mail goes to the outbox folder: {}", files.outbox.display());
     println!("  Data and config: {}", files.dir.display());
-    println!("  Admin:      riegel user list --config {}", files.config.display());
+    // The binary as it was started (`cargo run` does not put it on the PATH).
+    let me = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "riegel".into());
+    println!("  Admin:      {me} user list --config {}", files.config.display());
+    println!("  Your account page after logging in: http://{listen}/_riegel/account");
     println!();
     println!("  You need an authenticator app (or: oathtool --totp -b KEY). Ctrl-C stops.");
     println!();

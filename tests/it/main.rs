@@ -6,6 +6,7 @@ mod harness;
 mod attack;
 mod account;
 mod browser;
+mod demo;
 mod gateway;
 mod hashing;
 mod login;
