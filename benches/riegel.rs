@@ -12,7 +12,8 @@
 //!   although `decode` tries every key anyway, in constant time).
 //! - `totp`: `totp::verify` with a right code, a wrong code and a replay.
 //! - `routes`: the per-request rules: `is_public`, `safe_redirect`,
-//!   `headers_to_strip`, `find_cookie`, `strip_cookie`.
+//!   `find_cookie`, `strip_cookie`, and the short way's head work (parse,
+//!   header policy, the portal's head: `short_head`).
 //! - `pages`: `assets::load_pages` and `render("login", ..)` with the context
 //!   `web::login::render_login` builds.
 //! - `argon2`: `Hasher::verify` with the default parameters
@@ -33,8 +34,8 @@ use riegel::auth::session::{find_cookie, strip_cookie, SessionClaims, SessionCod
 use riegel::auth::totp;
 use riegel::auth::OsRandom;
 use riegel::config::{Argon2Params, BrandingConfig, Language};
-use riegel::web::headers::headers_to_strip;
-use riegel::web::is_public;
+use riegel::proxy::ShortHeadBench;
+use riegel::web::paths::is_public;
 
 /// A fixed "now" so that every run verifies the same thing.
 const NOW: i64 = 1_764_000_000;
@@ -126,64 +127,39 @@ fn bench_routes(c: &mut Criterion) {
     });
     g.bench_function("safe_redirect/hostile", |b| b.iter(|| safe_redirect(black_box("/%2F%2Fevil.example/%2e%2e"))));
 
-    // A typical browser request: ~12 headers, Connection: keep-alive.
-    let browser: Vec<&str> = vec![
-        "host",
-        "user-agent",
-        "accept",
-        "accept-language",
-        "accept-encoding",
-        "referer",
-        "cookie",
-        "connection",
-        "upgrade-insecure-requests",
-        "sec-fetch-dest",
-        "sec-fetch-mode",
-        "sec-fetch-site",
-    ];
-    let identity = ["Remote-User", "Remote-Email", "Remote-Name"];
-    g.bench_function("headers_to_strip/browser", |b| {
-        b.iter(|| {
-            headers_to_strip(black_box(browser.iter().copied()), black_box(["keep-alive"].into_iter()), black_box(&identity))
-        })
-    });
+    let session_value = SessionCodec::new(&[key(1)]).encode(&claims());
+    let heads = ShortHeadBench::new(["Remote-User", "Remote-Email", "Remote-Name"], ["riegel_session", "riegel_csrf"]);
+    // A typical browser request: 12 headers, Connection: keep-alive.
+    let browser = format!(
+        "GET /portal/dashboard/overview?tab=2 HTTP/1.1\r\nHost: portal.example.at\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\nAccept: text/html,application/xhtml+xml\r\nAccept-Language: de-AT,de;q=0.8\r\nAccept-Encoding: gzip, deflate, br\r\nReferer: https://portal.example.at/portal\r\nCookie: portal_lang=de; riegel_session={session_value}\r\nConnection: keep-alive\r\nUpgrade-Insecure-Requests: 1\r\nSec-Fetch-Dest: document\r\nSec-Fetch-Mode: navigate\r\nSec-Fetch-Site: same-origin\r\n\r\n"
+    );
+    assert!(heads.short_head(browser.as_bytes()) > 0);
+    g.bench_function("short_head/browser", |b| b.iter(|| heads.short_head(black_box(browser.as_bytes()))));
     // A hostile request: spoofed identity headers in odd spellings and
     // names listed in Connection.
-    let hostile: Vec<&str> = vec![
-        "host",
-        "user-agent",
-        "accept",
-        "cookie",
-        "connection",
-        "remote-user",
-        "REMOTE_EMAIL",
-        "Remote_Name",
-        "x-forwarded-for",
-        "x-custom",
-    ];
-    g.bench_function("headers_to_strip/hostile", |b| {
-        b.iter(|| {
-            headers_to_strip(
-                black_box(hostile.iter().copied()),
-                black_box(["keep-alive, x-custom, remote_user"].into_iter()),
-                black_box(&identity),
-            )
-        })
-    });
+    let hostile = "GET /portal HTTP/1.1\r\nHost: portal.example.at\r\nUser-Agent: x\r\nAccept: */*\r\nCookie: a=1\r\nConnection: keep-alive, x-custom, remote_user\r\nremote-user: admin\r\nREMOTE_EMAIL: a@b\r\nRemote_Name: x\r\nx-forwarded-for: 1.2.3.4\r\nx-custom: 1\r\n\r\n";
+    assert!(heads.short_head(hostile.as_bytes()) > 0);
+    g.bench_function("short_head/hostile", |b| b.iter(|| heads.short_head(black_box(hostile.as_bytes()))));
 
-    let session_value = SessionCodec::new(&[key(1)]).encode(&claims());
     let cookie_header = format!(
         "_ga=GA1.2.1234567890.1700000000; portal_lang=de; riegel_csrf=Zm9vYmFyYmF6cXV4; riegel_session={session_value}; PHPSESSID=abcdef0123456789abcdef0123"
     );
     g.bench_function("find_cookie/5cookies", |b| {
-        b.iter(|| find_cookie(black_box(&cookie_header), black_box("riegel_session")))
+        b.iter(|| find_cookie(black_box(cookie_header.as_bytes()), black_box("riegel_session")))
     });
+    let mut out = Vec::with_capacity(512);
     g.bench_function("strip_cookie/5cookies", |b| {
-        b.iter(|| strip_cookie(black_box(&cookie_header), black_box(&["riegel_session", "riegel_csrf"])))
+        b.iter(|| {
+            out.clear();
+            strip_cookie(black_box(cookie_header.as_bytes()), black_box(&["riegel_session", "riegel_csrf"]), &mut out)
+        })
     });
     let only_ours = format!("riegel_session={session_value}");
     g.bench_function("strip_cookie/only_ours", |b| {
-        b.iter(|| strip_cookie(black_box(&only_ours), black_box(&["riegel_session", "riegel_csrf"])))
+        b.iter(|| {
+            out.clear();
+            strip_cookie(black_box(only_ours.as_bytes()), black_box(&["riegel_session", "riegel_csrf"]), &mut out)
+        })
     });
     g.finish();
 }
@@ -193,6 +169,9 @@ fn branding() -> BrandingConfig {
         company: "IMMO PRO Immobilien GmbH".to_string(),
         portal_name: "Portal".to_string(),
         language: Language::De,
+        languages: vec![Language::De],
+        timezone: "Europe/Vienna".to_string(),
+        contact: Default::default(),
         logo_file: None,
         primary_color: "#3d7d16".to_string(),
         imprint_url: Some("https://www.example.at/impressum".to_string()),

@@ -188,9 +188,14 @@ async fn run(store: &dyn Store, clock: &dyn Clock, req: AdminRequest) -> Result<
             let u = find(store, &user).await?;
             let c = store.counter(&CounterKey::Account(u.id)).await?;
             let authenticators = if u.authenticators.is_empty() {
-                if u.pending_authenticator.is_some() { "enrolment pending".to_string() } else { "none".to_string() }
+                match (u.pending_authenticator.is_some(), u.enrolled_once) {
+                    (true, _) => "enrolment pending".to_string(),
+                    (false, true) => "none (had one: enrolling again needs the mailed new-device link, unless totp.reenrol_proof is none)".to_string(),
+                    (false, false) => "none".to_string(),
+                }
             } else {
-                format!("{} confirmed", u.authenticators.len())
+                let names: Vec<&str> = u.authenticators.iter().map(|a| if a.name.is_empty() { "-" } else { a.name.as_str() }).collect();
+                format!("{} confirmed ({})", u.authenticators.len(), names.join(", "))
             };
             return Ok(AdminResponse::ok(format!(
                 "username: {}\ne-mail: {}\nname: {}\nstatus: {}\nauthenticators: {}\nrecovery codes left: {}\npassword: {}\nfailures in a row: {}\nbanned until: {}",
@@ -267,17 +272,29 @@ async fn run(store: &dyn Store, clock: &dyn Clock, req: AdminRequest) -> Result<
             AdminResponse::ok(format!("e-mail of {} set to {}; ended {n} sessions", u.username, u.email.as_deref().unwrap_or("-")))
         }
         AdminRequest::ResetTotp { user } => {
+            let mut old_link = None;
             let u = change(store, &user, &mut |u| {
                 u.authenticators.clear();
                 u.pending_authenticator = None;
                 u.recovery_codes.clear();
+                old_link = u.new_device.take().map(|t| t.token_hash);
                 u.revoke_sessions();
                 u.updated_at = now;
             })
             .await?;
+            if let Some(h) = old_link {
+                store.delete_token(&h).await?;
+            }
             let n = end_sessions(store, u.id).await?;
             tracing::info!(target: "audit", event = "totp_reset", user = %u.username, "authenticators removed by an operator");
-            AdminResponse::ok(format!("authenticators of {} removed; the next login enrols again; ended {n} sessions", u.username))
+            // `enrolled_once` stays: the password alone no longer enrols
+            // (web::device, with totp.reenrol_proof: email).
+            let next = match (&u.email, u.enrolled_once) {
+                (_, false) => "the next login enrols with the password, as for a new account".to_string(),
+                (Some(e), true) => format!("the next login mails a 'Neues Gerät einrichten' link to {e} (unless totp.reenrol_proof is none)"),
+                (None, true) => "no e-mail address: set one (riegel user set-email) so the next login can mail the new-device link, or the user is asked to contact you (unless totp.reenrol_proof is none)".to_string(),
+            };
+            AdminResponse::ok(format!("authenticators of {} removed; {next}; ended {n} sessions", u.username))
         }
         AdminRequest::Unban { user } => {
             let u = find(store, &user).await?;

@@ -53,9 +53,9 @@ impl Sealer for MailSeal {
     }
 }
 
-/// The mail sealer for `cfg`'s storage key.
-pub fn mail_sealer(cfg: &Config) -> Arc<dyn Sealer> {
-    Arc::new(MailSeal(SecretBox::for_purpose(&cfg.secrets.storage_key, "riegel/mail-spool/v1")))
+/// The mail sealer for a storage key.
+pub fn mail_sealer(storage_key: &[u8]) -> Arc<dyn Sealer> {
+    Arc::new(MailSeal(SecretBox::for_purpose(storage_key, "riegel/mail-spool/v1")))
 }
 
 /// How long start-up waits for the first LISTEN on PostgreSQL; without it
@@ -112,7 +112,7 @@ pub fn build(cfg: Config, clock: Arc<dyn Clock>, mail: Option<Arc<dyn MailQueue>
     let (mail, mailer): (Arc<dyn MailQueue>, _) = match mail {
         Some(m) => (m, None),
         None => {
-            let m = Arc::new(Mailer::start(&cfg.mail, store.clone(), mail_sealer(&cfg), clock.clone())?);
+            let m = Arc::new(Mailer::start(&cfg.mail, store.clone(), mail_sealer(&cfg.secrets.storage_key), clock.clone())?);
             (m.clone(), Some(m))
         }
     };

@@ -56,6 +56,35 @@ impl Language {
             Language::En => "en",
         }
     }
+
+    /// The language of a code (`de`, `en`), if riegel ships it.
+    pub fn from_code(code: &str) -> Option<Language> {
+        match code {
+            "de" => Some(Language::De),
+            "en" => Some(Language::En),
+            _ => None,
+        }
+    }
+}
+
+/// How the operator can be reached (`branding.contact`): shown in mails,
+/// on the lockout page and on the recovery pages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Contact {
+    pub phone: Option<String>,
+    pub email: Option<String>,
+}
+
+/// What a user who had an authenticator and has none left (a lost phone,
+/// `riegel user reset-totp`) must show besides the password before a new
+/// one can be enrolled (`totp.reenrol_proof`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReenrolProof {
+    /// A one-time link mailed to the user's address, opened in the same
+    /// browser session.
+    Email,
+    /// The password alone (as for a new account).
+    None,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,8 +136,14 @@ pub struct ServerConfig {
     pub work_stealing: bool,
     /// Shard threads in `SCHED_BATCH` while busy (see `crate::sched`).
     pub adaptive_scheduling: bool,
+    /// A client must send each request head within this.
     pub header_timeout: Duration,
+    /// A body riegel reads (a form) or forwards must arrive whole within
+    /// this, counted from the end of its head.
     pub body_timeout: Duration,
+    /// Longest wait for a client to take the next piece of an answer, on
+    /// both ways (nginx's `send_timeout`).
+    pub write_timeout: Duration,
     pub max_connections: usize,
     pub max_form_bytes: usize,
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -178,7 +213,15 @@ pub struct MailConfig {
 pub struct BrandingConfig {
     pub company: String,
     pub portal_name: String,
+    /// The default language: used when neither the language cookie nor
+    /// `Accept-Language` names one of `languages`. Always in `languages`.
     pub language: Language,
+    /// The languages offered (`branding.languages`), the default first.
+    pub languages: Vec<Language>,
+    /// The IANA time zone of times in mails and on "Mein Zugang"
+    /// (validated against the time zone data compiled into riegel).
+    pub timezone: String,
+    pub contact: Contact,
     pub logo_file: Option<PathBuf>,
     pub primary_color: String,
     pub imprint_url: Option<String>,
@@ -194,6 +237,7 @@ pub struct BrandingConfig {
 pub struct TotpConfig {
     pub issuer: String,
     pub enrollment_timeout: Duration,
+    pub reenrol_proof: ReenrolProof,
 }
 
 #[derive(Debug, Clone)]
@@ -239,6 +283,9 @@ pub struct Config {
     pub branding: BrandingConfig,
     pub totp: TotpConfig,
     pub log: LogConfig,
+    /// Things that work but should not be so (e.g. one key for two
+    /// purposes); `riegel check-config` prints them, `serve` logs them.
+    pub warnings: Vec<ConfigError>,
 }
 
 /// Where riegel keeps its data: `store.path` (sled) or `store.postgres`.
@@ -337,7 +384,10 @@ impl Config {
             build(&mut s, env)
         };
         match cfg {
-            Some(c) if errs.is_empty() => Ok(c),
+            Some(mut c) if errs.is_empty() => {
+                c.warnings = warnings(&c);
+                Ok(c)
+            }
             _ => {
                 if errs.is_empty() {
                     errs.push(ConfigError { path: String::new(), message: "invalid configuration".into() });
@@ -523,6 +573,7 @@ fn build(s: &mut Section<'_, '_>, env: &dyn Env) -> Option<Config> {
         let adaptive_scheduling = sv.bool_or("adaptive_scheduling", true);
         let header_timeout = sv.duration_or("header_timeout", Duration::from_secs(10));
         let body_timeout = sv.duration_or("body_timeout", Duration::from_secs(10));
+        let write_timeout = sv.duration_or("write_timeout", Duration::from_secs(60));
         let max_connections = sv.uint_or("max_connections", 10_000, 1, 1_000_000) as usize;
         let max_form_bytes = sv.uint_or("max_form_bytes", 16 * 1024, 1024, 1024 * 1024) as usize;
         let list = sv.string_list_or("trusted_proxies", &[]);
@@ -537,7 +588,17 @@ fn build(s: &mut Section<'_, '_>, env: &dyn Env) -> Option<Config> {
             }
         }
         sv.finish();
-        ServerConfig { threads, work_stealing, adaptive_scheduling, header_timeout, body_timeout, max_connections, max_form_bytes, trusted_proxies }
+        ServerConfig {
+            threads,
+            work_stealing,
+            adaptive_scheduling,
+            header_timeout,
+            body_timeout,
+            write_timeout,
+            max_connections,
+            max_form_bytes,
+            trusted_proxies,
+        }
     };
 
     let password = {
@@ -638,13 +699,74 @@ fn build(s: &mut Section<'_, '_>, env: &dyn Env) -> Option<Config> {
         let mut b = s.section("branding");
         let company = b.string_or("company", "riegel");
         let portal_name = b.string_or("portal_name", "Portal");
-        let language = match b.string_or("language", "de").as_str() {
-            "de" => Language::De,
-            "en" => Language::En,
-            _ => {
+        // `language` is the default, `languages` the offer; either implies
+        // the other when it is the only one given.
+        let language = b.opt_string("language").and_then(|l| match Language::from_code(&l) {
+            Some(l) => Some(l),
+            None => {
                 b.error("language", "must be de or en");
+                None
+            }
+        });
+        let listed = if b.has("languages") {
+            Some(b.string_list_or("languages", &[]))
+        } else {
+            let _ = b.get("languages"); // `languages: null` is the default, not an unknown key
+            None
+        };
+        let mut languages: Vec<Language> = Vec::new();
+        for (i, code) in listed.iter().flatten().enumerate() {
+            match Language::from_code(code) {
+                Some(l) if languages.contains(&l) => b.error(&format!("languages[{i}]"), &format!("'{code}' is listed twice")),
+                Some(l) => languages.push(l),
+                None => b.error(&format!("languages[{i}]"), &format!("'{code}' is not a language riegel ships (de, en)")),
+            }
+        }
+        if listed.as_ref().is_some_and(|l| l.is_empty()) {
+            b.error("languages", "must list at least one language (de, en)");
+        }
+        let language = match (language, languages.first().copied()) {
+            (Some(l), _) if listed.is_none() => {
+                languages = vec![l];
+                l
+            }
+            (Some(l), Some(_)) if !languages.contains(&l) => {
+                b.error("language", &format!("'{}' is not in branding.languages; the default language must be one of them", l.code()));
+                l
+            }
+            (Some(l), _) => l,
+            (None, Some(first)) => first,
+            (None, None) => {
+                languages = vec![Language::De];
                 Language::De
             }
+        };
+        // The default first: it is what a request without a choice gets.
+        languages.retain(|l| *l != language);
+        languages.insert(0, language);
+        let timezone = b.string_or("timezone", "Europe/Vienna");
+        if jiff::tz::db().get(&timezone).is_err() {
+            b.error("timezone", &format!("'{timezone}' is not a time zone riegel knows (an IANA name such as Europe/Vienna)"));
+        }
+        let contact = match b.opt_section("contact") {
+            Some(mut c) => {
+                let phone = c.opt_string("phone").map(|p| p.trim().to_string());
+                if let Some(p) = &phone {
+                    let digits = p.bytes().filter(u8::is_ascii_digit).count();
+                    if digits < 3 || !p.chars().all(|ch| ch.is_ascii_digit() || " +-/()".contains(ch)) {
+                        c.error("phone", &format!("'{p}' is not a phone number (digits, spaces and + - / ( ) only)"));
+                    }
+                }
+                let email = c.opt_string("email").map(|e| e.trim().to_string());
+                if let Some(e) = &email {
+                    if !valid_email(e) {
+                        c.error("email", &format!("'{e}' is not an e-mail address"));
+                    }
+                }
+                c.finish();
+                Contact { phone, email }
+            }
+            None => Contact::default(),
         };
         let logo_file = b.opt_existing_file("logo_file");
         if let Some(l) = &logo_file {
@@ -690,6 +812,9 @@ fn build(s: &mut Section<'_, '_>, env: &dyn Env) -> Option<Config> {
             company,
             portal_name,
             language,
+            languages,
+            timezone,
+            contact,
             logo_file,
             primary_color,
             imprint_url,
@@ -706,8 +831,16 @@ fn build(s: &mut Section<'_, '_>, env: &dyn Env) -> Option<Config> {
             t.error("issuer", "must not contain ':'");
         }
         let enrollment_timeout = t.duration_or("enrollment_timeout", Duration::from_secs(3600));
+        let reenrol_proof = match t.string_or("reenrol_proof", "email").as_str() {
+            "email" => ReenrolProof::Email,
+            "none" => ReenrolProof::None,
+            _ => {
+                t.error("reenrol_proof", "must be email or none");
+                ReenrolProof::Email
+            }
+        };
         t.finish();
-        TotpConfig { issuer, enrollment_timeout }
+        TotpConfig { issuer, enrollment_timeout, reenrol_proof }
     };
 
     let log = {
@@ -749,7 +882,22 @@ fn build(s: &mut Section<'_, '_>, env: &dyn Env) -> Option<Config> {
         branding,
         totp,
         log,
+        warnings: Vec::new(),
     })
+}
+
+/// What is allowed but unwise in a valid configuration.
+fn warnings(c: &Config) -> Vec<ConfigError> {
+    let mut w = Vec::new();
+    if c.secrets.session_keys.contains(&c.secrets.storage_key) {
+        w.push(ConfigError {
+            path: "secrets.storage_key_file".into(),
+            message: "the storage key is also a session key: use two keys (`openssl rand -hex 32` for each), or a leaked \
+                      cookie key also opens the stored TOTP secrets"
+                .into(),
+        });
+    }
+    w
 }
 
 fn default_threads() -> usize {
@@ -1090,18 +1238,25 @@ impl<'a, 'e> Section<'a, 'e> {
     /// A secret from a file (`key`) or an environment variable. Files must
     /// not be readable by group or others. Each non-empty line is one key
     /// of at least 32 bytes.
+    /// Keys from a file (or the environment), one per line. Every problem
+    /// of the file is reported, not just the first: a key file that is too
+    /// short *and* readable by others gets both messages.
     fn secret_keys(&mut self, key: &str, env_name: &str, env: &dyn Env) -> Option<Vec<Vec<u8>>> {
-        let (text, origin) = match (self.opt_path(key), env.var(env_name)) {
-            (Some(p), _) => match read_secret_file(&p) {
-                Ok(t) => (t, p.display().to_string()),
-                Err(e) => {
+        let (text, origin, mut ok) = match (self.opt_path(key), env.var(env_name)) {
+            (Some(p), _) => {
+                let (text, problems) = read_secret_file_all(&p);
+                let ok = problems.is_empty();
+                for e in problems {
                     self.error(key, &e);
-                    return None;
                 }
-            },
-            (None, Some(v)) => (v, env_name.to_string()),
+                (text?, p.display().to_string(), ok)
+            }
+            (None, Some(v)) => (v, env_name.to_string(), true),
             (None, None) => {
-                self.error(key, &format!("missing (or set the environment variable {env_name})"));
+                self.error(
+                    key,
+                    &format!("missing (or set the environment variable {env_name}); create a key with `openssl rand -hex 32 > FILE && chmod 600 FILE`"),
+                );
                 return None;
             }
         };
@@ -1117,14 +1272,11 @@ impl<'a, 'e> Section<'a, 'e> {
         }
         for (i, k) in keys.iter().enumerate() {
             if k.len() < 32 {
-                self.error(
-                    key,
-                    &format!("key {} in {origin} is {} bytes; at least 32 are needed (`openssl rand -hex 32`)", i + 1, k.len()),
-                );
-                return None;
+                self.error(key, &format!("key {} in {origin} is {} bytes; at least 32 are needed (`openssl rand -hex 32`)", i + 1, k.len()));
+                ok = false;
             }
         }
-        Some(keys)
+        ok.then_some(keys)
     }
 
     fn secret_string(&mut self, key: &str, env_name: &str, env: &dyn Env) -> Option<String> {
@@ -1137,6 +1289,36 @@ impl<'a, 'e> Section<'a, 'e> {
                 }
             },
             (None, v) => v,
+        }
+    }
+}
+
+/// A secret file's text (if it can be read) and every problem with it.
+fn read_secret_file_all(p: &Path) -> (Option<String>, Vec<String>) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut problems = Vec::new();
+    match std::fs::metadata(p) {
+        Ok(meta) if meta.permissions().mode() & 0o077 != 0 => problems.push(format!(
+            "{} is readable by group or others (mode {:o}); run `chmod 600 {}`",
+            p.display(),
+            meta.permissions().mode() & 0o777,
+            p.display()
+        )),
+        Ok(_) => {}
+        Err(e) => {
+            let hint = if e.kind() == std::io::ErrorKind::NotFound {
+                format!("; create it with `openssl rand -hex 32 > {0} && chmod 600 {0}`", p.display())
+            } else {
+                String::new()
+            };
+            return (None, vec![format!("cannot read {}: {e}{hint}", p.display())]);
+        }
+    }
+    match std::fs::read_to_string(p) {
+        Ok(t) => (Some(t), problems),
+        Err(e) => {
+            problems.push(format!("cannot read {}: {e}", p.display()));
+            (None, problems)
         }
     }
 }
@@ -1184,6 +1366,34 @@ mail: { from: "Portal <portal@example.at>", outbox: "/tmp/outbox" }
 "#;
 
     #[test]
+    fn a_key_file_with_two_problems_reports_both_and_one_key_for_both_purposes_warns() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("riegel-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let short = dir.join("short.key");
+        std::fs::write(&short, "too-short\n").expect("key");
+        std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o644)).expect("mode");
+        let yaml = MINIMAL.replace("secrets: {}", &format!("secrets: {{ session_key_file: {}, storage_key_file: {}/missing.key }}", short.display(), dir.display()));
+        let errs = Config::parse(&yaml, Path::new("/"), &MapEnv(HashMap::new())).expect_err("invalid").0;
+        let on = |k: &str| errs.iter().filter(|e| e.path == k).map(|e| e.message.clone()).collect::<Vec<_>>();
+        let session = on("secrets.session_key_file");
+        assert!(session.iter().any(|m| m.contains("readable by group or others")), "{errs:?}");
+        assert!(session.iter().any(|m| m.contains("at least 32")), "{errs:?}");
+        let storage = on("secrets.storage_key_file");
+        assert!(storage.iter().any(|m| m.contains("openssl rand -hex 32")), "{errs:?}");
+        // One key for both: valid, with a warning.
+        let same = MapEnv(HashMap::from([
+            ("RIEGEL_SESSION_KEY".to_string(), "a".repeat(64)),
+            ("RIEGEL_STORAGE_KEY".to_string(), "a".repeat(64)),
+        ]));
+        let c = Config::parse(MINIMAL, Path::new("/"), &same).expect("valid");
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert_eq!(c.warnings[0].path, "secrets.storage_key_file");
+        assert!(Config::parse(MINIMAL, Path::new("/"), &env_with_keys()).expect("valid").warnings.is_empty());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
     fn minimal_config_parses_with_defaults() {
         let c = Config::parse(MINIMAL, Path::new("/"), &env_with_keys()).expect("valid");
         assert_eq!(c.listen.port(), 8080);
@@ -1207,6 +1417,22 @@ mail: { from: "Portal <portal@example.at>", outbox: "/tmp/outbox" }
         let errs = Config::parse(&bad, Path::new("/"), &env_with_keys()).expect_err("invalid").0;
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert_eq!(errs[0].path, "server.adaptive_scheduling", "{errs:?}");
+    }
+
+    #[test]
+    fn server_timeouts_have_defaults_and_take_durations() {
+        let c = Config::parse(MINIMAL, Path::new("/"), &env_with_keys()).expect("valid");
+        assert_eq!(c.server.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.body_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.write_timeout, Duration::from_secs(60));
+        let set = format!("{MINIMAL}server: {{ body_timeout: 3s, write_timeout: 2m }}\n");
+        let c = Config::parse(&set, Path::new("/"), &env_with_keys()).expect("valid");
+        assert_eq!((c.server.body_timeout, c.server.write_timeout), (Duration::from_secs(3), Duration::from_secs(120)));
+        let bad = format!("{MINIMAL}server: {{ write_timeout: 0s, body_timeout: soon }}\n");
+        let errs = Config::parse(&bad, Path::new("/"), &env_with_keys()).expect_err("invalid").0;
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths.len(), 2, "{errs:?}");
+        assert!(paths.contains(&"server.write_timeout") && paths.contains(&"server.body_timeout"), "{errs:?}");
     }
 
     #[test]
@@ -1399,8 +1625,78 @@ mail: { from: "Portal <portal@example.at>", outbox: "/tmp/o", colour: red }
         let c = Config::parse(&text, &dir, &MapEnv(HashMap::new())).expect("example config is valid");
         assert_eq!(c.branding.company, "IMMO PRO Immobilien GmbH");
         assert_eq!(c.totp.issuer, "IMMO PRO");
+        assert_eq!(c.branding.languages, vec![Language::De, Language::En]);
+        assert_eq!(c.branding.contact.phone.as_deref(), Some("+43 1 234 56 78"));
         assert_eq!(c.password.hash_queue_timeout, Duration::from_secs(10));
         assert!(matches!(c.mail.transport, MailTransport::Smtp(_)));
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn branding(extra: &str) -> Result<Config, Vec<ConfigError>> {
+        let text = format!("{MINIMAL}{extra}");
+        Config::parse(&text, Path::new("/"), &env_with_keys()).map_err(|e| e.0)
+    }
+
+    #[test]
+    fn languages_default_to_the_one_language_and_the_default_comes_first() {
+        let c = branding("").expect("valid");
+        assert_eq!((c.branding.language, c.branding.languages.clone()), (Language::De, vec![Language::De]));
+        let c = branding("branding: { language: en }\n").expect("valid");
+        assert_eq!((c.branding.language, c.branding.languages.clone()), (Language::En, vec![Language::En]));
+        let c = branding("branding: { languages: [de, en] }\n").expect("valid");
+        assert_eq!((c.branding.language, c.branding.languages.clone()), (Language::De, vec![Language::De, Language::En]));
+        let c = branding("branding: { languages: [de, en], language: en }\n").expect("valid");
+        assert_eq!((c.branding.language, c.branding.languages.clone()), (Language::En, vec![Language::En, Language::De]));
+        let c = branding("branding: { languages: [en] }\n").expect("valid");
+        assert_eq!(c.branding.language, Language::En);
+        let c = branding("branding: { languages: null }\n").expect("valid");
+        assert_eq!(c.branding.languages, vec![Language::De]);
+    }
+
+    #[test]
+    fn language_mistakes_are_reported_with_their_key_paths() {
+        let errs = branding("branding: { languages: [de, fr, de, 3], language: en }\n").expect_err("invalid");
+        let all: Vec<String> = errs.iter().map(ToString::to_string).collect();
+        for want in [
+            "branding.languages[1]: 'fr' is not a language riegel ships (de, en)",
+            "branding.languages[2]: 'de' is listed twice",
+            "branding.languages[3]: must be a string",
+            "branding.language: 'en' is not in branding.languages",
+        ] {
+            assert!(all.iter().any(|e| e.starts_with(want)), "{want} missing in {all:#?}");
+        }
+        assert_eq!(all.len(), 4, "{all:#?}");
+        let errs = branding("branding: { languages: [] }\n").expect_err("invalid");
+        assert_eq!(errs[0].path, "branding.languages");
+        let errs = branding("branding: { languages: de }\n").expect_err("invalid");
+        assert_eq!((errs[0].path.as_str(), errs[0].message.as_str()), ("branding.languages", "must be a list"));
+        let errs = branding("branding: { language: fr }\n").expect_err("invalid");
+        assert_eq!(errs[0].path, "branding.language");
+    }
+
+    #[test]
+    fn timezone_contact_and_reenrol_proof() {
+        let c = branding("").expect("valid");
+        assert_eq!(c.branding.timezone, "Europe/Vienna");
+        assert_eq!(c.branding.contact, Contact::default());
+        assert_eq!(c.totp.reenrol_proof, ReenrolProof::Email);
+        let c = branding(
+            "branding: { timezone: America/New_York, contact: { phone: \"+43 1 234 56-78\", email: hv@example.at } }\ntotp: { reenrol_proof: none }\n",
+        )
+        .expect("valid");
+        assert_eq!(c.branding.timezone, "America/New_York");
+        assert_eq!(c.branding.contact.phone.as_deref(), Some("+43 1 234 56-78"));
+        assert_eq!(c.branding.contact.email.as_deref(), Some("hv@example.at"));
+        assert_eq!(c.totp.reenrol_proof, ReenrolProof::None);
+        let errs = branding(
+            "branding: { timezone: Europe/Wien, contact: { phone: \"ruf an\", email: nobody, fax: 1 } }\ntotp: { reenrol_proof: sms }\n",
+        )
+        .expect_err("invalid");
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["branding.timezone", "branding.contact.phone", "branding.contact.email", "branding.contact.fax", "totp.reenrol_proof"],
+            "{errs:#?}"
+        );
     }
 }

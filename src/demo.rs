@@ -89,39 +89,77 @@ fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
+/// The demo portal's one page: who riegel says the user is (the identity
+/// headers), links to "Mein Zugang" and to logout, and the request as it
+/// arrived. Readable on a phone; the ids and the `<pre id="headers">`
+/// lines ("Name: value") are what the tests read.
 fn render(method: &str, target: &str, headers: &[(String, String)], body: &[u8]) -> String {
-    let get = |name: &str| {
-        headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| esc(v)).unwrap_or_else(|| "—".into())
-    };
+    let get = |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| esc(v));
     let mut rows = String::new();
     for (k, v) in headers {
         rows.push_str(&format!("{}: {}\n", esc(k), esc(v)));
     }
+    let dash = || "—".to_string();
+    let greeting = match get("remote-name") {
+        Some(n) => format!("Willkommen, <strong id=\"remote-name\">{n}</strong>!"),
+        None => "Diese Seite ist öffentlich: riegel hat keine Anmeldung mitgeschickt.".to_string(),
+    };
     format!(
         r#"<!doctype html>
 <html lang="de"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Demo-Portal</title></head>
+<title>Demo-Portal</title>
+<style>
+:root {{ color-scheme: light; --green: #2f6111; --line: #d6dcd2; --soft: #f3f6f1; }}
+* {{ box-sizing: border-box; }}
+body {{ margin: 0; font: 16px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1c2418; background: var(--soft); }}
+header {{ background: var(--green); color: #fff; padding: 0.9rem 1rem; }}
+header p {{ margin: 0; font-weight: 600; }}
+main {{ max-width: 44rem; margin: 0 auto; padding: 1rem; }}
+h1 {{ font-size: 1.5rem; margin: 0.5rem 0 0.25rem; }}
+h2 {{ font-size: 1.1rem; margin: 0 0 0.5rem; }}
+.card {{ background: #fff; border: 1px solid var(--line); border-radius: 0.5rem; padding: 1rem; margin: 1rem 0; }}
+dl {{ display: grid; grid-template-columns: max-content 1fr; gap: 0.25rem 1rem; margin: 0; }}
+dt {{ font-weight: 600; }}
+dd {{ margin: 0; overflow-wrap: anywhere; }}
+.actions {{ display: flex; flex-wrap: wrap; gap: 0.75rem; align-items: center; }}
+.actions a, .actions button {{ font: inherit; padding: 0.6rem 1rem; border-radius: 0.4rem; border: 2px solid var(--green); cursor: pointer; text-decoration: none; }}
+.actions a {{ color: var(--green); background: #fff; }}
+.actions button {{ color: #fff; background: var(--green); }}
+.actions form {{ margin: 0; }}
+pre {{ white-space: pre-wrap; overflow-wrap: anywhere; font-size: 0.85rem; background: var(--soft); padding: 0.5rem; border-radius: 0.3rem; margin: 0.5rem 0 0; }}
+.note {{ color: #465040; font-size: 0.9rem; }}
+</style></head>
 <body>
+<header><p>Demo-Portal</p></header>
 <main>
 <h1>Demo-Portal</h1>
-<p>Willkommen, <strong id="remote-name">{name}</strong>!</p>
+<p>{greeting}</p>
+<section class="card" aria-labelledby="who">
+<h2 id="who">Was riegel dem Portal mitteilt</h2>
 <dl>
 <dt>Remote-User</dt><dd id="remote-user">{user}</dd>
 <dt>Remote-Email</dt><dd id="remote-email">{email}</dd>
 <dt>Remote-Name</dt><dd>{name}</dd>
 </dl>
+</section>
+<section class="card actions" aria-label="Konto">
+<a href="/_riegel/account" id="account">Mein Zugang</a>
 <form method="post" action="/_riegel/logout"><button type="submit" id="logout">Abmelden</button></form>
-<h2>Request</h2>
+</section>
+<section class="card" aria-labelledby="req">
+<h2 id="req">Die Anfrage, wie sie beim Portal ankam</h2>
+<p class="note">Der Cookie von riegel ist entfernt, die Identität hat riegel selbst gesetzt.</p>
 <pre id="request-line">{method} {target}</pre>
 <pre id="headers">
 {rows}</pre>
 <pre id="body">{body}</pre>
+</section>
 </main>
 </body></html>
 "#,
-        name = get("remote-name"),
-        user = get("remote-user"),
-        email = get("remote-email"),
+        user = get("remote-user").unwrap_or_else(dash),
+        email = get("remote-email").unwrap_or_else(dash),
+        name = get("remote-name").unwrap_or_else(dash),
         method = esc(method),
         target = esc(target),
         rows = rows,

@@ -345,7 +345,7 @@ enum Transport {
         builder: lettre::transport::smtp::AsyncSmtpTransportBuilder,
         current: Mutex<AsyncSmtpTransport<Tokio1Executor>>,
     },
-    Outbox(AsyncFileTransport<Tokio1Executor>),
+    Outbox { files: AsyncFileTransport<Tokio1Executor>, dir: PathBuf },
 }
 
 /// A failed delivery attempt. `permanent`: the server rejected the mail (5xx); retrying is useless.
@@ -365,7 +365,7 @@ impl Transport {
     fn build(plan: Plan) -> Transport {
         match plan {
             Plan::Smtp(builder) => Transport::Smtp { current: Mutex::new(builder.clone().build()), builder },
-            Plan::Outbox(dir) => Transport::Outbox(AsyncFileTransport::new(dir)),
+            Plan::Outbox(dir) => Transport::Outbox { files: AsyncFileTransport::new(&dir), dir },
         }
     }
 
@@ -384,8 +384,15 @@ impl Transport {
                     }
                 }
             }
-            Transport::Outbox(files) => match tokio::time::timeout(attempt, files.send_raw(message.envelope(), &formatted)).await {
-                Ok(Ok(_id)) => Ok(()),
+            Transport::Outbox { files, dir } => match tokio::time::timeout(attempt, files.send_raw(message.envelope(), &formatted)).await {
+                Ok(Ok(id)) => {
+                    // Only the owner may read a mail (it may carry a reset link).
+                    use std::os::unix::fs::PermissionsExt;
+                    let path = dir.join(format!("{id}.eml"));
+                    tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                        .await
+                        .map_err(|e| Failure::transient(format!("outbox {}: {e}", path.display())))
+                }
                 Ok(Err(e)) => Err(Failure::transient(format!("outbox: {e}"))),
                 Err(_elapsed) => Err(Failure::transient("outbox write timed out")),
             },

@@ -128,11 +128,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logging to stderr: `level` (or `RIEGEL_LOG`, an `EnvFilter` directive
+/// list) for riegel's own targets. Every other target (Pingora, sled,
+/// rustls, tokio ...) is capped at `warn` whatever `RIEGEL_LOG` says: at
+/// debug and trace Pingora logs request and answer heads and raw request
+/// bytes, cookies and all, and secrets never reach a log.
 fn init_logging(level: &str, json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RIEGEL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},pingora=warn,pingora_core=warn,pingora_proxy=warn,sled=warn")));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if json { b.json().try_init() } else { b.try_init() };
+    use tracing_subscriber::filter::{filter_fn, FilterExt};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
+    let wanted = tracing_subscriber::EnvFilter::try_from_env("RIEGEL_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let capped = filter_fn(|meta| {
+        let t = meta.target();
+        let own = t == "riegel" || t.starts_with("riegel::") || t == "audit";
+        own || *meta.level() <= tracing::Level::WARN
+    });
+    let filter = wanted.and(capped);
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    let registry = tracing_subscriber::registry();
+    let _ = if json { registry.with(layer.json().with_filter(filter)).try_init() } else { registry.with(layer.with_filter(filter)).try_init() };
 }
 
 fn load_config(path: &Path) -> Result<Config> {
@@ -145,6 +161,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Serve { config } => {
             let cfg = load_config(&config)?;
             init_logging(&cfg.log.level, cfg.log.json);
+            for w in &cfg.warnings {
+                tracing::warn!(warning = %w, "configuration");
+            }
             serve(cfg)
         }
         Cmd::Demo { listen, dir } => demo(listen, dir),
@@ -187,6 +206,9 @@ fn check_config(path: &Path) -> ExitCode {
                 ExitCode::from(2)
             }
             Ok(_) => {
+                for w in &cfg.warnings {
+                    eprintln!("  warning: {w}");
+                }
                 println!("{}: ok", path.display());
                 ExitCode::SUCCESS
             }
@@ -259,7 +281,10 @@ fn demo(listen: SocketAddr, dir: Option<PathBuf>) -> Result<ExitCode> {
     println!("  Password:   {password}");
     println!("  Mail goes to the outbox folder: {}", files.outbox.display());
     println!("  Data and config: {}", files.dir.display());
-    println!("  Admin:      riegel user list --config {}", files.config.display());
+    // The binary as it was started (`cargo run` does not put it on the PATH).
+    let me = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "riegel".into());
+    println!("  Admin:      {me} user list --config {}", files.config.display());
+    println!("  Your account page after logging in: http://{listen}/_riegel/account");
     println!();
     println!("  You need an authenticator app (or: oathtool --totp -b KEY). Ctrl-C stops.");
     println!();

@@ -1,4 +1,4 @@
-/* riegel: optional copy-to-clipboard buttons. Pages work fully without it.
+/* riegel: optional copy-to-clipboard (and print) buttons. Pages work fully without it.
    Every element with a data-copy attribute gets a button after it; the
    labels come from data-copy-label / data-copy-done / data-copy-selected. */
 (function () {
@@ -49,4 +49,16 @@
   }
   var items = document.querySelectorAll("[data-copy]");
   for (var i = 0; i < items.length; i++) { attach(items[i]); }
+  // A print button beside the copy button (recovery codes).
+  var printable = document.querySelectorAll("[data-print-label]");
+  for (var j = 0; j < printable.length; j++) {
+    var row = printable[j].nextSibling;
+    if (!row || row.className !== "copy-row") { continue; }
+    var print = document.createElement("button");
+    print.type = "button";
+    print.className = "btn btn-copy";
+    print.textContent = printable[j].getAttribute("data-print-label");
+    print.addEventListener("click", function () { window.print(); });
+    row.insertBefore(print, row.firstChild.nextSibling);
+  }
 })();

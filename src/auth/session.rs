@@ -147,30 +147,62 @@ impl SessionCodec {
     }
 }
 
-/// Finds the value of cookie `name` in a `Cookie` header without allocating.
-pub fn find_cookie<'a>(header: &'a str, name: &str) -> Option<&'a str> {
-    header.split(';').find_map(|part| {
-        let (k, v) = part.split_once('=')?;
-        (k.trim() == name).then(|| v.trim().trim_matches('"'))
-    })
+/// Without leading and trailing ASCII whitespace.
+fn trim(mut b: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = b {
+        if !first.is_ascii_whitespace() {
+            break;
+        }
+        b = rest;
+    }
+    while let [rest @ .., last] = b {
+        if !last.is_ascii_whitespace() {
+            break;
+        }
+        b = rest;
+    }
+    b
 }
 
-/// Removes cookie `name` from a `Cookie` header, keeping every other cookie
-/// byte for byte. Returns `None` when nothing is left.
-pub fn strip_cookie(header: &str, names: &[&str]) -> Option<String> {
-    let kept: Vec<&str> = header
-        .split(';')
-        .filter(|part| {
-            let k = part.split_once('=').map(|(k, _)| k).unwrap_or(part).trim();
-            !k.is_empty() && !names.contains(&k)
+/// Finds the value of cookie `name` in a `Cookie` header's bytes without
+/// allocating. The header may hold any bytes (browsers send raw UTF-8, some
+/// clients Latin-1): only the value found must be UTF-8, else there is no
+/// such cookie.
+pub fn find_cookie<'a>(header: &'a [u8], name: &str) -> Option<&'a str> {
+    let value = header.split(|&b| b == b';').find_map(|part| {
+        let eq = part.iter().position(|&b| b == b'=')?;
+        (trim(&part[..eq]) == name.as_bytes()).then(|| {
+            let mut v = trim(&part[eq + 1..]);
+            while let [b'"', rest @ ..] = v {
+                v = rest;
+            }
+            while let [rest @ .., b'"'] = v {
+                v = rest;
+            }
+            v
         })
-        .map(str::trim)
-        .collect();
-    if kept.is_empty() {
-        None
-    } else {
-        Some(kept.join("; "))
+    })?;
+    std::str::from_utf8(value).ok()
+}
+
+/// Appends to `out` a `Cookie` header's cookies without those called one
+/// of `names`, every other cookie byte for byte, joined by `; `. Returns
+/// whether anything was kept (`out` is unchanged when not).
+pub fn strip_cookie(header: &[u8], names: &[&str], out: &mut Vec<u8>) -> bool {
+    let mut kept = false;
+    for part in header.split(|&b| b == b';') {
+        let part = trim(part);
+        let key = trim(part.split(|&b| b == b'=').next().unwrap_or(part));
+        if key.is_empty() || names.iter().any(|n| key == n.as_bytes()) {
+            continue;
+        }
+        if kept {
+            out.extend_from_slice(b"; ");
+        }
+        out.extend_from_slice(part);
+        kept = true;
     }
+    kept
 }
 
 #[cfg(test)]
@@ -254,13 +286,35 @@ mod tests {
         assert_ne!(SessionCodec::new_session_id(&r), SessionCodec::new_session_id(&r));
     }
 
+    fn stripped(h: &[u8], names: &[&str]) -> Option<Vec<u8>> {
+        let mut out = b"x".to_vec();
+        strip_cookie(h, names, &mut out).then(|| out.split_off(1))
+    }
+
     #[test]
     fn cookie_helpers() {
-        let h = "a=1; riegel_session=xyz; b=\"2\"";
+        let h = b"a=1; riegel_session=xyz; b=\"2\"";
         assert_eq!(find_cookie(h, "riegel_session"), Some("xyz"));
         assert_eq!(find_cookie(h, "b"), Some("2"));
         assert_eq!(find_cookie(h, "c"), None);
-        assert_eq!(strip_cookie(h, &["riegel_session"]).as_deref(), Some("a=1; b=\"2\""));
-        assert_eq!(strip_cookie("riegel_session=x", &["riegel_session"]), None);
+        assert_eq!(stripped(h, &["riegel_session"]).as_deref(), Some(&b"a=1; b=\"2\""[..]));
+        assert_eq!(stripped(b"riegel_session=x", &["riegel_session"]), None);
+        assert_eq!(stripped(b"  riegel_session=x ;; =y", &["riegel_session"]), None);
+    }
+
+    #[test]
+    fn cookie_helpers_work_on_any_bytes() {
+        // Raw UTF-8 and Latin-1 around riegel's cookie.
+        let h = "name=J\u{fc}rgen; riegel_session=xyz; x=\u{e4}".as_bytes();
+        assert_eq!(find_cookie(h, "riegel_session"), Some("xyz"));
+        assert_eq!(stripped(h, &["riegel_session"]).as_deref(), Some("name=J\u{fc}rgen; x=\u{e4}".as_bytes()));
+        let h = b"name=J\xfcrgen;riegel_session=xyz;riegel_session_csrf=c";
+        assert_eq!(find_cookie(h, "riegel_session"), Some("xyz"));
+        assert_eq!(find_cookie(h, "riegel_session_csrf"), Some("c"));
+        assert_eq!(stripped(h, &["riegel_session", "riegel_session_csrf"]).as_deref(), Some(&b"name=J\xfcrgen"[..]));
+        // A value that is not UTF-8 is no session cookie.
+        assert_eq!(find_cookie(b"riegel_session=\xff", "riegel_session"), None);
+        // The first cookie of that name counts.
+        assert_eq!(find_cookie(b"riegel_session=a; riegel_session=b", "riegel_session"), Some("a"));
     }
 }

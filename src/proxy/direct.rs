@@ -33,11 +33,6 @@ const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Read buffer for the portal's answer.
 const READ_BUFFER: usize = 8 * 1024;
 
-/// Longest wait for a client to take the next piece of an answer (nginx's
-/// `send_timeout`): a client that stops reading does not hold the portal's
-/// connection for ever.
-const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// Why a request could not be answered.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum Failure {
@@ -66,6 +61,10 @@ pub(super) struct Answered {
 
 pub(super) struct Direct {
     connector: TransportConnector,
+    /// Longest wait for a client to take the next piece of an answer
+    /// (`server.write_timeout`, nginx's `send_timeout`): a client that
+    /// stops reading does not hold the portal's connection for ever.
+    write_timeout: Duration,
     /// The portal; its options carry the read, write and idle timeouts.
     peer: HttpPeer,
     /// Per thread, so that a connection is taken and given back without a
@@ -89,8 +88,8 @@ fn io_failure(e: std::io::Error, started: bool) -> Failure {
 }
 
 impl Direct {
-    pub(super) fn new(peer: HttpPeer) -> Self {
-        Self { connector: TransportConnector::new(None), peer, pool: ThreadLocal::new() }
+    pub(super) fn new(peer: HttpPeer, write_timeout: Duration) -> Self {
+        Self { connector: TransportConnector::new(None), write_timeout, peer, pool: ThreadLocal::new() }
     }
 
     /// A live pooled connection (`true`), or a new one.
@@ -257,7 +256,7 @@ impl Direct {
             Failure::Portal { status, reason, .. } => Failure::Portal { status, reason, started: false },
             other => other,
         })?;
-        write_head_and_body(client, out, &piece).await?;
+        write_head_and_body(client, out, &piece, self.write_timeout).await?;
         let opts = &self.peer.options;
         while !done && !extra {
             buf.clear();
@@ -273,7 +272,7 @@ impl Direct {
             }
             let (piece, d, x) = take(&mut buf)?;
             (done, extra) = (d, x);
-            write_client(client, &piece[..]).await?;
+            write_client(client, &piece[..], self.write_timeout).await?;
         }
         if done && !extra && !r.upstream_close {
             self.checkin(up, now);
@@ -285,20 +284,21 @@ impl Direct {
 /// The answer's head and the body read with it, in one write: vectored
 /// where the client's stream takes that (no copy of the body), else copied
 /// behind the head.
-async fn write_head_and_body(client: &mut Stream, mut head: Vec<u8>, body: &[u8]) -> Result<(), Failure> {
+async fn write_head_and_body(client: &mut Stream, mut head: Vec<u8>, body: &[u8], limit: Duration) -> Result<(), Failure> {
     if body.is_empty() || !client.is_write_vectored() {
         head.extend_from_slice(body);
-        return write_client(client, head.as_slice()).await;
+        return write_client(client, head.as_slice(), limit).await;
     }
-    write_client(client, Buf::chain(head.as_slice(), body)).await
+    write_client(client, Buf::chain(head.as_slice(), body), limit).await
 }
 
-/// Writes `bytes` to the client and flushes, within [`CLIENT_WRITE_TIMEOUT`]
-/// from the moment the client's socket could not take all of it at once.
-pub(super) async fn write_client(client: &mut Stream, mut bytes: impl Buf) -> Result<(), Failure> {
+/// Writes `bytes` to the client and flushes, within `limit` (the write
+/// timeout) from the moment the client's socket could not take all of it
+/// at once.
+pub(super) async fn write_client(client: &mut Stream, mut bytes: impl Buf, limit: Duration) -> Result<(), Failure> {
     let w = async {
         client.write_all_buf(&mut bytes).await?;
         client.flush().await
     };
-    soon(Some(CLIENT_WRITE_TIMEOUT), w).await.map_err(Failure::Client)
+    soon(Some(limit), w).await.map_err(Failure::Client)
 }

@@ -1,6 +1,7 @@
 //! Serves a client connection from accept to close. Each request head is
 //! read here, under the header timeout, and looked at before anything else
-//! ([`h1::way`]): an HTTP/1.1 GET or HEAD without a body, upgrade or
+//! ([`h1::way`]): a head riegel refuses gets the 400 page and the
+//! connection ends; an HTTP/1.1 GET or HEAD without a body, upgrade or
 //! `Expect` (what almost every click is) is answered on bytes, by riegel's
 //! own pages or the short way to the portal ([`super::direct`]). Anything
 //! else goes, head included, to Pingora's proxy framework with
@@ -21,7 +22,8 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::Notify;
 
 use super::direct::{write_client, Direct, Failure};
-use super::h1::{self, push_header, valid_value, ShortHead, Strip, Way};
+use super::h1::{self, push_header, Cookies, ShortHead, Way};
+use super::policy::{valid_value, HeaderPolicy, Refusal};
 use super::wait::Deadline;
 use super::{inet_ip, log_request, Core, Gateway};
 use crate::web::{self, Method, Outcome, Reply};
@@ -30,8 +32,8 @@ use crate::web::{self, Method, Outcome, Reply};
 /// a new one.
 const REQUESTS_PER_CONNECTION: u32 = 10_000;
 
-/// Largest request head read here; a longer one goes to Pingora, which
-/// refuses it (its own limit is 1 MiB).
+/// Largest request head read (Pingora's own limit is 1 MiB too); a longer
+/// one is refused.
 const MAX_HEAD: usize = 1 << 20;
 
 /// Longest wait for a connection's orderly close.
@@ -39,14 +41,14 @@ const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Reads until `buf` holds a whole request head; `None` when the client
 /// closed or failed first.
-async fn read_head(stream: &mut Stream, buf: &mut BytesMut, strip: &Strip<'_>) -> Option<Way> {
+async fn read_head(stream: &mut Stream, buf: &mut BytesMut, policy: &HeaderPolicy, peer: IpAddr) -> Option<Way> {
     loop {
         if !buf.is_empty() {
-            if let Some(w) = h1::way(buf, strip) {
+            if let Some(w) = h1::way(buf, policy, peer) {
                 return Some(w);
             }
             if buf.len() > MAX_HEAD {
-                return Some(Way::Framework);
+                return Some(Way::Refuse { why: Refusal::HeadTooLarge, head_only: false });
             }
         }
         if buf.capacity() - buf.len() < 1024 {
@@ -62,6 +64,15 @@ async fn read_head(stream: &mut Stream, buf: &mut BytesMut, strip: &Strip<'_>) -
 /// The client's address as the socket sees it.
 fn peer_of(stream: &Stream) -> IpAddr {
     inet_ip(stream.get_socket_digest().as_deref().and_then(|d| d.peer_addr()))
+}
+
+/// The Cookie fields' bytes of a short-way head.
+fn cookie_bytes<'a>(buf: &'a [u8], c: &'a Option<Cookies>) -> Option<&'a [u8]> {
+    match c {
+        None => None,
+        Some(Cookies::One(r)) => Some(&buf[r.clone()]),
+        Some(Cookies::Joined(v)) => Some(v),
+    }
 }
 
 /// `Date` for riegel's own answers, formatted once per second per thread.
@@ -125,7 +136,7 @@ impl Drop for OpenGuard {
 
 impl Front {
     pub(super) fn new(core: Arc<Core>, proxy: HttpProxy<Gateway>, open: Arc<AtomicUsize>) -> Self {
-        let direct = Direct::new(core.peer.clone());
+        let direct = Direct::new(core.peer.clone(), core.services.cfg.server.write_timeout);
         Self { core, proxy: Arc::new(proxy), direct, open, closing: AtomicBool::new(false), idle: Notify::new() }
     }
 
@@ -144,11 +155,8 @@ impl Front {
     /// timeout, a request ends the connection, or the server shuts down.
     async fn serve(&self, mut stream: Stream, shutdown: &ShutdownWatch) {
         let core = &*self.core;
-        let strip = Strip {
-            identity: core.identity_headers,
-            cookies: [core.strip_cookies[0].as_str(), core.strip_cookies[1].as_str()],
-        };
         let peer = peer_of(&stream);
+        let write_timeout = core.services.cfg.server.write_timeout;
         let mut buf = BytesMut::new();
         let mut served = 0u32;
         // Created before the flag is read, so a shutdown in between still
@@ -162,7 +170,7 @@ impl Front {
             }
             let head = tokio::select! {
                 biased;
-                r = deadline.within(header_timeout, read_head(&mut stream, &mut buf, &strip)) => r,
+                r = deadline.within(header_timeout, read_head(&mut stream, &mut buf, &core.policy, peer)) => r,
                 _ = idle.as_mut() => return,
             };
             // Ok(None): the client closed; Err: no whole head within the
@@ -174,7 +182,7 @@ impl Front {
             match way {
                 Way::Short(head) => {
                     let len = head.len;
-                    if !self.short(&mut stream, &buf, head, peer, last).await {
+                    if !self.short(&mut stream, &buf, head, last).await {
                         return;
                     }
                     buf.advance(len);
@@ -184,8 +192,19 @@ impl Front {
                         buf = BytesMut::new();
                     }
                 }
+                Way::Refuse { why, head_only } => {
+                    tracing::debug!(reason = %why, "request refused");
+                    let reply = web::error_page(&core.services, 400, "error_400");
+                    let _ = write_client(&mut stream, self.answer(&reply, head_only, true).as_slice(), write_timeout).await;
+                    log_request(&core.services, "-", "-", 400, Some("refused"));
+                    let _ = tokio::time::timeout(SHUTDOWN_WAIT, stream.shutdown()).await;
+                    return;
+                }
                 Way::Framework => {
                     let mut session = ServerSession::new_http1(stream);
+                    // A client that stops reading an answer is cut, as on
+                    // the short way.
+                    session.set_write_timeout(Some(write_timeout));
                     session.set_pipelined_prefix(std::mem::take(&mut buf));
                     if last {
                         session.set_keepalive_reuses_remaining(Some(0));
@@ -202,50 +221,42 @@ impl Front {
 
     /// One request the short way; whether the connection can carry the
     /// next one.
-    async fn short(&self, stream: &mut Stream, buf: &[u8], head: ShortHead, peer: IpAddr, last: bool) -> bool {
+    async fn short(&self, stream: &mut Stream, buf: &[u8], head: ShortHead, last: bool) -> bool {
         let core = &*self.core;
+        let write_timeout = core.services.cfg.server.write_timeout;
         let text = |r: &Option<std::ops::Range<usize>>| r.clone().and_then(|r| std::str::from_utf8(&buf[r]).ok());
         let Ok(path) = std::str::from_utf8(&buf[head.path.clone()]) else { return false };
-        let xff_value = text(&head.x_forwarded_for);
-        let xff = xff_value.as_slice();
-        let client = core.resolve_client_ip(peer, xff);
         let req = web::Request {
             method: if head.head_only { Method::Head } else { Method::Get },
             path,
             query: text(&head.query),
-            cookie: text(&head.cookie),
+            cookie: cookie_bytes(buf, &head.cookie),
             origin: text(&head.origin),
             sec_fetch_site: text(&head.sec_fetch_site),
             content_type: None,
-            client_ip: client,
+            user_agent: text(&head.user_agent),
+            accept_language: text(&head.accept_language),
+            client_ip: head.client,
             body: &[],
         };
         let method = if head.head_only { "HEAD" } else { "GET" };
         let close = head.close || last;
         let (status, keep) = match web::handle(&req, &core.services).await {
             Outcome::Reply(reply) => {
-                let ok = write_client(stream, self.answer(&reply, head.head_only, close).as_slice()).await.is_ok();
+                let ok = write_client(stream, self.answer(&reply, head.head_only, close).as_slice(), write_timeout).await.is_ok();
                 (reply.status, ok && !close)
             }
             Outcome::Forward(identity) => {
-                let fwd = core.forwarded(peer, client, xff, text(&head.x_forwarded_proto), text(&head.x_forwarded_host), text(&head.host));
                 let mut up = head.upstream;
                 if let Some(id) = &identity {
-                    for (name, value) in core.identity_headers.iter().zip([id.user(), id.email(), id.name()]) {
-                        if !valid_value(value.as_bytes()) {
-                            tracing::warn!(header = %name, "identity value with control characters; not forwarded");
-                            let reply = web::error_page(&core.services, 500, "error_500");
-                            let _ = write_client(stream, self.answer(&reply, head.head_only, true).as_slice()).await;
-                            log_request(&core.services, method, path, 500, Some("identity value"));
-                            return false;
-                        }
-                        push_header(&mut up, name, value.as_bytes());
+                    if !HeaderPolicy::identity_ok(id) {
+                        tracing::warn!("identity value with control characters; not forwarded");
+                        let reply = web::error_page(&core.services, 500, "error_500");
+                        let _ = write_client(stream, self.answer(&reply, head.head_only, true).as_slice(), write_timeout).await;
+                        log_request(&core.services, method, path, 500, Some("identity value"));
+                        return false;
                     }
-                }
-                push_header(&mut up, "x-forwarded-for", fwd.xff.as_bytes());
-                push_header(&mut up, "x-forwarded-proto", fwd.proto.as_bytes());
-                if let Some(h) = &fwd.host {
-                    push_header(&mut up, "x-forwarded-host", h.as_bytes());
+                    let Ok(()) = core.policy.write_identity(id, &mut up);
                 }
                 up.extend_from_slice(b"\r\n");
                 match self.direct.forward(stream, &up, head.head_only, close).await {
@@ -254,7 +265,7 @@ impl Front {
                         tracing::warn!(status, error = %reason, "portal request failed");
                         if !started {
                             let reply = web::upstream_error_page(&core.services, status);
-                            let _ = write_client(stream, self.answer(&reply, head.head_only, true).as_slice()).await;
+                            let _ = write_client(stream, self.answer(&reply, head.head_only, true).as_slice(), write_timeout).await;
                         }
                         log_request(&core.services, method, path, status, Some("portal"));
                         return false;

@@ -1,9 +1,10 @@
 //! The Pingora glue, and the only module that knows Pingora. Each request
 //! becomes a [`web::Request`]; [`web::handle`] decides; this module writes
-//! riegel's own replies, or forwards to the portal with the identity headers
-//! after removing every client-sent copy of them.
+//! riegel's own replies, or forwards to the portal what the one header
+//! policy (`proxy::policy`) lets through, with riegel's X-Forwarded-* and the
+//! identity.
 //!
-//! Connections are served by [`front::Front`]: it reads each request head
+//! Connections are served by `front::Front`: it reads each request head
 //! itself, serves bodiless GET/HEAD requests (most clicks) on Pingora's
 //! HTTP/1 sessions directly, and hands everything else, head included, to
 //! Pingora's proxy framework with [`Gateway`] as its `ProxyHttp`.
@@ -12,34 +13,35 @@ use std::cell::Cell;
 use std::net::{IpAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::apps::ServerApp;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::{IntoCaseHeaderName, RequestHeader, ResponseHeader};
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::protocols::http::{HttpTask, ServerSession};
 use pingora::protocols::Stream;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{BackgroundService, GenBackgroundService};
 use pingora::services::listening::Service;
 use pingora::services::ServiceReadyNotifier;
-use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorType, Result};
+use pingora::upstreams::peer::{HttpPeer, HttpUpstreamRequestPolicy};
+use pingora::{Error, ErrorType, OrErr, Result};
 
 mod direct;
 mod front;
 mod h1;
 mod moved;
+mod policy;
 mod wait;
 
-use crate::auth::session::strip_cookie;
 use crate::sched::{self, Policy};
-use crate::web::headers::{client_ip, headers_to_strip, same_header};
 use crate::web::{self, Identity, Method, Outcome, Reply, Services};
+use policy::{check_target, Field, HeaderPolicy, Put, Refusal, Sink};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -52,21 +54,17 @@ pub enum ProxyError {
 /// What both ways of serving a request share; one for all shards.
 pub(crate) struct Core {
     services: Arc<Services>,
-    /// Leaked once at start-up: `&'static str` header names cost Pingora no
-    /// allocation per request.
-    identity_headers: [&'static str; 3],
-    strip_cookies: [String; 2],
-    tls_listener: bool,
+    /// The one header policy both ways apply.
+    policy: HeaderPolicy,
     /// The portal; its options carry the connect, read, write and idle
     /// timeouts.
     peer: HttpPeer,
 }
 
-fn leak(s: &str) -> &'static str {
-    Box::leak(s.to_string().into_boxed_str())
-}
-
-/// The portal as Pingora's peer, with the configured timeouts.
+/// The portal as Pingora's peer, with the configured timeouts. Pingora's
+/// own rules for the upstream request (hop-by-hop fields, names in
+/// Connection, upgrades) are off: riegel's policy sees the client's fields
+/// as they came and decides alone, the same on both ways.
 fn upstream_peer(u: &crate::config::UpstreamConfig) -> std::result::Result<HttpPeer, ProxyError> {
     let addr = (u.host.as_str(), u.port)
         .to_socket_addrs()
@@ -79,13 +77,14 @@ fn upstream_peer(u: &crate::config::UpstreamConfig) -> std::result::Result<HttpP
     peer.options.read_timeout = Some(u.read_timeout);
     peer.options.write_timeout = Some(u.write_timeout);
     peer.options.idle_timeout = Some(u.idle_timeout);
+    peer.options.http_upstream_request_policy = HttpUpstreamRequestPolicy::preserve();
     Ok(peer)
 }
 
 /// An IP address from a socket address Pingora recorded (unspecified when
 /// there is none, e.g. a Unix socket).
 fn inet_ip(addr: Option<&pingora::protocols::l4::socket::SocketAddr>) -> IpAddr {
-    addr.and_then(|a| a.as_inet()).map(|a| a.ip()).unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+    addr.and_then(|a| a.as_inet()).map(|a| a.ip().to_canonical()).unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
 }
 
 /// The client's address as the socket sees it.
@@ -93,130 +92,147 @@ fn peer_ip(session: &ServerSession) -> IpAddr {
     inet_ip(session.client_addr())
 }
 
+/// A field of a request head as Pingora read it. `N` is the name as
+/// Pingora keeps it (with its case, or a plain `HeaderName`).
+struct PingoraField<'a, N> {
+    case: &'a N,
+    name: &'a [u8],
+    value: &'a http::HeaderValue,
+}
+
+impl<N> Field for PingoraField<'_, N> {
+    fn name(&self) -> &[u8] {
+        self.name
+    }
+    fn value(&self) -> &[u8] {
+        self.value.as_bytes()
+    }
+}
+
+/// Something done with the fields of a request head as Pingora keeps them
+/// (see [`with_fields`]); generic over the name type, which Pingora does
+/// not export by name.
+trait WithFields {
+    type Out;
+    fn with<N: Clone + IntoCaseHeaderName>(self, fields: &[PingoraField<'_, N>]) -> Self::Out;
+}
+
+/// Runs `w` over the fields of `h`, in the order Pingora keeps them (by
+/// name, in the order each name first came).
+fn with_fields<W: WithFields>(h: &RequestHeader, w: W) -> W::Out {
+    if h.has_case() {
+        let f: Vec<_> = h.case_header_iter().map(|(n, value)| PingoraField { case: n, name: n.as_slice(), value }).collect();
+        w.with(&f)
+    } else {
+        let f: Vec<_> = h.headers.iter().map(|(n, value)| PingoraField { case: n, name: n.as_str().as_bytes(), value }).collect();
+        w.with(&f)
+    }
+}
+
+/// The client's address, or why the head is refused.
+struct ClientOf<'a> {
+    policy: &'a HeaderPolicy,
+    peer: IpAddr,
+}
+
+impl WithFields for ClientOf<'_> {
+    type Out = std::result::Result<IpAddr, Refusal>;
+    fn with<N: Clone + IntoCaseHeaderName>(self, fields: &[PingoraField<'_, N>]) -> Self::Out {
+        self.policy.survey(self.peer, fields).map(|s| s.client)
+    }
+}
+
+/// The portal's head, into `out`: see [`Core::prepare`].
+struct Prepare<'a> {
+    core: &'a Core,
+    peer: IpAddr,
+    identity: Option<&'a Identity>,
+    websocket: bool,
+    out: &'a mut RequestHeader,
+}
+
+impl WithFields for Prepare<'_> {
+    type Out = Result<()>;
+    fn with<N: Clone + IntoCaseHeaderName>(self, fields: &[PingoraField<'_, N>]) -> Self::Out {
+        self.core.prepare(self.peer, fields, self.identity, self.websocket, self.out)
+    }
+}
+
+/// Pingora's request header as the framework's way's sink.
+struct HeaderSink<'r> {
+    req: &'r mut RequestHeader,
+    scratch: Vec<u8>,
+}
+
+impl<N: Clone + IntoCaseHeaderName> Sink<PingoraField<'_, N>> for HeaderSink<'_> {
+    fn keep(&mut self, f: &PingoraField<'_, N>) -> Result<()> {
+        self.req.append_header(f.case.clone(), f.value.clone()).map(|_| ())
+    }
+}
+
+impl Put for HeaderSink<'_> {
+    type Error = Box<Error>;
+
+    fn put(&mut self, name: &[u8], value: impl FnOnce(&mut Vec<u8>) -> bool) -> Result<()> {
+        self.scratch.clear();
+        if !value(&mut self.scratch) {
+            return Ok(());
+        }
+        let v = http::HeaderValue::from_bytes(&self.scratch).or_err(ErrorType::InvalidHTTPHeader, "header value")?;
+        self.req.append_header(Bytes::copy_from_slice(name), v).map(|_| ())
+    }
+}
+
 impl Core {
     fn new(services: Arc<Services>, tls_listener: bool, peer: HttpPeer) -> Self {
-        let h = &services.cfg.headers;
-        Self {
-            identity_headers: [leak(&h.user), leak(&h.email), leak(&h.name)],
-            strip_cookies: [services.cookie_name.clone(), services.csrf_cookie_name.clone()],
+        let cfg = &services.cfg;
+        let h = &cfg.headers;
+        let policy = HeaderPolicy::new(
+            [&h.user, &h.email, &h.name],
+            [services.cookie_name.clone(), services.csrf_cookie_name.clone()],
+            cfg.server.trusted_proxies.clone(),
             tls_listener,
-            peer,
-            services,
-        }
+        );
+        Self { policy, peer, services }
     }
 
-    /// The client's address after the trusted-proxy rules; `xff`: the
-    /// request's X-Forwarded-For values.
-    fn resolve_client_ip(&self, peer: IpAddr, xff: &[&str]) -> IpAddr {
-        let trusted = &self.services.cfg.server.trusted_proxies;
-        if trusted.is_empty() {
-            return peer;
-        }
-        client_ip(peer, xff, trusted)
-    }
-
-    /// X-Forwarded-* for the portal: a trusted proxy's values are kept and
-    /// extended, anyone else's replaced. `prev_xff`, `proto` and
-    /// `fwd_host` are the request's own X-Forwarded-For, -Proto and -Host,
-    /// `host` its Host.
-    fn forwarded(&self, peer: IpAddr, client: IpAddr, prev_xff: &[&str], proto: Option<&str>, fwd_host: Option<&str>, host: Option<&str>) -> Forwarded {
-        let trusted = self.services.cfg.server.trusted_proxies.iter().any(|n| n.contains(&peer));
-        let xff = if trusted && !prev_xff.is_empty() { format!("{}, {peer}", prev_xff.join(", ")) } else { client.to_string() };
-        let proto = match (trusted, proto) {
-            (true, Some("https")) => "https",
-            (true, Some("http")) => "http",
-            _ if self.tls_listener => "https",
-            _ => "http",
-        };
-        let host = if trusted { fwd_host.or(host) } else { host }.map(str::to_string);
-        Forwarded { xff, proto, host }
-    }
-
-    /// The request as [`web::handle`] sees it.
-    fn web_request<'a>(&self, h: &'a RequestHeader, client_ip: IpAddr, body: &'a [u8]) -> web::Request<'a> {
-        web::Request {
-            method: method_of(&h.method),
-            path: h.uri.path(),
-            query: h.uri.query(),
-            cookie: header_str(h, "cookie"),
-            origin: header_str(h, "origin"),
-            sec_fetch_site: header_str(h, "sec-fetch-site"),
-            content_type: header_str(h, "content-type"),
-            client_ip,
-            body,
-        }
-    }
-
-    /// The request as the portal gets it: client-sent identity headers and
-    /// riegel's cookies removed, the identity and X-Forwarded-* added.
-    /// `peer` is the socket's address, `client` the one after the
-    /// trusted-proxy rules.
-    fn prepare_upstream(&self, peer: IpAddr, client: IpAddr, identity: Option<&Identity>, req: &mut RequestHeader) -> Result<()> {
-        // 1. Remove every client-sent copy of the identity headers, in any
-        //    spelling, and whatever the client names in Connection.
-        let ids = self.identity_headers;
-        let strip = {
-            let present: Vec<&str> = req.headers.keys().map(|k| k.as_str()).collect();
-            let conn = req.headers.get_all("connection").iter().filter_map(|v| v.to_str().ok());
-            headers_to_strip(present.iter().copied(), conn, &ids)
-        };
-        for name in &strip {
-            req.remove_header(name.as_str());
-        }
-        // The X-Forwarded-* riegel sends, from what is left; then every
-        // spelling of the client's own forwarding headers goes, and any
-        // `Content_Length`-like name a `_`-folding server would misread.
-        let fwd = {
-            let prev: Vec<&str> = req.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
-            let host = header_str(req, "host").or_else(|| req.uri.host());
-            self.forwarded(peer, client, &prev, header_str(req, "x-forwarded-proto"), header_str(req, "x-forwarded-host"), host)
-        };
-        let spoofable: Vec<String> = req
-            .headers
-            .keys()
-            .map(|k| k.as_str())
-            .filter(|n| {
-                h1::FORWARDING.iter().any(|f| same_header(n, f)) || h1::folded_framing(n)
-            })
-            .map(str::to_string)
-            .collect();
-        for name in &spoofable {
-            req.remove_header(name.as_str());
-        }
-        // 2. riegel's own cookies never reach the portal (the header is only
-        //    rewritten when one of them is in it).
-        let ours = req
-            .headers
-            .get_all("cookie")
-            .iter()
-            .any(|v| self.strip_cookies.iter().any(|n| memchr_contains(v.as_bytes(), n.as_bytes())));
-        let cookies: Vec<String> = if ours {
-            req.headers.get_all("cookie").iter().filter_map(|v| v.to_str().ok()).map(str::to_string).collect()
-        } else {
-            Vec::new()
-        };
-        if !cookies.is_empty() {
-            req.remove_header("cookie");
-            let names = [self.strip_cookies[0].as_str(), self.strip_cookies[1].as_str()];
-            let kept: Vec<String> = cookies.iter().filter_map(|c| strip_cookie(c, &names)).collect();
-            if !kept.is_empty() {
-                req.insert_header("cookie", kept.join("; "))?;
-            }
-        }
-        // 3. The identity.
+    /// The portal's head on the framework's way, into `out` (a fresh
+    /// request header): the policy's fields, forwarding and identity, in
+    /// the same order as the short way writes them, then the body's
+    /// framing as the client sent it (Pingora frames the body by it) and a
+    /// WebSocket upgrade, when it is one.
+    fn prepare<N: Clone + IntoCaseHeaderName>(
+        &self,
+        peer: IpAddr,
+        fields: &[PingoraField<'_, N>],
+        identity: Option<&Identity>,
+        websocket: bool,
+        out: &mut RequestHeader,
+    ) -> Result<()> {
+        let survey = self.policy.survey(peer, fields).or_err(ErrorType::InvalidHTTPHeader, "refused")?;
+        let mut sink = HeaderSink { req: out, scratch: Vec::new() };
+        self.policy.write_fields(fields, &survey, &mut sink)?;
+        self.policy.write_forwarding(&survey, &mut sink)?;
         if let Some(id) = identity {
-            req.insert_header(ids[0], id.user())?;
-            req.insert_header(ids[1], id.email())?;
-            req.insert_header(ids[2], id.name())?;
-        }
-        // 4. X-Forwarded-*.
-        req.insert_header("x-forwarded-for", fwd.xff)?;
-        req.insert_header("x-forwarded-proto", fwd.proto)?;
-        match fwd.host {
-            Some(h) => req.insert_header("x-forwarded-host", h)?,
-            None => {
-                req.remove_header("x-forwarded-host");
+            if !HeaderPolicy::identity_ok(id) {
+                return Error::e_explain(ErrorType::HTTPStatus(500), "identity value with control characters");
             }
+            self.policy.write_identity(id, &mut sink)?;
+        }
+        for f in fields {
+            if f.name.eq_ignore_ascii_case(b"content-length") || f.name.eq_ignore_ascii_case(b"transfer-encoding") {
+                sink.keep(f)?;
+            }
+        }
+        if websocket {
+            sink.put(b"connection", |v| {
+                v.extend_from_slice(b"Upgrade");
+                true
+            })?;
+            sink.put(b"upgrade", |v| {
+                v.extend_from_slice(b"websocket");
+                true
+            })?;
         }
         Ok(())
     }
@@ -224,38 +240,37 @@ impl Core {
     /// Answers a request that could not be forwarded: the status it gets
     /// (0: none, the client is gone), with riegel's error page when nothing
     /// has been written yet. The connection is not reused afterwards.
+    /// Logged with the error's kind only: its text can hold bytes of the
+    /// request or the portal's answer (cookies).
     async fn fail(&self, session: &mut ServerSession, e: &Error) -> u16 {
         let code = failure_status(e);
         if code > 0 && session.response_written().is_none() {
             let reply = match code {
                 502 | 504 => web::upstream_error_page(&self.services, code),
                 400 => web::error_page(&self.services, 400, "error_400"),
+                408 => web::error_page(&self.services, 408, "error_400"),
                 _ => web::error_page(&self.services, 500, "error_500"),
             };
             if let Err(we) = write_reply(session, reply, false).await {
-                tracing::debug!(error = %we, "could not send the error page");
+                tracing::debug!(error = %we.etype().as_str(), "could not send the error page");
             }
         }
         if code >= 500 {
-            tracing::warn!(status = code, error = %e, "portal request failed");
+            tracing::warn!(status = code, error = e.etype().as_str(), source = e.esource().as_str(), "portal request failed");
         }
         code
     }
 }
 
-/// X-Forwarded-* values for the portal.
-struct Forwarded {
-    xff: String,
-    proto: &'static str,
-    host: Option<String>,
-}
-
-/// The status for a failed request: 502 when the portal cannot be reached
-/// or answers nonsense, 504 when it is too slow, 400 for a bad request,
-/// 0 when the client went away.
+/// The status for a failed request: 408 when the client's body is too
+/// slow, 502 when the portal cannot be reached or answers nonsense, 504
+/// when it is too slow, 400 for a bad request, 0 when the client went away.
 fn failure_status(e: &Error) -> u16 {
+    let downstream = *e.esource() == pingora::ErrorSource::Downstream;
     match e.etype() {
         ErrorType::HTTPStatus(c) => *c,
+        ErrorType::ReadTimedout if downstream => 408,
+        ErrorType::WriteTimedout if downstream => 0,
         ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
         ErrorType::ConnectTimedout | ErrorType::ConnectRefused | ErrorType::ConnectNoRoute | ErrorType::ConnectError => 502,
         _ => match e.esource() {
@@ -278,12 +293,23 @@ fn method_of(m: &http::Method) -> Method {
     }
 }
 
-fn header_str<'a>(h: &'a RequestHeader, name: &str) -> Option<&'a str> {
-    h.headers.get(name).and_then(|v| v.to_str().ok())
+/// The first field called `name`, when its value is UTF-8.
+fn first_text<'a>(h: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    h.headers.get(name).and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
 }
 
-fn memchr_contains(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+/// The Cookie fields' bytes, joined by `; ` into `joined` when there are
+/// several (as the short way joins them).
+fn cookie_bytes<'a>(h: &'a RequestHeader, joined: &'a mut Vec<u8>) -> Option<&'a [u8]> {
+    let mut all = h.headers.get_all("cookie").iter();
+    let first = all.next()?;
+    let Some(second) = all.next() else { return Some(first.as_bytes()) };
+    joined.extend_from_slice(first.as_bytes());
+    for v in std::iter::once(second).chain(all) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    Some(joined)
 }
 
 /// Writes one of riegel's own replies, header and body in one go.
@@ -307,13 +333,11 @@ fn log_request(services: &Services, method: &str, path: &str, status: u16, error
     }
 }
 
-/// Most names a request's `Connection` headers may list.
-const MAX_CONNECTION_TOKENS: usize = 32;
-
 /// Per-request state of the framework's way.
 pub struct Ctx {
     identity: Option<Identity>,
-    client_ip: Option<IpAddr>,
+    /// When a forwarded body must have arrived whole.
+    body_deadline: Option<Instant>,
 }
 
 /// The `ProxyHttp` of Pingora's proxy framework: serves what the short way
@@ -325,10 +349,9 @@ impl Gateway {
     async fn read_body(&self, session: &mut Session) -> std::result::Result<Bytes, u16> {
         let server = &self.0.services.cfg.server;
         let max = server.max_form_bytes;
-        if let Some(len) = session.req_header().headers.get("content-length").and_then(|v| v.to_str().ok()?.parse::<usize>().ok()) {
-            if len > max {
-                return Err(413);
-            }
+        let length = session.req_header().headers.get("content-length").and_then(|v| std::str::from_utf8(v.as_bytes()).ok()?.parse::<usize>().ok());
+        if length.is_some_and(|len| len > max) {
+            return Err(413);
         }
         let expects_continue =
             session.req_header().headers.get("expect").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
@@ -355,6 +378,14 @@ impl Gateway {
             Err(_) => Err(408),
         }
     }
+
+    /// Answers a refused head with 400; the connection is not reused.
+    async fn refuse(&self, session: &mut Session, why: Refusal) -> Result<bool> {
+        tracing::debug!(reason = %why, "request refused");
+        session.set_keepalive(None);
+        write_reply(session.as_downstream_mut(), web::error_page(&self.0.services, 400, "error_400"), false).await?;
+        Ok(true)
+    }
 }
 
 #[async_trait]
@@ -362,24 +393,23 @@ impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx { identity: None, client_ip: None }
+        Ctx { identity: None, body_deadline: None }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let core = &*self.0;
-        // Each name in Connection is checked against every header: a head
-        // naming thousands would cost seconds of CPU.
-        let tokens: usize = session.req_header().headers.get_all("connection").iter().map(|v| h1::connection_names(v.as_bytes())).sum();
-        if tokens > MAX_CONNECTION_TOKENS {
-            write_reply(session.as_downstream_mut(), web::error_page(&core.services, 400, "error_400"), false).await?;
-            return Ok(true);
-        }
-        let ip = {
-            let xff: Vec<&str> =
-                session.req_header().headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
-            core.resolve_client_ip(peer_ip(session), &xff)
+        // The policy reads the head as Pingora read it, before anything is
+        // removed. Every HTTP/1 head has passed `h1::way` already; this
+        // covers any other.
+        let peer = peer_ip(session);
+        let decided = {
+            let h = session.req_header();
+            check_target(h.method.as_str().as_bytes(), h.raw_path()).and_then(|()| with_fields(h, ClientOf { policy: &core.policy, peer }))
         };
-        ctx.client_ip = Some(ip);
+        let ip = match decided {
+            Ok(ip) => ip,
+            Err(why) => return self.refuse(session, why).await,
+        };
         let method = method_of(&session.req_header().method);
         let ours = {
             let path = session.req_header().uri.path();
@@ -401,7 +431,24 @@ impl ProxyHttp for Gateway {
         } else {
             Bytes::new()
         };
-        let outcome = web::handle(&core.web_request(session.req_header(), ip, &body), &core.services).await;
+        let outcome = {
+            let h = session.req_header();
+            let mut joined = Vec::new();
+            let req = web::Request {
+                method,
+                path: h.uri.path(),
+                query: h.uri.query(),
+                cookie: cookie_bytes(h, &mut joined),
+                origin: first_text(h, "origin"),
+                sec_fetch_site: first_text(h, "sec-fetch-site"),
+                content_type: first_text(h, "content-type"),
+                user_agent: first_text(h, "user-agent"),
+                accept_language: first_text(h, "accept-language"),
+                client_ip: ip,
+                body: &body,
+            };
+            web::handle(&req, &core.services).await
+        };
         match outcome {
             Outcome::Reply(reply) => {
                 write_reply(session.as_downstream_mut(), reply, method == Method::Head).await?;
@@ -409,18 +456,50 @@ impl ProxyHttp for Gateway {
             }
             Outcome::Forward(identity) => {
                 ctx.identity = identity;
+                if !session.is_body_empty() {
+                    // The whole body within the body timeout: each read
+                    // may take at most what is left of it
+                    // (`request_body_filter`), so a drip is cut too.
+                    let limit = core.services.cfg.server.body_timeout;
+                    ctx.body_deadline = Some(Instant::now() + limit);
+                    session.set_read_timeout(Some(limit));
+                }
                 Ok(false)
             }
         }
+    }
+
+    async fn request_body_filter(&self, session: &mut Session, _body: &mut Option<Bytes>, end_of_stream: bool, ctx: &mut Ctx) -> Result<()> {
+        let Some(deadline) = ctx.body_deadline else { return Ok(()) };
+        if end_of_stream || session.was_upgraded() {
+            ctx.body_deadline = None;
+            return Ok(());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::explain(ErrorType::ReadTimedout, "request body slower than server.body_timeout").into_down());
+        }
+        session.set_read_timeout(Some(left));
+        Ok(())
     }
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         Ok(Box::new(self.0.peer.clone()))
     }
 
+    /// The portal's head, written afresh from the client's fields as
+    /// Pingora read them (`session.req_header()`, untouched), not from
+    /// `req`.
     async fn upstream_request_filter(&self, session: &mut Session, req: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
         let peer = peer_ip(session);
-        self.0.prepare_upstream(peer, ctx.client_ip.unwrap_or(peer), ctx.identity.as_ref(), req)
+        let original = session.req_header();
+        let websocket = original.version == http::Version::HTTP_11
+            && original.headers.get("upgrade").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        let mut fresh = RequestHeader::build(req.method.clone(), req.raw_path(), Some(original.headers.len() + 6))?;
+        fresh.set_version(http::Version::HTTP_11);
+        with_fields(original, Prepare { core: &self.0, peer, identity: ctx.identity.as_ref(), websocket, out: &mut fresh })?;
+        *req = fresh;
+        Ok(())
     }
 
     fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, _ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
@@ -434,6 +513,16 @@ impl ProxyHttp for Gateway {
         FailToProxy { error_code: code, can_reuse_downstream: false }
     }
 
+    /// riegel logs failures itself (`Core::fail`, `logging`): Pingora's own
+    /// lines carry the error's text, which can hold request or answer bytes.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _error: &Error) -> bool {
+        true
+    }
+
+    fn suppress_proxy_warn_log(&self, _session: &Session, _ctx: &Ctx, _error: &Error, _context: ProxyWarnLogContext) -> bool {
+        true
+    }
+
     /// What Pingora puts into its own log lines: no query string (it may
     /// carry secrets) and no reset token.
     fn request_summary(&self, session: &Session, _ctx: &Ctx) -> String {
@@ -445,6 +534,26 @@ impl ProxyHttp for Gateway {
         let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
         let h = session.req_header();
         log_request(&self.0.services, h.method.as_str(), h.uri.path(), status, e.map(|e| e.etype().as_str()));
+    }
+}
+
+/// The short way's work on one request head (parse, header policy, the
+/// portal's head), for benches/riegel.rs.
+#[doc(hidden)]
+pub struct ShortHeadBench(HeaderPolicy);
+
+impl ShortHeadBench {
+    pub fn new(identity: [&str; 3], cookies: [&str; 2]) -> Self {
+        Self(HeaderPolicy::new(identity, cookies.map(str::to_string), Vec::new(), false))
+    }
+
+    /// The length of the portal's head so far; 0 when `head` does not take
+    /// the short way.
+    pub fn short_head(&self, head: &[u8]) -> usize {
+        match h1::way(head, &self.0, IpAddr::from([127, 0, 0, 1])) {
+            Some(h1::Way::Short(h)) => h.upstream.len(),
+            _ => 0,
+        }
     }
 }
 
@@ -539,7 +648,7 @@ impl BackgroundService for ShardRuntime {
 
 /// Accepts on the listener and hands each new connection, round robin, to a
 /// shard, where it is served by that shard's app until it closes. A plain
-/// TCP connection moves to the shard's reactor too ([`moved`]).
+/// TCP connection moves to the shard's reactor too (`moved`).
 pub struct Dispatch<A> {
     shards: Vec<(Arc<Shard>, Arc<A>)>,
     next: AtomicUsize,

@@ -434,6 +434,30 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_login_that_read_the_user_before_a_revocation_never_gets_a_valid_session() {
+        let (c, p) = cached();
+        let a = user(&c, "a").await;
+        // A login reads the user (and its stamp), then checks the password …
+        let read = c.user(a).await.expect("user").expect("there").stamp;
+        // … meanwhile the password is changed: stamp raised, sessions removed …
+        c.update_user(a, &mut |u| {
+            u.revoke_sessions();
+            Update::Commit
+        })
+        .await
+        .expect("revoke");
+        c.delete_sessions_of(a, None).await.expect("end sessions");
+        // … and then the login writes its session, after the removal.
+        c.put_session(&rec(a, 7, read)).await.expect("put");
+        assert!(c.backend().session(a, &[7; 16]).await.expect("get").is_some(), "the record is there");
+        assert!(c.valid_session(a, &[7; 16]).await.expect("get").is_none(), "a session from before the revocation was accepted");
+        // A login that read the new stamp gets a valid session.
+        c.put_session(&rec(a, 8, read + 1)).await.expect("put");
+        assert!(c.valid_session(a, &[8; 16]).await.expect("get").is_some());
+        let _ = std::fs::remove_dir_all(p);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn stamps_disable_and_every_change_reach_the_cache() {
         let (c, p) = cached();
         let a = user(&c, "a").await;

@@ -18,6 +18,8 @@
 
 mod cached;
 mod keys;
+#[cfg(test)]
+pub(crate) mod memory;
 mod postgres;
 mod sled_store;
 

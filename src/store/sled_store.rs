@@ -141,6 +141,7 @@ impl SledStore {
             Some(found) => return Err(StoreError::Schema { found }),
         }
         meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes()).map_err(be)?;
+        store.release_mail_leases()?;
         store.db.flush().map_err(be)?;
         Ok(store)
     }
@@ -168,6 +169,21 @@ impl SledStore {
         let bytes = encode(&user).map_err(ConflictableTransactionError::Abort)?;
         u.insert(&id.to_be_bytes(), bytes)?;
         Ok(user)
+    }
+
+    /// Mails claimed by a process that has ended (sled admits one process
+    /// at a time, so every lease found at open is such a one) are due
+    /// again at once, rather than when their lease would have run out.
+    fn release_mail_leases(&self) -> Result<(), StoreError> {
+        for kv in self.mail.iter() {
+            let (k, v) = kv.map_err(be)?;
+            let mut m: QueuedMail = decode(&v)?;
+            if m.next_attempt_at != 0 {
+                m.next_attempt_at = 0;
+                self.mail.insert(k, encode(&m)?).map_err(be)?;
+            }
+        }
+        Ok(())
     }
 
     fn session_records(&self, uid: u64) -> Result<Vec<(sled::IVec, SessionRecord)>, StoreError> {

@@ -41,7 +41,7 @@ pub fn csrf(req: &Request<'_>, s: &Services) -> Csrf {
 pub fn form_page(req: &Request<'_>, s: &Services, status: u16, name: &str, ctx: minijinja::Value) -> Result<Reply, WebError> {
     let c = csrf(req, s);
     let ctx = minijinja::context! { ..ctx, ..minijinja::context! { csrf => c.token } };
-    let mut r = page(s, status, name, ctx)?;
+    let mut r = page(s, req, status, name, ctx)?;
     if let Some(sc) = c.set_cookie {
         r.headers.push(("set-cookie", sc));
     }

@@ -5,7 +5,7 @@ use minijinja::context;
 
 use super::forms::{check_post, form_page, Form, PostCheck};
 use super::regulation::Attempt;
-use super::{clear_session_cookie, error_page, page, rd_param, redirect, session, session_cookie, Reply, Request, Services, WebError};
+use super::{clear_session_cookie, error_reply, page, rd_param, redirect, session, session_cookie, Reply, Request, Services, WebError};
 use crate::auth::password::{Verified, MAX_PASSWORD_BYTES};
 use crate::auth::session::{SessionClaims, SessionCodec, Stage};
 use crate::store::{SessionRecord, Update, User};
@@ -21,6 +21,7 @@ pub(super) async fn get(req: &Request<'_>, s: &Services) -> Result<Reply, WebErr
             "logged_out" => Some("notice_logged_out"),
             "password_changed" => Some("notice_password_changed"),
             "login_expired" => Some("notice_login_expired"),
+            "sessions_ended" => Some("notice_sessions_ended"),
             _ => None,
         })
     });
@@ -55,10 +56,10 @@ pub(super) async fn post(req: &Request<'_>, s: &Services) -> Result<Reply, WebEr
     let login = form.get("username").trim().to_string();
     let password = form.get("password").to_string();
     if password.len() > MAX_PASSWORD_BYTES {
-        return Ok(error_page(s, 413, "error_413"));
+        return Ok(error_reply(s, req, 413, "error_413"));
     }
     match check_post(req, s, &form) {
-        PostCheck::CrossSite => return Ok(error_page(s, 403, "error_403")),
+        PostCheck::CrossSite => return Ok(error_reply(s, req, 403, "error_403")),
         PostCheck::BadToken => return render_login(req, s, 403, rd.as_deref(), &login, Some("err_csrf"), None, 0),
         PostCheck::Ok => {}
     }
@@ -99,8 +100,12 @@ pub(super) async fn post(req: &Request<'_>, s: &Services) -> Result<Reply, WebEr
     if upgrade {
         upgrade_hash(s, &user, password).await;
     }
-    let (cookie, _) = start_session(s, req, &user, Stage::Password, rd.clone(), None).await?;
     tracing::info!(target: "audit", event = "login", outcome = "password_ok", user = %user.username, ip = %req.client_ip, "password accepted");
+    if super::device::needs_proof(s, &user) {
+        // A lost phone: the password alone shows no QR code.
+        return super::device::after_password(req, s, &user, rd).await;
+    }
+    let (cookie, _) = start_session(s, req, &user, Stage::Password, rd.clone(), None).await?;
     let next = if user.authenticators.is_empty() { "setup" } else { "verify" };
     let mut r = redirect(&s.route(next));
     r.headers.push(("set-cookie", cookie));
@@ -144,13 +149,38 @@ pub(super) async fn start_session(
     rd: Option<String>,
     replaces: Option<&SessionClaims>,
 ) -> Result<(String, SessionRecord), WebError> {
+    start_session_with(s, req, user, stage, rd, replaces, NewSession::default()).await
+}
+
+/// What [`start_session_with`] may set beyond the defaults.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct NewSession {
+    /// Ends then instead of after the stage's lifetime.
+    pub expires_at: Option<crate::clock::UnixTime>,
+    /// The session opened the mailed new-device link.
+    pub device_proof: bool,
+}
+
+/// The most of a User-Agent kept with a session.
+const MAX_USER_AGENT: usize = 300;
+
+/// [`start_session`] with an end of its own or the new-device proof.
+pub(super) async fn start_session_with(
+    s: &Services,
+    req: &Request<'_>,
+    user: &User,
+    stage: Stage,
+    rd: Option<String>,
+    replaces: Option<&SessionClaims>,
+    opts: NewSession,
+) -> Result<(String, SessionRecord), WebError> {
     let now = s.now();
     let sid = SessionCodec::new_session_id(s.rng.as_ref());
     let lifetime = match stage {
         Stage::Password => s.cfg.session.login_timeout,
         Stage::Full => s.cfg.session.max_lifetime,
     };
-    let expires_at = now + lifetime.as_secs() as i64;
+    let expires_at = opts.expires_at.unwrap_or(now + lifetime.as_secs() as i64);
     let rec = SessionRecord {
         uid: user.id,
         sid: sid.to_vec(),
@@ -163,9 +193,9 @@ pub(super) async fn start_session(
         display_name: user.display_name.clone(),
         rd,
         stamp: user.stamp,
-        user_agent: None,
+        user_agent: req.user_agent.map(|ua| cut(ua, MAX_USER_AGENT).to_string()),
         ip: Some(req.client_ip.to_string()),
-        device_proof: false,
+        device_proof: opts.device_proof,
         portal_jar: None,
     };
     s.store.put_session(&rec).await?;
@@ -175,6 +205,15 @@ pub(super) async fn start_session(
     s.flush().await?;
     let value = s.codec.encode(&SessionClaims { sid, uid: user.id, stage, issued_at: now, expires_at });
     Ok((session_cookie(s, &value), rec))
+}
+
+/// The first `max` bytes of `s`, cut at a character boundary.
+pub(super) fn cut(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 pub(super) fn logout_get(req: &Request<'_>, s: &Services) -> Result<Reply, WebError> {
@@ -188,8 +227,8 @@ pub(super) async fn logout_post(req: &Request<'_>, s: &Services) -> Result<Reply
     let form = Form::parse(req.body);
     let same_origin = req.sec_fetch_site == Some("same-origin") || req.origin == Some(s.origin.as_str());
     match check_post(req, s, &form) {
-        PostCheck::CrossSite => return Ok(error_page(s, 403, "error_403")),
-        PostCheck::BadToken if !same_origin => return Ok(error_page(s, 403, "error_403")),
+        PostCheck::CrossSite => return Ok(error_reply(s, req, 403, "error_403")),
+        PostCheck::BadToken if !same_origin => return Ok(error_reply(s, req, 403, "error_403")),
         _ => {}
     }
     if let Some((claims, rec)) = session(req, s).await {
@@ -197,7 +236,7 @@ pub(super) async fn logout_post(req: &Request<'_>, s: &Services) -> Result<Reply
         s.flush().await?;
         tracing::info!(target: "audit", event = "logout", user = %rec.username, ip = %req.client_ip, "logged out");
     }
-    let mut r = page(s, 200, "logged_out", context! { login_url => s.route("login") })?;
+    let mut r = page(s, req, 200, "logged_out", context! { login_url => s.route("login") })?;
     r.headers.push(("set-cookie", clear_session_cookie(s)));
     Ok(r)
 }

@@ -10,14 +10,21 @@
 //! async executor; the hashing threads are started outside `web`
 //! ([`crate::hashpool`]) and handed in.
 
-pub mod headers;
 pub mod pages;
+pub mod paths;
 
+mod account;
+mod device;
 mod forms;
+#[cfg(test)]
+mod journey_tests;
+mod lang;
 mod login;
 mod regulation;
 mod reset;
 mod second;
+mod useragent;
+mod when;
 
 use crate::store::prelude::*;
 use std::net::IpAddr;
@@ -32,7 +39,7 @@ use crate::auth::regulation::Limits;
 use crate::auth::session::{find_cookie, SessionClaims, SessionCodec, Stage};
 use crate::auth::Random;
 use crate::clock::{Clock, UnixTime};
-use crate::config::Config;
+use crate::config::{Config, Language};
 use crate::hashpool::{HashPool, PoolError};
 use crate::mail::{MailError, MailQueue};
 use crate::store::{CachedStore, SessionRecord, Store, StoreError};
@@ -54,10 +61,19 @@ pub struct Request<'a> {
     /// The raw path, not decoded.
     pub path: &'a str,
     pub query: Option<&'a str>,
-    pub cookie: Option<&'a str>,
+    /// The Cookie header's bytes (several Cookie fields joined by `; `):
+    /// not necessarily UTF-8, browsers send raw UTF-8 and some clients
+    /// Latin-1.
+    pub cookie: Option<&'a [u8]>,
     pub origin: Option<&'a str>,
     pub sec_fetch_site: Option<&'a str>,
     pub content_type: Option<&'a str>,
+    /// The browser's User-Agent: kept with a new session for the sessions
+    /// list on "Mein Zugang".
+    pub user_agent: Option<&'a str>,
+    /// The browser's `Accept-Language`: the page language when no language
+    /// cookie is set. Needed only on riegel's own pages.
+    pub accept_language: Option<&'a str>,
     /// The client address after the trusted-proxy rules.
     pub client_ip: IpAddr,
     /// The form body (POST to riegel's own routes only).
@@ -136,6 +152,10 @@ pub struct Services {
     hash_pool: HashPool,
     pub cookie_name: String,
     pub csrf_cookie_name: String,
+    /// The cookie that remembers the language chosen with the switch link.
+    pub lang_cookie_name: String,
+    /// `branding.timezone`, from the time zone data compiled into riegel.
+    pub tz: jiff::tz::TimeZone,
     pub account_limits: Limits,
     pub address_limits: Limits,
     /// Where riegel's own routes live, e.g. `/_riegel`.
@@ -165,6 +185,8 @@ impl Services {
             hash_pool,
             cookie_name: cfg.cookie_name(),
             csrf_cookie_name: cfg.csrf_cookie_name(),
+            lang_cookie_name: format!("{}_lang", cfg.cookie_name()),
+            tz: when::zone(&cfg.branding.timezone),
             account_limits: Limits::account(&cfg.regulation),
             address_limits: Limits::address(&cfg.regulation),
             prefix: cfg.prefix.clone(),
@@ -236,11 +258,11 @@ pub async fn handle(req: &Request<'_>, s: &Arc<Services>) -> Outcome {
         Ok(r) => r,
         Err(e @ (WebError::Busy(_) | WebError::Store(StoreError::Unavailable(_)))) => {
             tracing::warn!(error = %e, path = %loggable_path(&s.prefix, req.path), "request turned away");
-            error_page(s, 503, "error_503")
+            error_reply(s, req, 503, "error_503")
         }
         Err(e) => {
             tracing::error!(error = %e, path = %loggable_path(&s.prefix, req.path), "request failed");
-            error_page(s, 500, "error_500")
+            error_reply(s, req, 500, "error_500")
         }
     })
 }
@@ -264,7 +286,7 @@ async fn route(req: &Request<'_>, rest: &str, s: &Arc<Services>) -> Result<Reply
     let m = if req.method == Head { Get } else { req.method };
     // Each path once; a known path asked with a method it does not take
     // gets 405.
-    let not_allowed = || Ok(error_page(s, 405, "error_400"));
+    let not_allowed = || Ok(error_reply(s, req, 405, "error_400"));
     match rest {
         "/login" => match m {
             Get => login::get(req, s).await,
@@ -295,6 +317,62 @@ async fn route(req: &Request<'_>, rest: &str, s: &Arc<Services>) -> Result<Reply
             Post => second::recovery_post(req, s).await,
             _ => not_allowed(),
         },
+        "/account" => match m {
+            Get => account::get(req, s).await,
+            _ => not_allowed(),
+        },
+        "/account/password" => match m {
+            Post => account::password_post(req, s).await,
+            _ => not_allowed(),
+        },
+        "/account/authenticators" => match m {
+            Get => account::add_get(req, s).await,
+            Post => account::add_post(req, s).await,
+            _ => not_allowed(),
+        },
+        "/account/authenticators/confirm" => match m {
+            Post => account::confirm_post(req, s).await,
+            _ => not_allowed(),
+        },
+        "/account/recovery-codes" => match m {
+            Post => account::codes_post(req, s).await,
+            _ => not_allowed(),
+        },
+        "/account/sessions/end-others" => match m {
+            Post => account::end_others_post(req, s).await,
+            _ => not_allowed(),
+        },
+        p if p.starts_with("/account/authenticators/") && p.ends_with("/remove") => {
+            let id = &p["/account/authenticators/".len()..p.len() - "/remove".len()];
+            match m {
+                Post => account::remove_post(req, s, id).await,
+                _ => not_allowed(),
+            }
+        }
+        p if p.starts_with("/account/sessions/") && p.ends_with("/end") => {
+            let id = &p["/account/sessions/".len()..p.len() - "/end".len()];
+            match m {
+                Post => account::end_post(req, s, id).await,
+                _ => not_allowed(),
+            }
+        }
+        "/new-device" => match m {
+            Get => device::waiting_get(req, s).await,
+            Post => device::resend_post(req, s).await,
+            _ => not_allowed(),
+        },
+        p if p.starts_with("/new-device/") => {
+            let token = &p["/new-device/".len()..];
+            match m {
+                Get => device::link_get(req, s, token).await,
+                Post => device::link_post(req, s, token).await,
+                _ => not_allowed(),
+            }
+        }
+        p if p.starts_with("/language/") => match m {
+            Get => Ok(lang::switch(req, s, &p["/language/".len()..])),
+            _ => not_allowed(),
+        },
         "/forgot" => match m {
             Get => reset::forgot_get(req, s),
             Post => reset::forgot_post(req, s).await,
@@ -309,7 +387,7 @@ async fn route(req: &Request<'_>, rest: &str, s: &Arc<Services>) -> Result<Reply
             _ => not_allowed(),
         },
         p if p.starts_with("/static/") => match m {
-            Get => Ok(static_asset(s, &p["/static/".len()..])),
+            Get => Ok(static_asset(s, req, &p["/static/".len()..])),
             _ => not_allowed(),
         },
         p if p.starts_with("/reset/") => {
@@ -321,14 +399,14 @@ async fn route(req: &Request<'_>, rest: &str, s: &Arc<Services>) -> Result<Reply
             }
         }
         "" | "/" if m == Get => Ok(redirect(&s.route("login"))),
-        _ => Ok(error_page(s, 404, "error_404")),
+        _ => Ok(error_reply(s, req, 404, "error_404")),
     }
 }
 
 /// A request for the portal: forward it with an identity, pass it if
 /// public, or send the user to the login page.
 async fn portal_request(req: &Request<'_>, s: &Services) -> Outcome {
-    if is_public(&s.cfg.public_paths, req.path) {
+    if paths::is_public(&s.cfg.public_paths, req.path) {
         return Outcome::Forward(None);
     }
     match full_session(req, s).await {
@@ -345,33 +423,17 @@ async fn portal_request(req: &Request<'_>, s: &Services) -> Outcome {
     }
 }
 
-/// The path as it may be logged: reset tokens are secrets and are cut off.
+/// The path as it may be logged: reset and new-device tokens are secrets
+/// and are cut off.
 pub fn loggable_path<'a>(prefix: &str, path: &'a str) -> std::borrow::Cow<'a, str> {
-    match path.strip_prefix(prefix).and_then(|r| r.strip_prefix("/reset/")) {
-        Some(_) => std::borrow::Cow::Owned(format!("{prefix}/reset/[token]")),
-        None => std::borrow::Cow::Borrowed(path),
+    let rest = path.strip_prefix(prefix);
+    if rest.and_then(|r| r.strip_prefix("/reset/")).is_some() {
+        return std::borrow::Cow::Owned(format!("{prefix}/reset/[token]"));
     }
-}
-
-pub fn is_public(public: &[String], path: &str) -> bool {
-    let listed = public.iter().any(|p| match p.strip_suffix('*') {
-        Some(prefix) => path.starts_with(prefix),
-        None => path == p,
-    });
-    // A path the portal might resolve to somewhere else is never public:
-    // `/static/../mieter` or `/static/%2e%2e/mieter` would otherwise reach
-    // a non-public page without a login.
-    listed && plain_path(path)
-}
-
-/// No dot segments, no encoded dots, slashes, backslashes or NULs, no
-/// backslashes and no empty segments: the path means the same to every server.
-fn plain_path(path: &str) -> bool {
-    let b = path.as_bytes();
-    let encoded = b.windows(3).any(|w| {
-        w[0] == b'%' && matches!((w[1], w[2].to_ascii_lowercase()), (b'2', b'e' | b'f') | (b'5', b'c') | (b'0', b'0'))
-    });
-    !encoded && !path.contains('\\') && !path.contains("//") && !path.split('/').any(|seg| seg == "." || seg == "..")
+    if rest.and_then(|r| r.strip_prefix("/new-device/")).is_some() {
+        return std::borrow::Cow::Owned(format!("{prefix}/new-device/[token]"));
+    }
+    std::borrow::Cow::Borrowed(path)
 }
 
 /// The identity of a valid, fully authenticated session, if any.
@@ -445,7 +507,7 @@ async fn forward_auth(req: &Request<'_>, s: &Services) -> Reply {
     }
 }
 
-fn static_asset(s: &Services, name: &str) -> Reply {
+fn static_asset(s: &Services, req: &Request<'_>, name: &str) -> Reply {
     match s.pages.static_asset(name) {
         Some(a) => Reply {
             status: 200,
@@ -457,7 +519,7 @@ fn static_asset(s: &Services, name: &str) -> Reply {
             ],
             body: Bytes::copy_from_slice(&a.body),
         },
-        None => error_page(s, 404, "error_404"),
+        None => error_reply(s, req, 404, "error_404"),
     }
 }
 
@@ -501,27 +563,66 @@ fn page_headers(s: &Services) -> Vec<(&'static str, String)> {
     h
 }
 
-pub fn page(s: &Services, status: u16, name: &str, ctx: minijinja::Value) -> Result<Reply, WebError> {
-    let html = s.pages.render(name, ctx)?;
+/// A page in the language of `req`, with the switch to the other
+/// configured languages.
+pub(crate) fn page(s: &Services, req: &Request<'_>, status: u16, name: &str, ctx: minijinja::Value) -> Result<Reply, WebError> {
+    let lang = lang::choose(req, s);
+    let ctx = context! { ..context! { lang_links => lang::switch_links(req, s, lang) }, ..ctx };
+    let html = s.pages.render_in(lang, name, ctx)?;
     Ok(Reply { status, headers: page_headers(s), body: Bytes::from(html) })
 }
 
-/// The error page; never fails (falls back to plain text).
+/// The error page in the default language (for the proxy, which has no
+/// `web::Request` at hand); never fails (falls back to plain text).
 pub fn error_page(s: &Services, status: u16, key: &str) -> Reply {
-    error_page_with(s, status, key, 0)
+    render_error(s, s.cfg.branding.language, minijinja::Value::from(Vec::<minijinja::Value>::new()), status, key, 0)
 }
 
-pub fn error_page_with(s: &Services, status: u16, key: &str, minutes: i64) -> Reply {
+/// The error page in the language of `req`.
+pub(crate) fn error_reply(s: &Services, req: &Request<'_>, status: u16, key: &str) -> Reply {
+    error_reply_with(s, req, status, key, 0)
+}
+
+pub(crate) fn error_reply_with(s: &Services, req: &Request<'_>, status: u16, key: &str, minutes: i64) -> Reply {
+    let lang = lang::choose(req, s);
+    render_error(s, lang, lang::switch_links(req, s, lang), status, key, minutes)
+}
+
+/// What an error page offers: the main button (URL, text key) and a
+/// second link, by error. A dead end offers the way on ("Neues Passwort
+/// anfordern" for a used reset link), never "try again" where trying again
+/// cannot help (a page that does not exist).
+fn error_actions(s: &Services, key: &str) -> ((String, &'static str), Option<(String, &'static str)>) {
+    let home = || ("/".to_string(), "error_home");
+    let login = || (s.route("login"), "to_login");
+    match key {
+        "error_reset_invalid" => ((s.route("forgot"), "forgot_submit"), Some(login())),
+        "error_new_device_invalid" => (login(), None),
+        "error_new_device_browser" => (login(), None),
+        "error_404" | "error_400" | "error_413" => (home(), None),
+        "error_502" | "error_504" => (("/".to_string(), "error_retry"), None),
+        _ => ((s.route("login"), "error_retry"), Some(home())),
+    }
+}
+
+fn render_error(s: &Services, lang: Language, lang_links: minijinja::Value, status: u16, key: &str, minutes: i64) -> Reply {
+    let ((primary_url, primary_key), second) = error_actions(s, key);
+    let (second_url, second_key) = match second {
+        Some((u, k)) => (Some(u), Some(k)),
+        None => (None, None),
+    };
     let ctx = context! {
-        status => status,
         title_key => format!("{key}_title"),
         message_key => format!("{key}_text"),
         minutes => minutes,
-        home_url => "/",
-        retry_url => s.route("login"),
+        primary_url => primary_url,
+        primary_key => primary_key,
+        second_url => second_url,
+        second_key => second_key,
+        lang_links => lang_links,
     };
-    match page(s, status, "error", ctx) {
-        Ok(r) => r,
+    match s.pages.render_in(lang, "error", ctx) {
+        Ok(html) => Reply { status, headers: page_headers(s), body: Bytes::from(html) },
         Err(e) => {
             tracing::error!(error = %e, "error page failed to render");
             plain(status, "error\n")
@@ -536,7 +637,7 @@ pub fn upstream_error_page(s: &Services, status: u16) -> Reply {
 }
 
 /// A `Set-Cookie` value with the attributes riegel always uses.
-fn cookie_header(s: &Services, name: &str, value: &str, max_age: Option<i64>, same_site: &str) -> String {
+pub(crate) fn cookie_header(s: &Services, name: &str, value: &str, max_age: Option<i64>, same_site: &str) -> String {
     let mut c = format!("{name}={value}; Path=/; HttpOnly; SameSite={same_site}");
     if !s.cfg.plain_http {
         c.push_str("; Secure");
@@ -572,31 +673,6 @@ mod tests {
         assert_eq!(loggable_path("/_riegel", "/_riegel/reset/abcDEF123"), "/_riegel/reset/[token]");
         assert_eq!(loggable_path("/_riegel", "/_riegel/login"), "/_riegel/login");
         assert_eq!(loggable_path("/_riegel", "/mieter/reset/x"), "/mieter/reset/x");
-    }
-
-    #[test]
-    fn public_paths() {
-        let p = vec!["/favicon.ico".to_string(), "/assets/*".to_string()];
-        assert!(is_public(&p, "/favicon.ico"));
-        assert!(is_public(&p, "/assets/app.css"));
-        assert!(!is_public(&p, "/favicon.ico/x"));
-        assert!(!is_public(&p, "/"));
-        // Paths a server could resolve elsewhere are never public.
-        for sneaky in [
-            "/assets/../mieter/konto",
-            "/assets/./x/../../mieter",
-            "/assets/..",
-            "/assets/%2e%2e/mieter",
-            "/assets/%2E%2e/mieter",
-            "/assets/..%2fmieter",
-            "/assets/..%5Cmieter",
-            "/assets/..\\mieter",
-            "/assets//../mieter",
-            "/assets/x%00.css",
-        ] {
-            assert!(!is_public(&p, sneaky), "{sneaky}");
-        }
-        assert!(is_public(&p, "/assets/app.min.css"));
-        assert!(is_public(&p, "/assets/a..b.css"));
+        assert_eq!(loggable_path("/_riegel", "/_riegel/new-device/abcDEF123"), "/_riegel/new-device/[token]");
     }
 }

@@ -15,7 +15,8 @@ use minijinja::context;
 
 use super::forms::{check_post, form_page, Form, PostCheck};
 use super::regulation::Attempt;
-use super::{error_page, error_page_with, page, Reply, Request, Services, WebError};
+use super::{error_reply, error_reply_with, page, Reply, Request, Services, WebError};
+use crate::config::Language;
 use crate::auth::crypto::{random_token, sha256};
 use crate::auth::password::check_policy;
 use crate::mail::Mail;
@@ -36,8 +37,16 @@ fn render_forgot(req: &Request<'_>, s: &Services, status: u16, username: &str, e
     form_page(req, s, status, "forgot", ctx)
 }
 
+/// The form, with the name typed on the login page when the link carried
+/// it (`?username=`: the login page's script adds it, as the guide says:
+/// type the name, then click "Sie können nicht auf Ihr Konto zugreifen?").
 pub(super) fn forgot_get(req: &Request<'_>, s: &Services) -> Result<Reply, WebError> {
-    render_forgot(req, s, 200, "", None)
+    let typed = req
+        .query
+        .and_then(|q| url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "username").map(|(_, v)| v.trim().to_string()))
+        .filter(|v| v.len() <= 320 && !v.chars().any(char::is_control))
+        .unwrap_or_default();
+    render_forgot(req, s, 200, &typed, None)
 }
 
 pub(super) async fn forgot_post(req: &Request<'_>, s: &Arc<Services>) -> Result<Reply, WebError> {
@@ -45,7 +54,7 @@ pub(super) async fn forgot_post(req: &Request<'_>, s: &Arc<Services>) -> Result<
     let form = Form::parse(req.body);
     let login = form.get("username").trim().to_string();
     match check_post(req, s, &form) {
-        PostCheck::CrossSite => return Ok(error_page(s, 403, "error_403")),
+        PostCheck::CrossSite => return Ok(error_reply(s, req, 403, "error_403")),
         PostCheck::BadToken => return render_forgot(req, s, 403, &login, Some("err_csrf")),
         PostCheck::Ok => {}
     }
@@ -55,17 +64,17 @@ pub(super) async fn forgot_post(req: &Request<'_>, s: &Arc<Services>) -> Result<
     // Every request counts against the client network (reset requests
     // have their own counters, with the regulation's limits).
     if let Err(refused) = Attempt::reset_request(s, req.client_ip).charge(s).await? {
-        return Ok(error_page_with(s, 429, "error_429", refused.minutes));
+        return Ok(error_reply_with(s, req, 429, "error_429", refused.minutes));
     }
-    send_reset_mail(s, &login, req.client_ip).await?;
+    send_reset_mail(s, super::lang::choose(req, s), &login, req.client_ip).await?;
     // The store is durable here in both cases (a flush either way).
     s.flush().await?;
     answer_time.await;
     let minutes = s.cfg.reset.token_lifetime.as_secs().div_ceil(60);
-    page(s, 200, "forgot_sent", context! { back_url => s.route("login"), minutes => minutes })
+    page(s, req, 200, "forgot_sent", context! { back_url => s.route("login"), minutes => minutes })
 }
 
-async fn send_reset_mail(s: &Services, login: &str, ip: std::net::IpAddr) -> Result<(), WebError> {
+async fn send_reset_mail(s: &Services, lang: Language, login: &str, ip: std::net::IpAddr) -> Result<(), WebError> {
     let user = s.store.find_user(login).await?;
     let Some(user) = user.filter(|u| !u.disabled && u.email.is_some()) else {
         tracing::info!(target: "audit", event = "reset_request", outcome = "no_mail", %ip, "reset requested for an unknown, disabled or mail-less account");
@@ -96,25 +105,21 @@ async fn send_reset_mail(s: &Services, login: &str, ip: std::net::IpAddr) -> Res
     let link = format!("{}{}/reset/{token}", s.cfg.public_url.as_str().trim_end_matches('/'), s.prefix);
     let minutes = s.cfg.reset.token_lifetime.as_secs().div_ceil(60);
     // Durable (flushed) before it returns.
-    notify(s, &updated, "reset", context! { link => link, minutes => minutes }).await;
+    notify(s, lang, &updated, "reset", context! { link => link, minutes => minutes }).await;
     tracing::info!(target: "audit", event = "reset_request", outcome = "mail_queued", user = %user.username, %ip, "reset mail queued");
     Ok(())
 }
 
-/// Renders and queues a mail to the user, if the user has an address; the
-/// mail is durable when this returns. Failures are logged; they never fail
-/// the request.
-pub(super) async fn notify(s: &Services, user: &User, template: &str, extra: minijinja::Value) {
+/// Renders and queues a mail to the user in `lang` (the language of the
+/// page that caused it), if the user has an address; the mail is durable
+/// when this returns. `time` is now in `branding.timezone`, written as
+/// people there write it. Failures are logged; they never fail the request.
+pub(super) async fn notify(s: &Services, lang: Language, user: &User, template: &str, extra: minijinja::Value) {
     let Some(to) = user.email.clone() else { return };
-    let time = humantime::format_rfc3339_seconds(
-        std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(s.now()).unwrap_or(0)),
-    )
-    .to_string()
-    .replace('T', " ")
-    .replace('Z', " UTC");
+    let time = super::when::date_time(s.now(), &s.tz, lang);
     let name = if user.display_name.is_empty() { user.username.clone() } else { user.display_name.clone() };
     let ctx = context! { ..extra, ..context! { name => name, time => time } };
-    match s.pages.render_mail(template, ctx) {
+    match s.pages.render_mail_in(lang, template, ctx) {
         Ok((subject, text, html)) => {
             if let Err(e) = s.mail.send(Mail { to, subject, text, html: Some(html) }).await {
                 tracing::error!(error = %e, template, "mail not queued");
@@ -161,7 +166,7 @@ fn render_reset(req: &Request<'_>, s: &Services, token: &str, status: u16, error
 
 pub(super) async fn reset_get(req: &Request<'_>, s: &Services, token: &str) -> Result<Reply, WebError> {
     if token_user(s, token).await?.is_none() {
-        return Ok(no_referrer(error_page(s, 410, "error_reset_invalid")));
+        return Ok(no_referrer(error_reply(s, req, 410, "error_reset_invalid")));
     }
     render_reset(req, s, token, 200, None)
 }
@@ -169,12 +174,12 @@ pub(super) async fn reset_get(req: &Request<'_>, s: &Services, token: &str) -> R
 pub(super) async fn reset_post(req: &Request<'_>, s: &Services, token: &str) -> Result<Reply, WebError> {
     let form = Form::parse(req.body);
     match check_post(req, s, &form) {
-        PostCheck::CrossSite => return Ok(error_page(s, 403, "error_403")),
+        PostCheck::CrossSite => return Ok(error_reply(s, req, 403, "error_403")),
         PostCheck::BadToken => return render_reset(req, s, token, 403, Some("err_csrf")),
         PostCheck::Ok => {}
     }
     let Some((user, hash)) = token_user(s, token).await? else {
-        return Ok(no_referrer(error_page(s, 410, "error_reset_invalid")));
+        return Ok(no_referrer(error_reply(s, req, 410, "error_reset_invalid")));
     };
     let pw = form.get("password").to_string();
     if let Err(e) = check_policy(&pw, form.get("password2"), s.cfg.password.min_length, &user.username, user.email.as_deref()) {
@@ -202,7 +207,7 @@ pub(super) async fn reset_post(req: &Request<'_>, s: &Services, token: &str) -> 
         })
         .await?;
     let Some(updated) = updated else {
-        return Ok(no_referrer(error_page(s, 410, "error_reset_invalid")));
+        return Ok(no_referrer(error_reply(s, req, 410, "error_reset_invalid")));
     };
     s.store.delete_token(&hash).await?;
     let ended = s.store.delete_sessions_of(user.id, None).await?.len();
@@ -210,6 +215,6 @@ pub(super) async fn reset_post(req: &Request<'_>, s: &Services, token: &str) -> 
     s.store.delete_counter(&CounterKey::Account(user.id)).await?;
     s.flush().await?;
     tracing::info!(target: "audit", event = "password_reset", outcome = "success", user = %user.username, ip = %req.client_ip, sessions_ended = ended, "password changed through reset link");
-    notify(s, &updated, "password_changed", context! {}).await;
-    Ok(no_referrer(page(s, 200, "reset_done", context! { login_url => s.route("login") })?))
+    notify(s, super::lang::choose(req, s), &updated, "password_changed", context! {}).await;
+    Ok(no_referrer(page(s, req, 200, "reset_done", context! { login_url => s.route("login") })?))
 }

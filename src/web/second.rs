@@ -9,7 +9,7 @@ use minijinja::context;
 use super::forms::{check_post, form_page, Form, PostCheck};
 use super::login::start_session;
 use super::regulation::Attempt;
-use super::{error_page, page, redirect, session, Reply, Request, Services, WebError};
+use super::{error_reply, page, redirect, session, Reply, Request, Services, WebError};
 use crate::auth::session::{SessionClaims, Stage};
 use crate::auth::totp;
 use crate::store::{Authenticator, PendingAuthenticator, SessionRecord, Update, User};
@@ -194,10 +194,19 @@ pub(super) fn recovery_hash(s: &Services, uid: u64, code: &str) -> String {
 
 // ---------- enrolment ----------
 
+/// After a lost phone the enrolment needs the new-device link opened in
+/// this session first (`totp.reenrol_proof: email`).
+fn lacks_proof(s: &Services, p: &Pending) -> bool {
+    super::device::needs_proof(s, &p.user) && !p.rec.device_proof
+}
+
 pub(super) async fn setup_get(req: &Request<'_>, s: &Services) -> Result<Reply, WebError> {
     let p = pending_or_return!(req, s);
     if !p.user.authenticators.is_empty() {
         return Ok(redirect(&s.route("verify")));
+    }
+    if lacks_proof(s, &p) {
+        return Ok(redirect(&s.route("new-device")));
     }
     let fresh = p.user.pending_authenticator.as_ref().is_none_or(|x| !pending_is_fresh(s, x) || x.sid.is_some());
     let secret = enrolment_secret(s, &p.user, "", None).await?;
@@ -205,7 +214,7 @@ pub(super) async fn setup_get(req: &Request<'_>, s: &Services) -> Result<Reply, 
         tracing::info!(target: "audit", event = "totp_enrolment_started", user = %p.user.username, ip = %req.client_ip, "authenticator enrolment started");
     }
     let ctx = context! { ..enrolment_context(s, &p.user, &secret)?, ..context! { continue_url => s.route("setup/confirm") } };
-    page(s, 200, "setup", ctx)
+    page(s, req, 200, "setup", ctx)
 }
 
 fn render_confirm(req: &Request<'_>, s: &Services, status: u16, error: Option<&str>, minutes: i64) -> Result<Reply, WebError> {
@@ -228,6 +237,9 @@ pub(super) async fn confirm_get(req: &Request<'_>, s: &Services) -> Result<Reply
     if !p.user.authenticators.is_empty() {
         return Ok(redirect(&s.route("verify")));
     }
+    if lacks_proof(s, &p) {
+        return Ok(redirect(&s.route("new-device")));
+    }
     if first_enrolment(s, &p.user).is_none() {
         return Ok(redirect(&s.route("setup")));
     }
@@ -237,13 +249,16 @@ pub(super) async fn confirm_get(req: &Request<'_>, s: &Services) -> Result<Reply
 pub(super) async fn confirm_post(req: &Request<'_>, s: &Services) -> Result<Reply, WebError> {
     let form = Form::parse(req.body);
     match check_post(req, s, &form) {
-        PostCheck::CrossSite => return Ok(error_page(s, 403, "error_403")),
+        PostCheck::CrossSite => return Ok(error_reply(s, req, 403, "error_403")),
         PostCheck::BadToken => return render_confirm(req, s, 403, Some("err_csrf"), 0),
         PostCheck::Ok => {}
     }
     let p = pending_or_return!(req, s);
     if !p.user.authenticators.is_empty() {
         return Ok(redirect(&s.route("verify")));
+    }
+    if lacks_proof(s, &p) {
+        return Ok(redirect(&s.route("new-device")));
     }
     let Some(enrolment) = first_enrolment(s, &p.user) else {
         return Ok(redirect(&s.route("setup")));
@@ -259,6 +274,7 @@ pub(super) async fn confirm_post(req: &Request<'_>, s: &Services) -> Result<Repl
     let (codes, hashes) = new_recovery_codes(s, p.user.id);
     let committed = confirm_enrolment(s, &p.user, &enrolment, code, &mut |u| {
         u.recovery_codes = hashes.clone();
+        u.new_device = None;
         // A new authenticator ends every other session of the user.
         u.revoke_sessions();
     })
@@ -266,7 +282,9 @@ pub(super) async fn confirm_post(req: &Request<'_>, s: &Services) -> Result<Repl
     let Some(user) = committed else {
         tracing::info!(target: "audit", event = "totp_enrolment_confirm", outcome = "failure", user = %p.user.username, ip = %req.client_ip, "enrolment code refused");
         attempt.failed(s).await?;
-        return render_confirm(req, s, 200, Some("err_code_invalid"), 0);
+        // The first code of a new app: the usual causes are the phone's
+        // clock and a mistyped key.
+        return render_confirm(req, s, 200, Some("err_enrol_code_invalid"), 0);
     };
     attempt.succeeded(s).await?;
     s.store.delete_sessions_of(user.id, Some(&p.claims.sid)).await?;
@@ -276,7 +294,7 @@ pub(super) async fn confirm_post(req: &Request<'_>, s: &Services) -> Result<Repl
         recovery_codes => codes,
         continue_url => rec.rd.clone().unwrap_or_else(|| "/".into()),
     };
-    let mut r = page(s, 200, "activated", ctx)?;
+    let mut r = page(s, req, 200, "activated", ctx)?;
     r.headers.push(("set-cookie", cookie));
     Ok(r)
 }
@@ -304,7 +322,7 @@ pub(super) async fn verify_get(req: &Request<'_>, s: &Services) -> Result<Reply,
 pub(super) async fn verify_post(req: &Request<'_>, s: &Services) -> Result<Reply, WebError> {
     let form = Form::parse(req.body);
     match check_post(req, s, &form) {
-        PostCheck::CrossSite => return Ok(error_page(s, 403, "error_403")),
+        PostCheck::CrossSite => return Ok(error_reply(s, req, 403, "error_403")),
         PostCheck::BadToken => return render_verify(req, s, 403, Some("err_csrf"), 0),
         PostCheck::Ok => {}
     }
@@ -343,6 +361,7 @@ fn render_recovery(req: &Request<'_>, s: &Services, status: u16, error: Option<&
     let ctx = context! {
         action => s.route("recovery"),
         back_url => s.route("verify"),
+        forgot_url => s.route("forgot"),
         error => error,
         minutes => minutes,
     };
@@ -376,7 +395,7 @@ pub(super) async fn use_recovery_code(s: &Services, user: &User, code: &str) -> 
 pub(super) async fn recovery_post(req: &Request<'_>, s: &Services) -> Result<Reply, WebError> {
     let form = Form::parse(req.body);
     match check_post(req, s, &form) {
-        PostCheck::CrossSite => return Ok(error_page(s, 403, "error_403")),
+        PostCheck::CrossSite => return Ok(error_reply(s, req, 403, "error_403")),
         PostCheck::BadToken => return render_recovery(req, s, 403, Some("err_csrf"), 0),
         PostCheck::Ok => {}
     }
@@ -401,8 +420,20 @@ pub(super) async fn recovery_post(req: &Request<'_>, s: &Services) -> Result<Rep
     let (cookie, rec) = start_session(s, req, &updated, Stage::Full, p.rec.rd.clone(), Some(&p.claims)).await?;
     let remaining = updated.recovery_codes.len();
     tracing::warn!(target: "audit", event = "recovery_code", outcome = "success", user = %p.user.username, ip = %req.client_ip, remaining, "recovery code used instead of TOTP");
-    super::reset::notify(s, &updated, "recovery_used", context! { remaining => remaining }).await;
-    let mut r = redirect(rec.rd.as_deref().unwrap_or("/"));
+    super::reset::notify(s, super::lang::choose(req, s), &updated, "recovery_used", context! { remaining => remaining }).await;
+    // Most who reach for a recovery code have a new phone: the code just
+    // given also starts its enrolment, bound to the new session, so "Neues
+    // Gerät einrichten" on the next page needs no second code.
+    enrolment_secret(s, &updated, "", rec.sid()).await?;
+    let ctx = context! {
+        remaining => remaining,
+        add_action => s.route("account/authenticators"),
+        continue_url => rec.rd.clone().unwrap_or_else(|| "/".into()),
+        account_url => s.route("account"),
+    };
+    // The page carries a form: the CSRF cookie is already set (the
+    // recovery form had it).
+    let mut r = form_page(req, s, 200, "recovery_done", ctx)?;
     r.headers.push(("set-cookie", cookie));
     Ok(r)
 }

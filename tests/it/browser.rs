@@ -427,6 +427,14 @@ impl<'d> Session<'d> {
         &self.axe_checked
     }
 
+    /// Nothing sticks out sideways: no horizontal scrolling at this width
+    /// (long German words break).
+    pub fn assert_no_overflow(&self) {
+        let v = self.execute("return [document.documentElement.scrollWidth, window.innerWidth];");
+        let (content, viewport) = (v[0].as_u64().unwrap_or(0), v[1].as_u64().unwrap_or(0));
+        assert!(content <= viewport, "the page is {content} px wide in a {viewport} px window: {}", self.url());
+    }
+
     /// Screenshot and axe check of the page on screen.
     pub fn check_page(&mut self, label: &str) {
         self.screenshot(label);
@@ -436,7 +444,7 @@ impl<'d> Session<'d> {
     /// No i18n key name and no placeholder may be visible.
     pub fn assert_texts_translated(&self) {
         let t = self.text();
-        for bad in ["err_", "error_", "notice_", "login_", "setup_", "verify_", "reset_", "forgot_", "{minutes}", "{min}", "undefined"] {
+        for bad in ["err_", "error_", "notice_", "login_", "setup_", "verify_", "reset_", "forgot_", "account_", "new_device_", "recovery_done", "{minutes}", "{min}", "{when}", "{device}", "undefined"] {
             assert!(!t.contains(bad), "untranslated text {bad:?} on {}:\n{t}", self.url());
         }
     }
@@ -626,6 +634,192 @@ fn journey(d: &Driver, lang: &str, width: u32, height: u32, label: &str) {
     if axe_source().is_some() {
         assert_eq!(b.axe_checked(), JOURNEY_PAGES, "axe checked every page of the journey");
     }
+}
+
+// ---------------- "Mein Zugang" ----------------
+
+/// The pages the "Mein Zugang" walk shows and checks with axe, in order.
+const ACCOUNT_PAGES: &[&str] = &[
+    "account", "account-password-error", "account-password-changed", "account-add", "account-add-error", "account-added",
+    "account-codes", "account-remove-error", "account-removed", "account-sessions", "account-others-ended", "lockout",
+    "new-device", "new-device-open", "new-device-setup",
+];
+
+/// "Mein Zugang" in `lang` at one width: the language chosen with the
+/// switch link, every form, the lost-phone link; screenshots and axe on
+/// every page, and no page wider than the window.
+fn account_walk(d: &Driver, lang: &str, width: u32, height: u32, label: &str) {
+    let r = Riegel::start_with(Options {
+        branding_yaml: "  languages: [de, en]\n  contact: { phone: \"+43 1 234 56 78\", email: \"hausverwaltung@example.at\" }\n".into(),
+        extra_yaml: "regulation: { max_failures: 3, delay_after: 10 }\n".into(),
+        ..Options::default()
+    });
+    let de = lang == "de";
+    let pick = |de_text: &'static str, en_text: &'static str| if de { de_text } else { en_text };
+    r.add_user("anna", Some("anna@example.at"), Some("Sommer-2024!"));
+    r.add_user("otto", Some("otto@example.at"), Some("Sommer-2024!"));
+    let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("artifacts/screenshots").join(lang).join(format!("account-{label}"));
+    let mut b = Session::open(d, width, height, shots);
+
+    // The language by the switch link on the page (the browser's own
+    // Accept-Language may say either).
+    b.goto(&format!("{}/_riegel/account", r.base));
+    assert!(b.url().contains("/_riegel/login?rd="), "{}", b.url());
+    let other = if de { "en" } else { "de" };
+    if b.source().contains(&format!("<html lang=\"{other}\">")) {
+        b.click(&format!("a[hreflang={lang}]"));
+        b.wait_source(&format!("<html lang=\"{lang}\">"));
+    }
+    assert!(b.url().contains("/_riegel/login?rd="), "the switch comes back to the page: {}", b.url());
+    b.sign_in("anna", "Sommer-2024!");
+    b.wait_url("/_riegel/setup");
+    let secret = secret_of_uri(&decode_qr_svg(&qr_svg_of(&b.source())));
+    b.goto(&format!("{}/_riegel/setup/confirm", r.base));
+    b.fill("input[name=code]", &totp_code(&secret, r.now()));
+    b.click("button[type=submit]");
+    b.wait_source("code-list");
+    b.goto(&format!("{}/_riegel/account", r.base));
+    b.wait_source("page-account");
+    b.assert_texts_translated();
+    b.assert_no_overflow();
+    let t = b.text();
+    for w in [pick("Mein Zugang", "My account"), "anna@example.at", pick("dieses Gerät", "this device"), pick("Auf allen anderen Geräten abmelden", "Log out on all other devices")] {
+        if w.contains("abmelden") || w.contains("Log out on") {
+            continue; // only with another session (below)
+        }
+        assert!(t.contains(w), "account page lacks {w:?}:\n{t}");
+    }
+    b.check_page("account");
+
+    // Password: a mismatch, then the change.
+    b.fill("#current_password", "Sommer-2024!");
+    b.fill("#password", "Neues-Passwort-2025");
+    b.fill("#password2", "Neues-Passwort-2052");
+    b.click("#change-password button[type=submit]");
+    b.wait_source("password2-error");
+    b.assert_texts_translated();
+    b.assert_no_overflow();
+    b.check_page("account-password-error");
+    b.fill("#current_password", "Sommer-2024!");
+    b.fill("#password", "Neues-Passwort-2025");
+    b.fill("#password2", "Neues-Passwort-2025");
+    b.click("#change-password button[type=submit]");
+    b.wait_url("notice=password_changed");
+    b.assert_texts_translated();
+    b.check_page("account-password-changed");
+
+    // A second authenticator: the QR code, a wrong first code, the right one.
+    r.clock.advance(30);
+    b.fill("#add-name", "Tablet");
+    b.fill("#add-code", &totp_code(&secret, r.now()));
+    b.click("form[action$='/_riegel/account/authenticators'] button[type=submit]");
+    b.wait_source("page-account-add");
+    b.assert_texts_translated();
+    b.assert_no_overflow();
+    b.check_page("account-add");
+    let tablet = secret_of_uri(&decode_qr_svg(&qr_svg_of(&b.source())));
+    b.fill("input[name=code]", "000000");
+    b.click("form[action$='/confirm'] button[type=submit]");
+    b.wait_source("code-error");
+    assert!(b.text().contains(pick("Datum und Uhrzeit", "date and time")), "the clock hint:\n{}", b.text());
+    b.check_page("account-add-error");
+    b.fill("input[name=code]", &totp_code(&tablet, r.now()));
+    b.click("form[action$='/confirm'] button[type=submit]");
+    b.wait_url("notice=authenticator_added");
+    assert!(b.text().contains("Tablet"));
+    b.check_page("account-added");
+
+    // New recovery codes, shown once with copy and print buttons.
+    r.clock.advance(30);
+    b.fill("#codes-code", &totp_code(&tablet, r.now()));
+    b.click("#recovery-codes button[type=submit]");
+    b.wait_source("page-account-codes");
+    assert_eq!(recovery_codes_of(&b.source()).len(), 10);
+    assert!(b.text().contains(pick("Drucken", "Print")) && b.text().contains(pick("Kopieren", "Copy")), "{}", b.text());
+    b.assert_texts_translated();
+    b.assert_no_overflow();
+    b.check_page("account-codes");
+    b.click("a.btn-primary[href$='/_riegel/account']");
+    b.wait_source("page-account");
+
+    // Remove the first app: a wrong code, then one from the tablet.
+    b.click("details.remove summary");
+    b.fill("#code-remove-1", "123456");
+    b.click("form[action$='/authenticators/1/remove'] button[type=submit]");
+    b.wait_source("error-remove-1");
+    b.assert_texts_translated();
+    b.check_page("account-remove-error");
+    r.clock.advance(30);
+    b.fill("#code-remove-1", &totp_code(&tablet, r.now()));
+    b.click("form[action$='/authenticators/1/remove'] button[type=submit]");
+    b.wait_url("notice=authenticator_removed");
+    b.check_page("account-removed");
+
+    // Another device logs in; "log out on all other devices" ends it.
+    let mut phone = r.client();
+    phone.extra.push(("User-Agent".into(), "Mozilla/5.0 (Linux; Android 14) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Mobile Safari/537.36".into()));
+    login_full(&r, &mut phone, "anna", "Neues-Passwort-2025", &tablet);
+    assert_eq!(phone.get("/").status, 200);
+    b.goto(&format!("{}/_riegel/account", r.base));
+    assert!(b.text().contains("Chrome · Android"), "{}", b.text());
+    b.assert_no_overflow();
+    b.check_page("account-sessions");
+    b.click("form[action$='/end-others'] button[type=submit]");
+    b.wait_url("notice=sessions_ended");
+    assert_eq!(phone.get("/").status, 303, "the other device is logged out");
+    b.check_page("account-others-ended");
+
+    // The lockout page (another account): the way out and the contact.
+    b.goto(&format!("{}/_riegel/logout", r.base));
+    b.click("button[type=submit]");
+    b.wait_source("page-logged-out");
+    for _ in 0..4 {
+        b.goto(&format!("{}/_riegel/login", r.base));
+        b.sign_in("otto", "falsch-falsch");
+        b.wait_source("login-error");
+    }
+    b.wait_source("lockout");
+    assert!(b.text().contains(pick("neues Passwort anfordern", "request a new password")), "{}", b.text());
+    b.assert_texts_translated();
+    b.assert_no_overflow();
+    b.check_page("lockout");
+
+    // A lost phone: after reset-totp the password leads to the mailed link.
+    r.admin(riegel::admin::AdminRequest::ResetTotp { user: "anna".into() });
+    r.clock.advance(30);
+    b.goto(&format!("{}/_riegel/login", r.base));
+    b.sign_in("anna", "Neues-Passwort-2025");
+    b.wait_url("/_riegel/new-device");
+    assert!(!b.source().contains("<svg class=\"qr\""));
+    b.assert_texts_translated();
+    b.assert_no_overflow();
+    b.check_page("new-device");
+    let mails = r.smtp.wait_for(1, Duration::from_secs(10));
+    let text = mails.iter().rev().find(|m| m.text().contains("/_riegel/new-device/")).expect("new-device mail").plain();
+    let start = text.find(&format!("{}/_riegel/new-device/", r.base)).expect("link");
+    let link: String = text[start..].chars().take_while(|c| !c.is_whitespace()).collect();
+    b.goto(&link);
+    b.assert_texts_translated();
+    b.check_page("new-device-open");
+    b.click("button[type=submit]");
+    b.wait_url("/_riegel/setup");
+    b.assert_texts_translated();
+    b.assert_no_overflow();
+    b.check_page("new-device-setup");
+
+    if axe_source().is_some() {
+        assert_eq!(b.axe_checked(), ACCOUNT_PAGES, "axe checked every page of the walk");
+    }
+}
+
+#[test]
+fn browser_account_german_and_english_desktop_and_phone() {
+    with_driver(|d| {
+        for lang in ["de", "en"] {
+            account_walk(d, lang, 1280, 900, "desktop");
+            account_walk(d, lang, 390, 844, "phone");
+        }
+    });
 }
 
 /// One browser at a time: three Chromium instances starting at once on a

@@ -328,6 +328,23 @@ fn tls_listener_serves_https_with_host_prefixed_secure_cookies_and_hsts() {
 /// shard per CPU, connections moved to their shard's reactor), in front
 /// of `upstream`; `extra` is more configuration.
 fn serve_binary(upstream: std::net::SocketAddr, extra: &str) -> (std::process::Child, std::net::SocketAddr) {
+    let s = serve_binary_with(upstream, extra, &[], None);
+    (s.child, s.addr)
+}
+
+/// A running `riegel serve`.
+struct Served {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    /// Its directory: the config, the store (`data`), the mail outbox
+    /// (`outbox`).
+    dir: std::path::PathBuf,
+    config: std::path::PathBuf,
+}
+
+/// [`serve_binary`] with environment variables and its stderr written to
+/// `stderr` (dropped when `None`).
+fn serve_binary_with(upstream: std::net::SocketAddr, extra: &str, env: &[(&str, &str)], stderr: Option<&std::path::Path>) -> Served {
     let dir = tempdir("serve");
     for k in ["session.key", "storage.key"] {
         riegel::demo::write_key(&dir.join(k)).expect("key");
@@ -341,10 +358,15 @@ fn serve_binary(upstream: std::net::SocketAddr, extra: &str) -> (std::process::C
         ),
     )
     .expect("config");
+    let err = match stderr {
+        Some(p) => std::process::Stdio::from(std::fs::File::create(p).expect("log file")),
+        None => std::process::Stdio::null(),
+    };
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_riegel"))
         .args(["serve", "--config"])
         .arg(&cfg)
-        .stderr(std::process::Stdio::null())
+        .envs(env.iter().copied())
+        .stderr(err)
         .spawn()
         .expect("serve");
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
@@ -353,7 +375,7 @@ fn serve_binary(upstream: std::net::SocketAddr, extra: &str) -> (std::process::C
         assert!(start.elapsed() < Duration::from_secs(15), "riegel serve did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    (child, addr)
+    Served { child, addr, dir, config: cfg }
 }
 
 /// Sends SIGTERM and waits for a clean exit.
@@ -608,4 +630,126 @@ fn dot_segments_never_make_a_path_public_and_huge_connection_lists_are_refused()
     assert_eq!(get.status, 400);
     let post = raw_request(r.addr, format!("POST /assets/app.css HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close, {conn}\r\n\r\n").as_bytes());
     assert_eq!(post.status, 400);
+}
+
+/// The system clock, as `riegel serve` reads it.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64
+}
+
+#[test]
+fn debug_and_trace_logs_hold_no_password_code_cookie_or_token() {
+    for level in ["debug", "trace"] {
+        logs_hold_no_secrets(level);
+    }
+}
+
+/// A login with enrolment, portal requests (GET and POST, with a portal
+/// cookie, one whose answer sets a cookie, one whose answer head is
+/// unreadable), a refused head, a reset and a logout, against `riegel serve` with `RIEGEL_LOG=level`; then its log
+/// is searched for every secret that passed.
+fn logs_hold_no_secrets(level: &str) {
+    let portal = crate::attack::RecordingPortal::start();
+    let logdir = tempdir("log");
+    let log = logdir.join("stderr.log");
+    let s = serve_binary_with(portal.addr, "public_paths: [\"/pub/*\"]\n", &[("RIEGEL_LOG", level)], Some(&log));
+    let password = "Geheim-Passwort-4711";
+    let mut add = std::process::Command::new(env!("CARGO_BIN_EXE_riegel"))
+        .args(["user", "add", "lena", "--email", "lena@example.at", "--config"])
+        .arg(&s.config)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("user add");
+    add.stdin.take().expect("stdin").write_all(format!("{password}\n").as_bytes()).expect("password");
+    assert!(add.wait().expect("user add").success(), "user add failed");
+    let mut secrets: Vec<String> = vec![password.to_string()];
+    let mut codes: Vec<String> = Vec::new();
+    let mut c = Client::new(s.addr);
+
+    // Password, enrolment with the QR code, first code.
+    let page = c.get("/_riegel/login");
+    secrets.push(page.input("csrf").expect("csrf"));
+    let resp = c.login("lena", password);
+    assert_eq!((resp.status, resp.location()), (303, "/_riegel/setup"), "{}", resp.body);
+    secrets.extend(c.jar.values().cloned());
+    let setup = c.get("/_riegel/setup");
+    let secret = secret_of_uri(&decode_qr_svg(&qr_svg_of(&setup.body)));
+    secrets.push(secret.clone());
+    let code = totp_code(&secret, unix_now());
+    codes.push(code.clone());
+    let activated = c.submit("/_riegel/setup/confirm", "/_riegel/setup/confirm", &[("code", &code)]);
+    assert_eq!(activated.status, 200, "{}", activated.body);
+    secrets.extend(recovery_codes_of(&activated.body));
+    secrets.extend(c.jar.values().cloned());
+
+    // The portal, both ways, with the portal's own cookie.
+    let portal_cookie = "p0rtal-s3ssion-c00kie-value";
+    c.jar.insert("portal_sid".into(), portal_cookie.into());
+    secrets.push(portal_cookie.into());
+    assert_eq!(c.get("/mieter/konto?auth=query-s3cret-token").status, 200);
+    secrets.push("query-s3cret-token".into());
+    assert_eq!(c.request("POST", "/mieter/konto", &[], Some("field=form-b0dy-s3cret")).status, 200);
+    secrets.push("form-b0dy-s3cret".into());
+    assert_eq!(c.request("POST", "/pub/cookie", &[], Some("a=b")).status, 200);
+    assert_eq!(c.get("/pub/cookie").status, 200);
+    secrets.push(crate::attack::PORTAL_SET_COOKIE.into());
+    // An answer no parser takes is a 502 on both ways, and its bytes (a
+    // cookie among them) are not quoted in the log.
+    assert_eq!(c.get("/pub/badhead").status, 502);
+    assert_eq!(c.request("POST", "/pub/badhead", &[], Some("a=b")).status, 502);
+    let seen = portal.seen();
+    assert!(seen.iter().any(|r| r.text().contains(portal_cookie)), "the portal cookie reached the portal");
+    // A head riegel refuses, cookies and all.
+    let session = c.session_cookie().expect("session");
+    let refused = raw_request(s.addr, format!("GET /mieter HTTP/1.1\r\nHost: x\r\nCookie: portal_sid={portal_cookie}; riegel_session={session}\r\nBad Header: x\r\n\r\n").as_bytes());
+    assert_eq!(refused.status, 400);
+
+    // A reset: the token arrives by mail (the outbox).
+    let sent = c.submit("/_riegel/forgot", "/_riegel/forgot", &[("username", "lena")]);
+    assert_eq!(sent.status, 200, "{}", sent.body);
+    let outbox = s.dir.join("outbox");
+    let start = Instant::now();
+    let mail = loop {
+        let found = std::fs::read_dir(&outbox).ok().and_then(|d| d.flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "eml")));
+        if let Some(p) = found {
+            let data = std::fs::read_to_string(&p).expect("mail");
+            let text = ReceivedMail { from: String::new(), to: Vec::new(), data }.text();
+            if text.contains("/_riegel/reset/") {
+                break text;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no reset mail in {}", outbox.display());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let at = mail.find("/_riegel/reset/").expect("link");
+    let path: String = mail[at..].chars().take_while(|c| !c.is_whitespace() && *c != '"' && *c != '<').collect();
+    let token = path.trim_start_matches("/_riegel/reset/").to_string();
+    assert!(token.len() >= 16, "{path}");
+    secrets.push(token);
+    let new_password = "Neues-Passwort-0815";
+    secrets.push(new_password.into());
+    let mut r = Client::new(s.addr);
+    let done = r.submit(&path, &path, &[("password", new_password), ("password2", new_password)]);
+    assert!(done.status == 200 || done.status == 303, "{} {}", done.status, done.body);
+    secrets.extend(r.jar.values().cloned());
+    // And out.
+    let out = c.submit("/_riegel/logout", "/_riegel/logout", &[]);
+    assert_eq!(out.status, 200, "{}", out.body);
+    stop_binary(s.child);
+
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(text.contains("DEBUG") && text.contains("request"), "{level}: riegel did not log at debug:\n{text}");
+    for secret in secrets.iter().filter(|v| v.len() >= 6) {
+        assert!(!text.contains(secret.as_str()), "{level}: the log holds a secret ({secret}):\n{text}");
+    }
+    // A 6-digit code may only turn up as the microseconds of a timestamp.
+    for code in &codes {
+        for (at, _) in text.match_indices(code.as_str()) {
+            let before = text[..at].chars().last();
+            let after = text[at + code.len()..].chars().next();
+            assert!(before == Some('.') && after == Some('Z'), "{level}: the log holds the code {code}:\n{text}");
+        }
+    }
 }

@@ -330,11 +330,13 @@ pub struct Options {
     /// More keys under `password:` (after [`TEST_ARGON`]'s), each line
     /// indented by two spaces.
     pub password_yaml: String,
+    /// More keys under `totp:`, each line indented by two spaces.
+    pub totp_yaml: String,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { extra_yaml: String::new(), upstream: None, upstream_read_timeout: "2s", language: "de", branding_yaml: String::new(), https: false, server_yaml: String::new(), password_yaml: String::new() }
+        Options { extra_yaml: String::new(), upstream: None, upstream_read_timeout: "2s", language: "de", branding_yaml: String::new(), https: false, server_yaml: String::new(), password_yaml: String::new(), totp_yaml: String::new() }
     }
 }
 
@@ -388,7 +390,7 @@ branding:
   language: {lang}
 {branding}totp:
   issuer: "IMMO PRO"
-{TEST_ARGON}{password}{extra}"#,
+{totp}{TEST_ARGON}{password}{extra}"#,
             read = opts.upstream_read_timeout,
             store = store_yaml,
             smtp = smtp.addr.port(),
@@ -398,6 +400,7 @@ branding:
             server = opts.server_yaml,
             branding = opts.branding_yaml,
             password = opts.password_yaml,
+            totp = opts.totp_yaml,
         );
         let config_path = dir.join("riegel.yaml");
         std::fs::write(&config_path, &yaml).expect("config");
@@ -820,4 +823,102 @@ pub fn recovery_codes_of(html: &str) -> Vec<String> {
         .filter(|c| c.len() == 11 && c.as_bytes()[5] == b'-' && c.chars().enumerate().all(|(i, ch)| i == 5 || ok(ch)))
         .map(str::to_string)
         .collect()
+}
+
+// ---------------- riegel serve as a process ----------------
+
+/// `riegel serve` as a child process with its default runtime (one shard
+/// per CPU), in `dir` (keys, config, store and its stderr log there; an
+/// existing store in `dir` is used again), in front of `upstream`.
+/// `extra` is more configuration; without a `mail:` key, mail goes to an
+/// outbox in `dir`.
+pub struct ServeProcess {
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl ServeProcess {
+    pub fn start(dir: &Path, upstream: SocketAddr, extra: &str) -> Self {
+        for k in ["session.key", "storage.key"] {
+            if !dir.join(k).exists() {
+                riegel::demo::write_key(&dir.join(k)).expect("key");
+            }
+        }
+        let port = free_port();
+        let config = dir.join("riegel.yaml");
+        let mail = if extra.contains("mail:") { "" } else { "mail: { from: \"P <p@example.at>\", outbox: outbox }\n" };
+        std::fs::write(
+            &config,
+            format!(
+                "listen: \"127.0.0.1:{port}\"\npublic_url: \"http://127.0.0.1:{port}\"\nupstream: {{ url: \"http://{upstream}\" }}\nstore: {{ path: data }}\nsecrets: {{ session_key_file: session.key, storage_key_file: storage.key }}\n{TEST_ARGON}{mail}{extra}"
+            ),
+        )
+        .expect("config");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("stderr.log")).expect("log");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_riegel"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stderr(log)
+            .spawn()
+            .expect("serve");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let start = Instant::now();
+        while TcpStream::connect(addr).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(30), "riegel serve did not start:\n{}", std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ServeProcess { addr, dir: dir.to_path_buf(), config, child: Some(child) }
+    }
+
+    /// A `riegel` command with this server's config, `stdin` fed to it.
+    pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_riegel"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("cli");
+        if let (Some(input), Some(mut w)) = (stdin, child.stdin.take()) {
+            w.write_all(input.as_bytes()).expect("stdin");
+        }
+        child.wait_with_output().expect("cli output")
+    }
+
+    /// The process dies at once (SIGKILL): nothing is flushed or drained.
+    pub fn kill9(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, and a clean exit within a generous bound.
+    pub fn stop(mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let t = Instant::now();
+        let st = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+        assert!(st.success());
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                break s;
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "riegel serve did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(status.success(), "{status:?}");
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }

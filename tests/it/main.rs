@@ -3,10 +3,15 @@
 
 mod harness;
 
+mod attack;
+mod account;
 mod browser;
+mod demo;
 mod gateway;
 mod hashing;
 mod login;
+mod mail;
 mod postgres;
+mod regulation;
 mod reset;
 mod totp;

@@ -66,11 +66,26 @@ const PAGE_NAMES: &[&str] = &[
     "logout",
     "logged_out",
     "error",
+    "account",
+    "account_add",
+    "account_codes",
+    "recovery_done",
+    "new_device",
+    "new_device_open",
 ];
 
 /// The mails (templates `mail/<name>.txt` and `.html`, subject text
 /// `mail_<name>_subject`).
-const MAIL_NAMES: &[&str] = &["reset", "password_changed", "recovery_used"];
+const MAIL_NAMES: &[&str] = &[
+    "reset",
+    "password_changed",
+    "recovery_used",
+    "new_device",
+    "authenticator_added",
+    "authenticator_removed",
+    "recovery_codes_new",
+    "sessions_ended",
+];
 
 pub struct Pages {
     env: Environment<'static>,
@@ -234,6 +249,18 @@ impl Pages {
         common.insert("imprint_url", opt(&branding.imprint_url));
         common.insert("privacy_url", opt(&branding.privacy_url));
         common.insert("primary_color", Value::from(hex(accessible)));
+        // How to reach the operator (`branding.contact`); `contact_tel` is
+        // the phone number for a tel: link (digits and a leading +).
+        common.insert("contact_phone", opt(&branding.contact.phone));
+        common.insert("contact_email", opt(&branding.contact.email));
+        let tel = branding.contact.phone.as_ref().map(|p| {
+            p.chars()
+                .enumerate()
+                .filter(|(i, c)| c.is_ascii_digit() || (*i == 0 && *c == '+'))
+                .map(|(_, c)| c)
+                .collect::<String>()
+        });
+        common.insert("contact_tel", opt(&tel));
 
         let [de, en] = texts;
         let text_values = [Value::from(de.clone()), Value::from(en.clone())];
@@ -266,7 +293,8 @@ impl Pages {
                 message: "unknown page".into(),
             });
         }
-        let full = self.full_context(lang, ctx, optional_defaults(name));
+        let defaults = overlay(&[context! { lang_links => Vec::<Value>::new() }, optional_defaults(name)]);
+        let full = self.full_context(lang, ctx, defaults);
         self.render_template(&format!("{name}.html"), &full)
     }
 
@@ -292,7 +320,7 @@ impl Pages {
                 message: "unknown mail".into(),
             });
         }
-        let full = self.full_context(lang, ctx, context! {});
+        let full = self.full_context(lang, ctx, context! { lang_links => Vec::<Value>::new() });
         let key = format!("mail_{name}_subject");
         let raw = self.texts[lang_index(lang)]
             .get(&key)

@@ -36,8 +36,11 @@ pub(super) fn optional_defaults(name: &str) -> Value {
         "forgot" => context! { error => none, username => "" },
         "setup_confirm" | "verify" | "recovery" | "reset" => context! { error => none },
         "error" => {
-            context! { minutes => none.clone(), retry_url => none.clone(), home_url => none }
+            context! { minutes => none.clone(), second_url => none.clone(), second_key => none }
         }
+        "account" => context! { notice => none.clone(), error => none.clone(), error_form => "", minutes => none },
+        "account_add" => context! { error => none.clone(), minutes => none },
+        "new_device" => context! { resent => false, email => none },
         _ => context! {},
     }
 }

@@ -87,6 +87,7 @@ pub fn sample_context(name: &str) -> Value {
             csrf => "c3JmLXRva2VuLXNhbXBsZQ",
             error => (),
             back_url => format!("{p}/verify"),
+            forgot_url => format!("{p}/forgot"),
         },
         "forgot" => context! {
             action => format!("{p}/forgot"),
@@ -109,10 +110,90 @@ pub fn sample_context(name: &str) -> Value {
         "logout" => context! { action => format!("{p}/logout"), csrf => "c3JmLXRva2VuLXNhbXBsZQ" },
         "logged_out" => context! { login_url => format!("{p}/login") },
         "error" => context! {
-            status => 404,
             title_key => "error_404_title",
             message_key => "error_404_text",
-            home_url => "/",
+            primary_url => "/",
+            primary_key => "error_home",
+        },
+        "account" => context! {
+            display_name => "Maria Muster",
+            username => "mmuster",
+            email => "maria@example.at",
+            authenticators => vec![
+                context! { id => 1, name => "", added => "7. November 2024 um 14:05 Uhr", last_used => "2. Dezember 2026 um 09:12 Uhr", remove_action => format!("{p}/account/authenticators/1/remove"), form => "remove-1" },
+                context! { id => 2, name => "Tablet", added => "1. Dezember 2026 um 18:30 Uhr", last_used => (), remove_action => format!("{p}/account/authenticators/2/remove"), form => "remove-2" },
+            ],
+            can_remove => true,
+            recovery_left => 7,
+            sessions => vec![
+                context! { id => "0011223344556677", browser => "Firefox", system => "Windows", ip => "192.0.2.10", started => "2. Dezember 2026 um 08:00 Uhr", last_seen => "2. Dezember 2026 um 09:12 Uhr", current => true, unfinished => false, end_action => format!("{p}/account/sessions/0011223344556677/end") },
+                context! { id => "8899aabbccddeeff", browser => (), system => (), ip => (), started => "1. Dezember 2026 um 18:30 Uhr", last_seen => "1. Dezember 2026 um 18:45 Uhr", current => false, unfinished => true, end_action => format!("{p}/account/sessions/8899aabbccddeeff/end") },
+            ],
+            other_sessions => 1,
+            notice => (),
+            error_form => "",
+            error => (),
+            min_length => 10,
+            password_action => format!("{p}/account/password"),
+            add_action => format!("{p}/account/authenticators"),
+            codes_action => format!("{p}/account/recovery-codes"),
+            end_others_action => format!("{p}/account/sessions/end-others"),
+            logout_url => format!("{p}/logout"),
+            portal_url => "/",
+            csrf => "c3JmLXRva2VuLXNhbXBsZQ",
+        },
+        "account_add" => overlay(&[
+            sample_context("setup"),
+            context! {
+                name => "Neues Handy",
+                action => format!("{p}/account/authenticators/confirm"),
+                back_url => format!("{p}/account"),
+                error => (),
+                csrf => "c3JmLXRva2VuLXNhbXBsZQ",
+            },
+        ]),
+        "account_codes" => context! {
+            recovery_codes => vec!["k7d2m-x9q4t", "p3w8n-c6r1z", "h5v2b-y8m3k", "t4q9x-d2n7w", "r8c1p-m5z6h", "w2y7k-b9t3q", "n6m4d-x1r8c", "z3h5t-q7p2y", "b2c3d-f4g5h", "j6k7m-n8p9q"],
+            back_url => format!("{p}/account"),
+        },
+        "recovery_done" => context! {
+            remaining => 7,
+            add_action => format!("{p}/account/authenticators"),
+            continue_url => "/mieter/uebersicht",
+            account_url => format!("{p}/account"),
+            csrf => "c3JmLXRva2VuLXNhbXBsZQ",
+        },
+        "new_device" => context! {
+            state => "sent",
+            email => "m…@example.at",
+            minutes => 30,
+            resent => false,
+            action => format!("{p}/new-device"),
+            back_url => format!("{p}/login"),
+            csrf => "c3JmLXRva2VuLXNhbXBsZQ",
+        },
+        "new_device_open" => context! {
+            action => format!("{p}/new-device/dG9rZW4"),
+            csrf => "c3JmLXRva2VuLXNhbXBsZQ",
+        },
+        "mail/new_device" => context! {
+            link => "https://portal.example.at/_riegel/new-device/dG9rZW4tc2FtcGxl",
+            minutes => 30,
+            name => "Maria Muster",
+        },
+        "mail/authenticator_added" | "mail/authenticator_removed" => context! {
+            name => "Maria Muster",
+            time => "2. Dezember 2026 um 14:05 Uhr",
+            device => "Tablet",
+        },
+        "mail/recovery_codes_new" => context! {
+            name => "Maria Muster",
+            time => "2. Dezember 2026 um 14:05 Uhr",
+        },
+        "mail/sessions_ended" => context! {
+            name => "Maria Muster",
+            time => "2. Dezember 2026 um 14:05 Uhr",
+            count => 2,
         },
         "mail/reset" => context! {
             link => "https://portal.example.at/_riegel/reset/dG9rZW4tc2FtcGxl",
@@ -143,8 +224,10 @@ pub(super) fn sample_variants(name: &str) -> Vec<Value> {
             "err_required",
             "err_code_format",
             "err_code_invalid",
+            "err_enrol_code_invalid",
             "err_banned",
         ],
+        "account_add" => &["err_csrf", "err_code_format", "err_enrol_code_invalid", "err_banned"],
         "recovery" => &[
             "err_csrf",
             "err_required",
@@ -169,14 +252,67 @@ pub(super) fn sample_variants(name: &str) -> Vec<Value> {
             .iter()
             .map(|e| with(context! { error => *e, minutes => 15 })),
     );
+    if name == "account" {
+        let forms = ["password", "add", "codes", "remove-1", "remove-2", "sessions"];
+        let keys = [
+            "err_csrf",
+            "err_required",
+            "err_banned",
+            "err_current_password",
+            "err_password_short",
+            "err_password_long",
+            "err_password_mismatch",
+            "err_password_is_name",
+            "err_code_format",
+            "err_account_code_invalid",
+            "err_name_required",
+            "err_name_invalid",
+            "err_last_authenticator",
+        ];
+        for form in forms {
+            for key in keys {
+                out.push(with(context! { error_form => form, error => key, minutes => 15 }));
+            }
+        }
+        for n in [
+            "password_changed",
+            "authenticator_added",
+            "authenticator_removed",
+            "session_ended",
+            "sessions_ended",
+            "session_gone",
+            "enrolment_expired",
+        ] {
+            out.push(with(context! { notice => format!("account_notice_{n}") }));
+        }
+        // One authenticator (no remove forms), no recovery codes, no other session, no e-mail.
+        out.push(with(context! { can_remove => false, recovery_left => 0, other_sessions => 0, email => () }));
+        out.push(with(context! { can_remove => false, error_form => "remove-1", error => "err_last_authenticator" }));
+        out.push(with(context! { recovery_left => 1 }));
+    }
+    if name == "new_device" {
+        for state in ["sent", "not_sent", "contact"] {
+            for resent in [false, true] {
+                out.push(with(context! { state => state, resent => resent, email => if state == "contact" { None } else { Some("m…@example.at") } }));
+            }
+        }
+    }
+    if name == "recovery_done" {
+        for r in [0, 1] {
+            out.push(with(context! { remaining => r }));
+        }
+    }
     if name == "login" {
         for n in [
             "notice_logged_out",
             "notice_password_changed",
             "notice_login_expired",
+            "notice_sessions_ended",
         ] {
             out.push(with(context! { notice => n, username => "" }));
         }
+        // A lock until an operator or a reset lifts it: no minutes.
+        out.push(with(context! { error => "err_banned", minutes => 0 }));
     }
     if name == "error" {
         for code in [
@@ -190,18 +326,22 @@ pub(super) fn sample_variants(name: &str) -> Vec<Value> {
             "503",
             "504",
             "reset_invalid",
+            "new_device_invalid",
+            "new_device_browser",
         ] {
-            let status = code.parse::<u16>().unwrap_or(410);
             out.push(context! {
-                status => status,
                 title_key => format!("error_{code}_title"),
                 message_key => format!("error_{code}_text"),
                 minutes => 15,
-                retry_url => "/_riegel/login",
-                home_url => "/",
+                primary_url => "/_riegel/forgot",
+                primary_key => "forgot_submit",
+                second_url => "/_riegel/login",
+                second_key => "to_login",
             });
         }
-        out.push(context! { status => 500, title_key => "error_500_title", message_key => "error_500_text" });
+        for key in ["error_retry", "error_home", "to_login"] {
+            out.push(context! { title_key => "error_500_title", message_key => "error_500_text", primary_url => "/", primary_key => key });
+        }
     }
     out
 }

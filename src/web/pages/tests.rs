@@ -17,6 +17,9 @@ pub(crate) fn branding() -> BrandingConfig {
         company: "IMMO PRO Immobilien GmbH".into(),
         portal_name: "Portal".into(),
         language: Language::De,
+        languages: vec![Language::De, Language::En],
+        timezone: "Europe/Vienna".into(),
+        contact: crate::config::Contact { phone: Some("+43 1 234 56 78".into()), email: Some("hausverwaltung@example.at".into()) },
         logo_file: None,
         primary_color: "#5a9e1b".into(),
         imprint_url: Some("https://www.immopro.at/impressum".into()),
@@ -148,6 +151,30 @@ fn dynamically_referenced_keys_exist() {
         "mail_recovery_used_subject",
         "error_reset_invalid_title",
         "error_reset_invalid_text",
+        "error_new_device_invalid_title",
+        "error_new_device_invalid_text",
+        "error_new_device_browser_title",
+        "error_new_device_browser_text",
+        "err_enrol_code_invalid",
+        "err_account_code_invalid",
+        "err_current_password",
+        "err_name_required",
+        "err_name_invalid",
+        "err_last_authenticator",
+        "err_locked",
+        "notice_sessions_ended",
+        "account_notice_password_changed",
+        "account_notice_authenticator_added",
+        "account_notice_authenticator_removed",
+        "account_notice_session_ended",
+        "account_notice_sessions_ended",
+        "account_notice_session_gone",
+        "account_notice_enrolment_expired",
+        "mail_new_device_subject",
+        "mail_authenticator_added_subject",
+        "mail_authenticator_removed_subject",
+        "mail_recovery_codes_new_subject",
+        "mail_sessions_ended_subject",
     ]
     .into_iter()
     .map(String::from)
@@ -298,7 +325,7 @@ fn errors_are_attached_to_the_field() {
         .unwrap();
     assert!(html.contains("aria-describedby=\"code-hint code-error\""));
     let html = p.render("error", ctx_with("error", context! { status => 429, title_key => "error_429_title", message_key => "error_429_text", minutes => 5 })).unwrap();
-    assert!(html.contains("Fehler 429") && html.contains("5 Minuten"));
+    assert!(!html.contains("Fehler 429") && html.contains("5 Minuten"), "no status code as a heading");
     // err_banned without minutes is a render error, not an empty gap.
     assert!(p
         .render(
@@ -519,11 +546,11 @@ fn broken_overrides_fail_at_load() {
     let s = "/branding/pages/static";
     for expected in [
         format!("{t}/login.html: syntax error"),
-        format!("{t}/lgoin.html: unknown template name (known: activated.html, base.html,"),
+        format!("{t}/lgoin.html: unknown template name (known: account.html, account_add.html, account_codes.html, activated.html, base.html,"),
         format!("{t}/partials: unknown template name"),
         format!("{t}/logout.html: cannot read: not UTF-8 text"),
         format!("{t}/verify.html: cannot read: Permission denied"),
-        "/branding/pages/mail/welcome.txt: unknown template name (known: layout.html, password_changed.html,".to_string(),
+        "/branding/pages/mail/welcome.txt: unknown template name (known: authenticator_added.html, authenticator_added.txt, authenticator_removed.html,".to_string(),
         format!("{s}/logo: unsupported static file"),
         format!("{s}/film.mp4: unsupported static file"),
         format!("{s}/bad name.css: unsupported static file"),
@@ -628,7 +655,7 @@ fn the_built_in_files_are_all_there() {
     let statics: BTreeSet<&str> = b.statics.iter().map(|s| s.0.as_str()).collect();
     assert_eq!(
         statics,
-        BTreeSet::from(["copy.js", "logo.svg", "riegel.css"])
+        BTreeSet::from(["copy.js", "login.js", "logo.svg", "riegel.css"])
     );
     assert_eq!(b.texts.len(), 2);
     // What the binary holds is what the source tree holds.
@@ -643,18 +670,18 @@ fn the_busy_page_asks_to_try_again() {
         p.render_in(
             lang,
             "error",
-            context! { status => 503, title_key => "error_503_title", message_key => "error_503_text", retry_url => "/_riegel/login", home_url => "/" },
+            context! { title_key => "error_503_title", message_key => "error_503_text", primary_url => "/_riegel/login", primary_key => "error_retry" },
         )
         .unwrap()
     };
     let de = ctx(Language::De);
     assert!(
-        de.contains("Fehler 503") && de.contains("Bitte versuchen Sie es gleich noch einmal."),
+        !de.contains("Fehler 503") && de.contains("Bitte versuchen Sie es gleich noch einmal.") && de.contains("Erneut versuchen"),
         "{de}"
     );
     let en = ctx(Language::En);
     assert!(
-        en.contains("Error 503") && en.contains("Please try again in a moment."),
+        !en.contains("Error 503") && en.contains("Please try again in a moment."),
         "{en}"
     );
 }
@@ -675,4 +702,79 @@ fn fill_placeholders_rules() {
         "{ a } {A} {"
     );
     assert!(fill_placeholders("{b}", look).is_err());
+}
+
+#[test]
+fn error_pages_offer_the_way_on_without_status_headings() {
+    let p = pages();
+    let html = p
+        .render(
+            "error",
+            context! { title_key => "error_reset_invalid_title", message_key => "error_reset_invalid_text", primary_url => "/_riegel/forgot", primary_key => "forgot_submit", second_url => "/_riegel/login", second_key => "to_login" },
+        )
+        .unwrap();
+    assert!(html.contains("class=\"btn btn-primary\" href=\"/_riegel/forgot\">Neues Passwort anfordern<"), "{html}");
+    assert!(!html.contains("Fehler 410") && !html.contains("Fehler"), "{html}");
+    let html = p.render("error", sample_context("error")).unwrap();
+    assert!(!html.contains("Erneut versuchen") && html.contains("Zur Startseite"));
+}
+
+#[test]
+fn the_operators_contact_on_lockout_recovery_and_mails() {
+    let p = pages();
+    let lock = p.render("login", ctx_with("login", context! { error => "err_banned", minutes => 15 })).unwrap();
+    assert!(lock.contains("Sie können nicht auf Ihr Konto zugreifen?“ können Sie ein neues Passwort anfordern"), "{lock}");
+    assert!(lock.contains("href=\"tel:+4312345678\">+43 1 234 56 78</a>") && lock.contains("mailto:hausverwaltung@example.at"));
+    let locked = p.render("login", ctx_with("login", context! { error => "err_banned", minutes => 0 })).unwrap();
+    assert!(locked.contains("Ihr Konto ist nach zu vielen fehlgeschlagenen Versuchen gesperrt.") && !locked.contains("0 Minuten"));
+    let plain_login = p.render("login", sample_context("login")).unwrap();
+    assert!(!plain_login.contains("tel:"), "the contact is for the lockout, not every login");
+    let rec = p.render("recovery", sample_context("recovery")).unwrap();
+    assert!(rec.contains("tel:+4312345678"));
+    for name in Pages::mail_names() {
+        for ctx in mail_sample_variants(name) {
+            let (_, text, html) = p.render_mail(name, ctx).unwrap();
+            assert!(text.contains("Telefon: +43 1 234 56 78") && text.contains("E-Mail: hausverwaltung@example.at"), "{name}: {text}");
+            assert!(html.contains("tel:+4312345678"), "{name}");
+        }
+    }
+    // Without a contact, nothing of it shows.
+    let mut b = branding();
+    b.contact = crate::config::Contact::default();
+    let p = Pages::new(&b, "/_riegel", OverrideFiles::default()).unwrap();
+    let (_, text, _) = p.render_mail("sessions_ended", sample_context("mail/sessions_ended")).unwrap();
+    assert!(!text.contains("Telefon") && !text.contains("So erreichen"), "{text}");
+}
+
+#[test]
+fn the_language_switch_links_the_other_language() {
+    let p = pages();
+    let links = vec![context! { code => "en", name => "English", href => "/_riegel/language/en?rd=%2F_riegel%2Flogin" }];
+    let html = p.render("login", ctx_with("login", context! { lang_links => links })).unwrap();
+    assert!(html.contains("<nav class=\"lang-switch\" aria-label=\"Sprache\">"), "{html}");
+    assert!(html.contains("lang=\"en\" hreflang=\"en\">English</a>"));
+    let html = p.render("login", sample_context("login")).unwrap();
+    assert!(!html.contains("lang-switch"), "one language: no switch");
+}
+
+#[test]
+fn long_german_words_may_break() {
+    let p = pages();
+    let css = std::str::from_utf8(&p.static_asset("riegel.css").unwrap().body).unwrap().to_string();
+    assert!(css.contains("hyphens: auto") && css.contains("overflow-wrap: anywhere"));
+}
+
+#[test]
+fn account_pages_show_what_the_issue_lists() {
+    let p = pages();
+    let html = p.render("account", sample_context("account")).unwrap();
+    for s in ["Mein Zugang", "Maria Muster", "maria@example.at", "Authenticator App", "Tablet", "Hinzugefügt am 1. Dezember 2026 um 18:30 Uhr", "noch 7 unbenutzte", "Firefox · Windows", "dieses Gerät", "Unbekannter Browser", "Auf allen anderen Geräten abmelden", "name=\"current_password\"", "name=\"password2\"", "/_riegel/account/authenticators/2/remove"] {
+        assert!(html.contains(s), "account page lacks {s}");
+    }
+    let codes = p.render("account_codes", sample_context("account_codes")).unwrap();
+    assert!(codes.contains("data-print-label=\"Drucken\"") && codes.contains("data-copy-label=\"Kopieren\"") && codes.contains("j6k7m-n8p9q"));
+    let en = p.render_in(Language::En, "account", sample_context("account")).unwrap();
+    assert!(en.contains("My account") && en.contains("this device") && en.contains("Log out on all other devices"));
+    let add = p.render("account_add", ctx_with("account_add", context! { error => "err_enrol_code_invalid" })).unwrap();
+    assert!(add.contains("Datum und Uhrzeit Ihres Smartphones") && add.contains("„Neues Handy“"));
 }
