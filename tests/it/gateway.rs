@@ -166,6 +166,18 @@ fn forward_auth_endpoint() {
     assert_eq!(ok.header("x-riegel-user"), Some("carla"));
 }
 
+/// The peer closed the connection (end of stream or reset) before `within`
+/// passed without an answer byte; a timeout or any data is `false`.
+fn closed_by_peer(s: &mut TcpStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(within)).expect("timeout");
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => matches!(e.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted),
+    }
+}
+
 #[test]
 fn upstream_down_gives_branded_502_quickly_and_gateway_stays_up() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
@@ -173,9 +185,11 @@ fn upstream_down_gives_branded_502_quickly_and_gateway_stays_up() {
     let r = Riegel::start_with(Options { upstream: Some(closed), ..Options::default() });
     let mut c = r.client();
     let resp = c.get("/favicon.ico");
+    // A refused connect is answered at once; only retrying (a regression)
+    // takes seconds, so this bound is loose on purpose.
     let t = Instant::now();
     let resp2 = c.get("/favicon.ico");
-    assert!(t.elapsed() < Duration::from_secs(2), "502 took {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(8), "502 took {:?}", t.elapsed());
     for resp in [resp, resp2] {
         assert_eq!(resp.status, 502);
         assert!(resp.header("content-type").unwrap_or("").starts_with("text/html"));
@@ -193,10 +207,13 @@ fn slow_upstream_gives_504_after_read_timeout() {
         ..Options::default()
     });
     let mut c = r.client();
+    // The portal would answer after 20 s; the 504 comes after the 1 s read
+    // timeout, long before that (a loose bound: only waiting for the portal
+    // crosses it).
     let t = Instant::now();
-    let resp = c.get("/slow?ms=3000");
+    let resp = c.get("/slow?ms=20000");
     assert_eq!(resp.status, 504, "{}", resp.body);
-    assert!(t.elapsed() < Duration::from_millis(2500), "504 took {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(15), "504 took {:?}", t.elapsed());
     assert!(resp.header("content-type").unwrap_or("").starts_with("text/html"));
     assert_eq!(c.get("/_riegel/healthz").status, 200);
 }
@@ -206,12 +223,9 @@ fn slowloris_connections_are_closed_after_the_header_timeout() {
     let r = Riegel::start_with(Options { server_yaml: "  header_timeout: 1s\n".into(), ..Options::default() });
     let mut s = TcpStream::connect(r.addr).expect("connect");
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-A: ").expect("write");
-    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-    let t = Instant::now();
-    let mut buf = [0u8; 64];
-    let n = s.read(&mut buf).unwrap_or(0);
-    assert_eq!(n, 0, "expected the server to close the connection");
-    assert!(t.elapsed() < Duration::from_secs(3), "closed only after {:?}", t.elapsed());
+    // The client never finishes its head; riegel closes after 1 s. A read
+    // that times out (15 s) means the connection was held.
+    assert!(closed_by_peer(&mut s, Duration::from_secs(15)), "the half-sent head was not cut off");
     // And others are still served.
     assert_eq!(r.client().get("/_riegel/healthz").status, 200);
 }
@@ -428,11 +442,7 @@ fn connection_cap_refuses_connections_beyond_the_limit() {
     let mut extra = TcpStream::connect(r.addr).expect("connect");
     extra.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
     let _ = extra.write_all(b"GET /_riegel/healthz HTTP/1.1\r\nHost: x\r\n\r\n");
-    let mut buf = [0u8; 64];
-    let t = Instant::now();
-    let n = extra.read(&mut buf).unwrap_or(0);
-    assert_eq!(n, 0, "a connection beyond the cap was served");
-    assert!(t.elapsed() < Duration::from_secs(2), "refused only after {:?}", t.elapsed());
+    assert!(closed_by_peer(&mut extra, Duration::from_secs(3)), "a connection beyond the cap was served or held");
     // The three were the ones counted: each is served once its head ends.
     for s in &mut held {
         s.write_all(b"\r\n").expect("write");
