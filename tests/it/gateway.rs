@@ -338,87 +338,23 @@ fn tls_listener_serves_https_with_host_prefixed_secure_cookies_and_hsts() {
     assert!(s.contains("/_riegel/login?rd=%2Fmieter"), "{s}");
 }
 
-/// `riegel serve` as a child process, with its default runtime (one
-/// shard per CPU, connections moved to their shard's reactor), in front
-/// of `upstream`; `extra` is more configuration.
-fn serve_binary(upstream: std::net::SocketAddr, extra: &str) -> (std::process::Child, std::net::SocketAddr) {
-    let s = serve_binary_with(upstream, extra, &[], None);
-    (s.child, s.addr)
-}
-
-/// A running `riegel serve`.
-struct Served {
-    child: std::process::Child,
-    addr: std::net::SocketAddr,
-    /// Its directory: the config, the store (`data`), the mail outbox
-    /// (`outbox`).
-    dir: std::path::PathBuf,
-    config: std::path::PathBuf,
-}
-
-/// [`serve_binary`] with environment variables and its stderr written to
-/// `stderr` (dropped when `None`).
-fn serve_binary_with(upstream: std::net::SocketAddr, extra: &str, env: &[(&str, &str)], stderr: Option<&std::path::Path>) -> Served {
-    let dir = tempdir("serve");
-    for k in ["session.key", "storage.key"] {
-        riegel::demo::write_key(&dir.join(k)).expect("key");
-    }
-    let port = free_port();
-    let cfg = dir.join("riegel.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "listen: \"127.0.0.1:{port}\"\npublic_url: \"http://127.0.0.1:{port}\"\nupstream: {{ url: \"http://{upstream}\" }}\nstore: {{ path: data }}\nsecrets: {{ session_key_file: session.key, storage_key_file: storage.key }}\nmail: {{ from: \"P <p@example.at>\", outbox: outbox }}\n{extra}"
-        ),
-    )
-    .expect("config");
-    let err = match stderr {
-        Some(p) => std::process::Stdio::from(std::fs::File::create(p).expect("log file")),
-        None => std::process::Stdio::null(),
-    };
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_riegel"))
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .envs(env.iter().copied())
-        .stderr(err)
-        .spawn()
-        .expect("serve");
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let start = Instant::now();
-    while TcpStream::connect(addr).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(15), "riegel serve did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Served { child, addr, dir, config: cfg }
-}
-
-/// Sends SIGTERM and waits for a clean exit.
-fn stop_binary(mut child: std::process::Child) {
-    let t = Instant::now();
-    let st = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
-    assert!(st.success());
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(t.elapsed() < Duration::from_secs(20), "riegel serve did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(status.success(), "{status:?}");
+/// `riegel serve` as a process in a new directory, in front of `upstream`.
+fn serve_binary(upstream: std::net::SocketAddr, extra: &str) -> ServeProcess {
+    ServeProcess::start(&tempdir("serve"), upstream, extra)
 }
 
 #[test]
 fn riegel_serve_binary_proxies_with_default_runtime_and_stops_on_sigterm() {
     let portal = riegel::demo::start_portal("127.0.0.1:0".parse().expect("addr")).expect("portal");
-    let (child, addr) = serve_binary(portal, "");
-    let mut c = Client::new(addr);
+    let s = serve_binary(portal, "");
+    let mut c = Client::new(s.addr);
     for _ in 0..20 {
         // Several requests, so both runtime threads get work.
         assert_eq!(c.get("/favicon.ico").status, 200);
         assert_eq!(c.get("/mieter").status, 303);
     }
     assert_eq!(c.get("/_riegel/healthz").status, 200);
-    stop_binary(child);
+    s.stop();
 }
 
 #[test]
@@ -565,13 +501,13 @@ fn short_way_relays_every_framing_with_the_default_runtime() {
     // The production set-up: shards, client sockets moved to their shard,
     // answers written past the write buffer (vectored head and body).
     let (portal, heads) = framing_portal();
-    let (child, addr) = serve_binary(portal, "public_paths: [\"/*\"]\n");
+    let s = serve_binary(portal, "public_paths: [\"/*\"]\n");
     for _ in 0..4 {
         // New connections, so that every shard serves one.
         heads.lock().expect("lock").clear();
-        check_framing(addr, &heads);
+        check_framing(s.addr, &heads);
     }
-    stop_binary(child);
+    s.stop();
 }
 
 /// Pipelines one request for each framing on one connection to riegel at
@@ -660,9 +596,8 @@ fn debug_and_trace_logs_hold_no_password_code_cookie_or_token() {
 /// is searched for every secret that passed.
 fn logs_hold_no_secrets(level: &str) {
     let portal = crate::attack::RecordingPortal::start();
-    let logdir = tempdir("log");
-    let log = logdir.join("stderr.log");
-    let s = serve_binary_with(portal.addr, "public_paths: [\"/pub/*\"]\n", &[("RIEGEL_LOG", level)], Some(&log));
+    let s = ServeProcess::start_with_env(&tempdir("serve"), portal.addr, "public_paths: [\"/pub/*\"]\n", &[("RIEGEL_LOG", level)]);
+    let log = s.dir.join("stderr.log");
     let password = "Geheim-Passwort-4711";
     let mut add = std::process::Command::new(env!("CARGO_BIN_EXE_riegel"))
         .args(["user", "add", "lena", "--email", "lena@example.at", "--config"])
@@ -747,7 +682,7 @@ fn logs_hold_no_secrets(level: &str) {
     // And out.
     let out = c.submit("/_riegel/logout", "/_riegel/logout", &[]);
     assert_eq!(out.status, 200, "{}", out.body);
-    stop_binary(s.child);
+    s.stop();
 
     let text = std::fs::read_to_string(&log).expect("log");
     assert!(text.contains("DEBUG") && text.contains("request"), "{level}: riegel did not log at debug:\n{text}");
