@@ -100,7 +100,7 @@ pub struct TlsConfig {
     pub key_file: PathBuf,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamConfig {
     pub host: String,
     pub port: u16,

@@ -12,6 +12,7 @@ mod hashing;
 mod login;
 mod mail;
 mod postgres;
+mod reload;
 mod regulation;
 mod reset;
 mod totp;
