@@ -307,8 +307,9 @@ impl ServerApp for Front {
         }
         let _guard = OpenGuard(self.open.clone());
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            // Not offered by riegel's listener; should a client get it
-            // anyway, Pingora's framework speaks it.
+            // HTTP/2 (ALPN on the TLS listener) is Pingora's framework's:
+            // every request goes through `Gateway`, the same header policy
+            // and `web::handle` as HTTP/1.1's framework way.
             return ServerApp::process_new(&self.proxy, stream, shutdown).await;
         }
         self.serve(stream, shutdown).await;

@@ -563,6 +563,13 @@ impl ProxyHttp for Gateway {
         let mut fresh = RequestHeader::build(req.method.clone(), req.raw_path(), Some(original.headers.len() + 6))?;
         fresh.set_version(http::Version::HTTP_11);
         with_fields(original, Prepare { core: &ctx.core, peer, identity: ctx.identity.as_ref(), websocket, out: &mut fresh })?;
+        // HTTP/2 names the host in `:authority`, often without a Host
+        // field: the portal (HTTP/1.1) gets it as Host.
+        if original.version == http::Version::HTTP_2 && fresh.headers.get(http::header::HOST).is_none() {
+            if let Some(a) = original.uri.authority() {
+                fresh.insert_header(http::header::HOST, a.as_str())?;
+            }
+        }
         *req = fresh;
         Ok(())
     }
@@ -797,8 +804,13 @@ pub fn run_live(live: Arc<Live>, shutdown: Option<Box<dyn ShutdownSignalWatch>>)
     server.bootstrap();
     let open = Arc::new(AtomicUsize::new(0));
     let server_conf = server.configuration.clone();
+    // HTTP/2 (offered by ALPN on the TLS listener): an idle connection is
+    // closed after the header timeout, as an idle HTTP/1.1 one is.
+    let mut h2 = pingora::apps::HttpServerOptions::default();
+    h2.h2_idle_timeout = Some(cfg.server.header_timeout);
     let front = || {
-        let proxy = pingora::proxy::http_proxy(&server_conf, Gateway(live.clone()));
+        let mut proxy = pingora::proxy::http_proxy(&server_conf, Gateway(live.clone()));
+        proxy.server_options = Some(h2.clone());
         front::Front::new(live.clone(), proxy, open.clone())
     };
     // 4 KiB read buffers instead of Pingora's 64 KiB: request headers and

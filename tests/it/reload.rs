@@ -142,7 +142,7 @@ fn a_broken_file_on_sighup_leaves_the_running_config_serving() {
 }
 
 /// A self-signed certificate for 127.0.0.1 with `cn`, by openssl.
-fn make_cert(dir: &Path, cn: &str) {
+pub fn make_cert(dir: &Path, cn: &str) {
     let openssl = tool("openssl").expect("openssl");
     let out = std::process::Command::new(openssl)
         .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
