@@ -227,3 +227,84 @@ pub fn on_sighup(reloader: Arc<Reloader>) -> std::io::Result<()> {
     })?;
     rx.recv().map_err(|_| std::io::Error::other("the reload thread did not start"))?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use crate::config::tests::{MapEnv, MINIMAL};
+    use std::path::Path;
+
+    fn parse(yaml: &str, storage: char) -> Config {
+        parse_with(yaml, storage, "eins")
+    }
+
+    fn parse_with(yaml: &str, storage: char, smtp_password: &str) -> Config {
+        let env = MapEnv(HashMap::from([
+            ("RIEGEL_SESSION_KEY".to_string(), "a".repeat(64)),
+            ("RIEGEL_STORAGE_KEY".to_string(), storage.to_string().repeat(64)),
+            ("RIEGEL_SMTP_PASSWORD".to_string(), smtp_password.to_string()),
+        ]));
+        Config::parse(yaml, Path::new("/"), &env).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// config's minimal file with a company.
+    fn base() -> String {
+        format!("{MINIMAL}branding: {{ company: \"Alt\" }}\n")
+    }
+
+    #[test]
+    fn fixed_settings_keep_their_running_values_and_are_named() {
+        let running = parse(&base(), 'b');
+        let mut same = parse(&base(), 'b');
+        assert!(keep_fixed(&running, &mut same).is_empty());
+
+        let changed = base()
+            .replace("127.0.0.1:8080", "127.0.0.1:9090")
+            .replace("/tmp/riegel-test", "/tmp/riegel-other")
+            .replace("\"Alt\"", "\"Neu\"")
+            .replace("upstream: { url: \"http://127.0.0.1:9000\" }", "upstream: { url: \"http://127.0.0.1:9001\" }")
+            + "server: { threads: 7, header_timeout: 3s }\nlog: { level: debug }\npassword: { max_concurrent_hashes: 3 }\n";
+        let mut new = parse(&changed, 'c');
+        let kept = keep_fixed(&running, &mut new);
+        assert_eq!(kept, vec!["listen", "store", "secrets.storage_key_file", "server.threads", "password.max_concurrent_hashes", "log.level"]);
+        assert_eq!(new.listen, running.listen);
+        assert!(same_store(&new.store, &running.store));
+        assert_eq!(new.secrets.storage_key, running.secrets.storage_key);
+        assert_eq!((new.server.threads, new.password.max_concurrent_hashes), (running.server.threads, running.password.max_concurrent_hashes));
+        assert_eq!(new.log.level, running.log.level);
+        // What a reload is for is taken.
+        assert_eq!(new.branding.company, "Neu");
+        assert_eq!(new.upstream.port, 9001);
+        assert_eq!(new.server.header_timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn tls_can_be_renewed_but_not_switched_on_or_off() {
+        let dir = std::env::temp_dir().join(format!("riegel-reload-tls-{}", std::process::id()));
+        for d in ["a", "b"] {
+            std::fs::create_dir_all(dir.join(d)).expect("dir");
+            for f in ["cert.pem", "key.pem"] {
+                std::fs::write(dir.join(d).join(f), "-").expect("file");
+            }
+        }
+        let with_tls = base() + &format!("tls: {{ cert_file: {0}/a/cert.pem, key_file: {0}/a/key.pem }}\n", dir.display());
+        let running = parse(&base(), 'b');
+        let mut new = parse(&with_tls, 'b');
+        assert_eq!(keep_fixed(&running, &mut new), vec!["tls"]);
+        assert!(new.tls.is_none());
+        let running = parse(&with_tls, 'b');
+        let mut renewed = parse(&with_tls.replace("/a/", "/b/"), 'b');
+        assert!(keep_fixed(&running, &mut renewed).is_empty());
+        assert_eq!(renewed.tls.map(|t| t.cert_file), Some(dir.join("b/cert.pem")));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn mail_changes_are_seen_also_in_the_smtp_password() {
+        let smtp = base().replace("outbox: \"/tmp/outbox\"", "smtp: { host: 127.0.0.1, port: 25, tls: none, username: u }");
+        let (a, b) = (parse(&smtp, 'b'), parse_with(&smtp, 'b', "zwei"));
+        assert!(mail_changed(&a, &b));
+        assert!(!mail_changed(&a, &parse(&smtp, 'b')));
+    }
+}

@@ -191,3 +191,37 @@ fn a_renewed_certificate_is_served_after_sighup() {
     assert!(v.contains("riegel-zwei"), "{v}");
     serve.stop();
 }
+
+/// `.eml` files in `dir`.
+fn mails_in(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map(|d| d.filter_map(Result::ok).filter(|e| e.path().extension().is_some_and(|x| x == "eml")).count()).unwrap_or(0)
+}
+
+#[test]
+fn mail_settings_are_taken_on_sighup() {
+    let dir = tempdir("reload-mail");
+    let portal = riegel::demo::start_portal("127.0.0.1:0".parse().expect("addr")).expect("portal");
+    let mut serve = ServeProcess::start(&dir, portal, "");
+    let out = serve.cli(&["user", "add", "dora", "--email", "dora@example.at", "--name", "Dora"], Some("Passwort-2024!\n"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let forgot = |serve: &ServeProcess| {
+        let page = Client::new(serve.addr).submit("/_riegel/forgot", "/_riegel/forgot", &[("username", "dora")]);
+        assert_eq!(page.status, 200, "{}", page.body);
+    };
+    let wait = |d: &Path, n: usize| {
+        let t = Instant::now();
+        while mails_in(d) < n {
+            assert!(t.elapsed() < Duration::from_secs(20), "no mail in {}", d.display());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    forgot(&serve);
+    wait(&dir.join("outbox"), 1);
+    edit(&serve, |t| t.replace("outbox: outbox", "outbox: neu"));
+    let log = hup_and_wait(&mut serve, RELOADED);
+    assert_eq!(log.matches("mailer started").count(), 2, "{log}");
+    forgot(&serve);
+    wait(&dir.join("neu"), 1);
+    assert_eq!(mails_in(&dir.join("outbox")), 1, "the old mailer still delivered");
+    serve.stop();
+}
