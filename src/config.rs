@@ -100,7 +100,7 @@ pub struct TlsConfig {
     pub key_file: PathBuf,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamConfig {
     pub host: String,
     pub port: u16,
@@ -1338,11 +1338,12 @@ fn read_secret_file(p: &Path) -> Result<String, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    struct MapEnv(HashMap<String, String>);
+    /// The environment as a map (also `reload`'s tests).
+    pub(crate) struct MapEnv(pub(crate) HashMap<String, String>);
     impl Env for MapEnv {
         fn var(&self, name: &str) -> Option<String> {
             self.0.get(name).cloned()
@@ -1356,7 +1357,7 @@ mod tests {
         ]))
     }
 
-    const MINIMAL: &str = r#"
+    pub(crate) const MINIMAL: &str = r#"
 listen: "127.0.0.1:8080"
 public_url: "https://portal.example.at"
 upstream: { url: "http://127.0.0.1:9000" }

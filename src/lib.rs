@@ -12,6 +12,7 @@ pub mod demo;
 pub mod hashpool;
 pub mod mail;
 pub mod proxy;
+pub mod reload;
 pub mod sched;
 pub mod store;
 pub mod web;

@@ -230,6 +230,23 @@ impl Mailer {
     }
 }
 
+impl Mailer {
+    /// Stops the delivery thread after the deliveries in progress, as
+    /// dropping does, without waiting: a reload that replaced the mail
+    /// settings stops the old mailer this way (the spool stays, the new
+    /// mailer sends what is in it). Mails sent to a stopped mailer are
+    /// refused ([`MailError::Closed`]).
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.wake.notify_one();
+    }
+
+    /// Whether the delivery thread has ended.
+    pub fn finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+}
+
 impl Drop for Mailer {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Release);

@@ -164,7 +164,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             for w in &cfg.warnings {
                 tracing::warn!(warning = %w, "configuration");
             }
-            serve(cfg)
+            serve(cfg, &config)
         }
         Cmd::Demo { listen, dir } => demo(listen, dir),
         Cmd::HashPassword { config } => {
@@ -225,13 +225,17 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
-fn serve(cfg: Config) -> Result<ExitCode> {
+fn serve(cfg: Config, path: &Path) -> Result<ExitCode> {
     let listen = cfg.listen;
     let upstream = cfg.upstream.clone();
     let app = riegel::app::build(cfg, Arc::new(SystemClock), None).context("cannot start")?;
+    let live = Arc::new(riegel::proxy::Live::new(app.services.clone()).context("cannot start")?);
+    // SIGHUP (`systemctl reload`) reads the configuration again.
+    let reloader = Arc::new(riegel::reload::Reloader::new(path.to_path_buf(), live.clone(), app.mailer.clone()));
+    riegel::reload::on_sighup(reloader.clone()).context("cannot listen for SIGHUP")?;
     tracing::info!(%listen, upstream = %format!("{}:{}", upstream.host, upstream.port), "riegel is listening");
-    riegel::proxy::run(app.services.clone(), None)?;
-    if let Some(mailer) = &app.mailer {
+    riegel::proxy::run_live(live, None)?;
+    if let Some(mailer) = &reloader.mailer() {
         // What is still in the spool goes out at the next start.
         if !runtime()?.block_on(mailer.drain(MAIL_DRAIN)) {
             tracing::info!("stopping with mails still in the spool; they are sent at the next start");
@@ -289,7 +293,7 @@ fn demo(listen: SocketAddr, dir: Option<PathBuf>) -> Result<ExitCode> {
     println!("  You need an authenticator app (or: oathtool --totp -b KEY). Ctrl-C stops.");
     println!();
     std::io::stdout().flush()?;
-    serve(cfg)
+    serve(cfg, &files.config)
 }
 
 /// One line from stdin, without its line ending; a prompt on a terminal.

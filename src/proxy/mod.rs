@@ -19,7 +19,6 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::apps::ServerApp;
 use pingora::http::{IntoCaseHeaderName, RequestHeader, ResponseHeader};
-use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::protocols::http::{HttpTask, ServerSession};
 use pingora::protocols::Stream;
@@ -32,6 +31,7 @@ use pingora::services::ServiceReadyNotifier;
 use pingora::upstreams::peer::{HttpPeer, HttpUpstreamRequestPolicy};
 use pingora::{Error, ErrorType, OrErr, Result};
 
+mod certs;
 mod direct;
 mod front;
 #[doc(hidden)]
@@ -53,7 +53,8 @@ pub enum ProxyError {
     Tls(String),
 }
 
-/// What both ways of serving a request share; one for all shards.
+/// What both ways of serving a request share; one for all shards, built
+/// from one configuration and replaced whole by a reload ([`Live`]).
 pub(crate) struct Core {
     services: Arc<Services>,
     /// The one header policy both ways apply.
@@ -61,6 +62,59 @@ pub(crate) struct Core {
     /// The portal; its options carry the connect, read, write and idle
     /// timeouts.
     peer: HttpPeer,
+    /// The short way to the portal with its per-thread pools; kept over a
+    /// reload that changes neither the portal nor the write timeout.
+    direct: Arc<direct::Direct>,
+}
+
+/// What the proxy serves new requests with: the [`Core`] of the running
+/// configuration and the TLS listener's certificate. Each request takes
+/// the core once (one atomic load and a reference count) and keeps it to
+/// its end, so a reload never changes a request half-way and never drops a
+/// connection.
+pub struct Live {
+    core: arc_swap::ArcSwap<Core>,
+    certs: Option<Arc<certs::Certs>>,
+}
+
+impl Live {
+    pub fn new(services: Arc<Services>) -> std::result::Result<Self, ProxyError> {
+        let certs = match &services.cfg.tls {
+            Some(t) => Some(Arc::new(certs::Certs::new(t)?)),
+            None => None,
+        };
+        let core = Core::new(services, None)?;
+        Ok(Self { core: arc_swap::ArcSwap::from_pointee(core), certs })
+    }
+
+    /// The core for one request.
+    fn core(&self) -> Arc<Core> {
+        self.core.load_full()
+    }
+
+    /// The services new requests are served with.
+    pub fn services(&self) -> Arc<Services> {
+        self.core.load().services.clone()
+    }
+
+    /// New requests (and new TLS handshakes) are served with `services`
+    /// from now on; requests under way finish with what they started with.
+    /// Everything is prepared (the portal's address resolved, the
+    /// certificate read and checked against its key) before anything is
+    /// replaced: on an error nothing changes. A certificate is taken only
+    /// when the listener has TLS; whether it has is fixed at start.
+    pub fn replace(&self, services: Arc<Services>) -> std::result::Result<(), ProxyError> {
+        let cert = match (&self.certs, &services.cfg.tls) {
+            (Some(_), Some(t)) => Some(certs::load(t)?),
+            _ => None,
+        };
+        let core = Core::new(services, Some(&self.core.load()))?;
+        if let (Some(certs), Some(cert)) = (&self.certs, cert) {
+            certs.replace(cert);
+        }
+        self.core.store(Arc::new(core));
+        Ok(())
+    }
 }
 
 /// The portal as Pingora's peer, with the configured timeouts. Pingora's
@@ -186,16 +240,24 @@ impl Put for HeaderSink<'_> {
 }
 
 impl Core {
-    fn new(services: Arc<Services>, tls_listener: bool, peer: HttpPeer) -> Self {
+    /// The core for `services`; the short way's pools of `previous` are
+    /// kept when the portal and the write timeout are the same.
+    fn new(services: Arc<Services>, previous: Option<&Core>) -> std::result::Result<Self, ProxyError> {
         let cfg = &services.cfg;
         let h = &cfg.headers;
         let policy = HeaderPolicy::new(
             [&h.user, &h.email, &h.name],
             [services.cookie_name.clone(), services.csrf_cookie_name.clone()],
             cfg.server.trusted_proxies.clone(),
-            tls_listener,
+            cfg.tls.is_some(),
         );
-        Self { policy, peer, services }
+        let peer = upstream_peer(&cfg.upstream)?;
+        let write_timeout = cfg.server.write_timeout;
+        let direct = match previous {
+            Some(p) if p.services.cfg.upstream == cfg.upstream && p.services.cfg.server.write_timeout == write_timeout => p.direct.clone(),
+            _ => Arc::new(direct::Direct::new(peer.clone(), write_timeout)),
+        };
+        Ok(Self { policy, peer, services, direct })
     }
 
     /// The portal's head on the framework's way, into `out` (a fresh
@@ -337,6 +399,8 @@ fn log_request(services: &Services, method: &str, path: &str, status: u16, error
 
 /// Per-request state of the framework's way.
 pub struct Ctx {
+    /// The configuration this request is served with, from its start.
+    core: Arc<Core>,
     identity: Option<Identity>,
     /// When a forwarded body must have arrived whole.
     body_deadline: Option<Instant>,
@@ -344,12 +408,12 @@ pub struct Ctx {
 
 /// The `ProxyHttp` of Pingora's proxy framework: serves what the short way
 /// does not (POST, bodies, upgrades, other methods).
-pub struct Gateway(Arc<Core>);
+pub struct Gateway(Arc<Live>);
 
 impl Gateway {
     /// Reads a form body, at most `max` bytes, within the body timeout.
-    async fn read_body(&self, session: &mut Session) -> std::result::Result<Bytes, u16> {
-        let server = &self.0.services.cfg.server;
+    async fn read_body(core: &Core, session: &mut Session) -> std::result::Result<Bytes, u16> {
+        let server = &core.services.cfg.server;
         let max = server.max_form_bytes;
         let length = session.req_header().headers.get("content-length").and_then(|v| std::str::from_utf8(v.as_bytes()).ok()?.parse::<usize>().ok());
         if length.is_some_and(|len| len > max) {
@@ -382,10 +446,10 @@ impl Gateway {
     }
 
     /// Answers a refused head with 400; the connection is not reused.
-    async fn refuse(&self, session: &mut Session, why: Refusal) -> Result<bool> {
+    async fn refuse(core: &Core, session: &mut Session, why: Refusal) -> Result<bool> {
         tracing::debug!(reason = %why, "request refused");
         session.set_keepalive(None);
-        write_reply(session.as_downstream_mut(), web::error_page(&self.0.services, 400, "error_400"), false).await?;
+        write_reply(session.as_downstream_mut(), web::error_page(&core.services, 400, "error_400"), false).await?;
         Ok(true)
     }
 }
@@ -395,11 +459,12 @@ impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx { identity: None, body_deadline: None }
+        Ctx { core: self.0.core(), identity: None, body_deadline: None }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let core = &*self.0;
+        let core = ctx.core.clone();
+        let core = &*core;
         // The policy reads the head as Pingora read it, before anything is
         // removed. Every HTTP/1 head has passed `h1::way` already; this
         // covers any other.
@@ -410,7 +475,7 @@ impl ProxyHttp for Gateway {
         };
         let ip = match decided {
             Ok(ip) => ip,
-            Err(why) => return self.refuse(session, why).await,
+            Err(why) => return Self::refuse(core, session, why).await,
         };
         let method = method_of(&session.req_header().method);
         let ours = {
@@ -418,7 +483,7 @@ impl ProxyHttp for Gateway {
             path.strip_prefix(core.services.prefix.as_str()).is_some_and(|r| r.is_empty() || r.starts_with('/'))
         };
         let body = if ours && method == Method::Post {
-            match self.read_body(session).await {
+            match Self::read_body(core, session).await {
                 Ok(b) => b,
                 Err(status) => {
                     let key = match status {
@@ -485,8 +550,8 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(self.0.peer.clone()))
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        Ok(Box::new(ctx.core.peer.clone()))
     }
 
     /// The portal's head, written afresh from the client's fields as
@@ -499,7 +564,14 @@ impl ProxyHttp for Gateway {
             && original.headers.get("upgrade").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
         let mut fresh = RequestHeader::build(req.method.clone(), req.raw_path(), Some(original.headers.len() + 6))?;
         fresh.set_version(http::Version::HTTP_11);
-        with_fields(original, Prepare { core: &self.0, peer, identity: ctx.identity.as_ref(), websocket, out: &mut fresh })?;
+        with_fields(original, Prepare { core: &ctx.core, peer, identity: ctx.identity.as_ref(), websocket, out: &mut fresh })?;
+        // HTTP/2 names the host in `:authority`, often without a Host
+        // field: the portal (HTTP/1.1) gets it as Host.
+        if original.version == http::Version::HTTP_2 && fresh.headers.get(http::header::HOST).is_none() {
+            if let Some(a) = original.uri.authority() {
+                fresh.insert_header(http::header::HOST, a.as_str())?;
+            }
+        }
         *req = fresh;
         Ok(())
     }
@@ -510,8 +582,8 @@ impl ProxyHttp for Gateway {
         e
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
-        let code = self.0.fail(session.as_downstream_mut(), e).await;
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let code = ctx.core.fail(session.as_downstream_mut(), e).await;
         FailToProxy { error_code: code, can_reuse_downstream: false }
     }
 
@@ -527,15 +599,15 @@ impl ProxyHttp for Gateway {
 
     /// What Pingora puts into its own log lines: no query string (it may
     /// carry secrets) and no reset token.
-    fn request_summary(&self, session: &Session, _ctx: &Ctx) -> String {
+    fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
         let h = session.req_header();
-        format!("{} {}", h.method, web::loggable_path(&self.0.services.prefix, h.uri.path()))
+        format!("{} {}", h.method, web::loggable_path(&ctx.core.services.prefix, h.uri.path()))
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, _ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
         let h = session.req_header();
-        log_request(&self.0.services, h.method.as_str(), h.uri.path(), status, e.map(|e| e.etype().as_str()));
+        log_request(&ctx.core.services, h.method.as_str(), h.uri.path(), status, e.map(|e| e.etype().as_str()));
     }
 }
 
@@ -708,7 +780,14 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Dispatch<A> {
 /// upstream connection's watcher on a random runtime: a cross-thread wake-up
 /// and back on almost every proxied request.
 pub fn run(services: Arc<Services>, shutdown: Option<Box<dyn ShutdownSignalWatch>>) -> std::result::Result<(), ProxyError> {
-    let cfg = services.cfg.clone();
+    run_live(Arc::new(Live::new(services)?), shutdown)
+}
+
+/// [`run`] with what it serves in `live`, which a reload replaces
+/// ([`Live::replace`]). The listen address, TLS on or off, the threads and
+/// the runtime's kind are those of the configuration `live` starts with.
+pub fn run_live(live: Arc<Live>, shutdown: Option<Box<dyn ShutdownSignalWatch>>) -> std::result::Result<(), ProxyError> {
+    let cfg = live.services().cfg.clone();
     let shards = if cfg.server.work_stealing { 1 } else { cfg.server.threads };
     // Each pooled upstream connection holds a 64 KiB read buffer (not
     // configurable in Pingora 0.9): 128 connections in all, spread over the
@@ -727,20 +806,22 @@ pub fn run(services: Arc<Services>, shutdown: Option<Box<dyn ShutdownSignalWatch
     server.bootstrap();
     let open = Arc::new(AtomicUsize::new(0));
     let server_conf = server.configuration.clone();
-    let core = Arc::new(Core::new(services.clone(), cfg.tls.is_some(), upstream_peer(&cfg.upstream)?));
+    // HTTP/2 (offered by ALPN on the TLS listener): an idle connection is
+    // closed after the header timeout, as an idle HTTP/1.1 one is.
+    let mut h2 = pingora::apps::HttpServerOptions::default();
+    h2.h2_idle_timeout = Some(cfg.server.header_timeout);
     let front = || {
-        let proxy = pingora::proxy::http_proxy(&server_conf, Gateway(core.clone()));
-        front::Front::new(core.clone(), proxy, open.clone())
+        let mut proxy = pingora::proxy::http_proxy(&server_conf, Gateway(live.clone()));
+        proxy.server_options = Some(h2.clone());
+        front::Front::new(live.clone(), proxy, open.clone())
     };
     // 4 KiB read buffers instead of Pingora's 64 KiB: request headers and
     // login forms are small (larger ones take more reads), and idle
     // keep-alive connections stay cheap.
     let buffers = L4BufferSettings::new(4 * 1024, 1460);
     let mut listener = ListenerConfig::tcp(cfg.listen.to_string()).l4_buffer(buffers);
-    if let Some(t) = &cfg.tls {
-        let tls = TlsSettings::intermediate(&t.cert_file.display().to_string(), &t.key_file.display().to_string())
-            .map_err(|e| ProxyError::Tls(e.to_string()))?;
-        listener = listener.tls(tls);
+    if let Some(c) = &live.certs {
+        listener = listener.tls(certs::settings(c.clone())?);
     }
     if cfg.server.work_stealing {
         let mut service = Service::new("riegel".to_string(), front());

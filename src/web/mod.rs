@@ -152,7 +152,8 @@ pub struct Services {
     pub dummy_hash: String,
     pub secret_box: SecretBox,
     pub recovery_pepper: [u8; 32],
-    hash_pool: HashPool,
+    /// Shared with the services of a reloaded configuration.
+    hash_pool: Arc<HashPool>,
     pub cookie_name: String,
     pub csrf_cookie_name: String,
     /// The cookie that remembers the language chosen with the switch link.
@@ -174,8 +175,9 @@ impl Services {
         rng: Arc<dyn Random>,
         mail: Arc<dyn MailQueue>,
         pages: Pages,
-        hash_pool: HashPool,
+        hash_pool: impl Into<Arc<HashPool>>,
     ) -> Result<Self, WebError> {
+        let hash_pool = hash_pool.into();
         let hasher = Hasher::new(&cfg.password.argon2).map_err(|e| WebError::Internal(e.to_string()))?;
         let dummy_hash = hasher.dummy_hash(rng.as_ref()).map_err(|e| WebError::Internal(e.to_string()))?;
         // This thread hashes nothing else.
@@ -203,6 +205,12 @@ impl Services {
             mail,
             pages,
         })
+    }
+
+    /// The services for a reloaded configuration `cfg`: its pages and mail
+    /// queue, and this one's store, clock, randomness and hashing threads.
+    pub fn reconfigured(&self, cfg: Arc<Config>, pages: Pages, mail: Arc<dyn MailQueue>) -> Result<Self, WebError> {
+        Self::new(cfg, self.store.clone(), self.clock.clone(), self.rng.clone(), mail, pages, self.hash_pool.clone())
     }
 
     pub fn now(&self) -> UnixTime {

@@ -896,6 +896,23 @@ impl ServeProcess {
         child.wait_with_output().expect("cli output")
     }
 
+    /// Sends SIGHUP (what `systemctl reload` sends).
+    pub fn hup(&self) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let st = std::process::Command::new("kill").args(["-HUP", &pid]).status().expect("kill");
+        assert!(st.success());
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// Its stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
     /// The process dies at once (SIGKILL): nothing is flushed or drained.
     pub fn kill9(mut self) {
         if let Some(mut c) = self.child.take() {
