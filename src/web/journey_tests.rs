@@ -78,7 +78,7 @@ impl Kit {
     async fn add_user(&self, name: &str, email: Option<&str>) {
         let hash = self.s.hasher.hash(PASSWORD, &TestRandom::default()).expect("hash");
         let spec = NewUserSpec { username: name.into(), email: email.map(Into::into), display_name: format!("{name} Muster"), password_hash: Some(hash) };
-        let r = admin::execute(self.s.store.as_ref(), &self.clock, AdminRequest::Add { user: spec }).await;
+        let r = admin::execute(self.s.store.as_ref(), &self.clock, &self.s.audit_log, "cli", AdminRequest::Add { user: spec }).await;
         assert!(r.ok, "{}", r.message);
     }
 
@@ -380,10 +380,10 @@ async fn an_operator_revocation_ends_sessions_at_once() {
     let mut b = k.browser();
     enrol(&k, &mut b, "hanna").await;
     assert!(matches!(b.get("/mieter").await, Got::Forwarded(Some(_))));
-    let r = admin::execute(k.s.store.as_ref(), &k.clock, AdminRequest::Disable { user: "hanna".into() }).await;
+    let r = admin::execute(k.s.store.as_ref(), &k.clock, &k.s.audit_log, "cli", AdminRequest::Disable { user: "hanna".into() }).await;
     assert!(r.ok);
     assert_eq!(b.get("/mieter").await.reply().status, 303);
-    let r = admin::execute(k.s.store.as_ref(), &k.clock, AdminRequest::Enable { user: "hanna".into() }).await;
+    let r = admin::execute(k.s.store.as_ref(), &k.clock, &k.s.audit_log, "cli", AdminRequest::Enable { user: "hanna".into() }).await;
     assert!(r.ok);
     assert_eq!(b.get("/mieter").await.reply().status, 303, "enabling again does not revive old sessions");
 }

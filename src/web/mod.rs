@@ -161,6 +161,9 @@ pub struct Services {
     /// Where riegel's own routes live, e.g. `/_riegel`.
     pub prefix: String,
     origin: String,
+    /// Where security events go ([`Services::audit`]); stderr until the
+    /// app sets `log.audit_file`'s.
+    pub audit_log: crate::audit::Audit,
 }
 
 impl Services {
@@ -191,6 +194,7 @@ impl Services {
             address_limits: Limits::address(&cfg.regulation),
             prefix: cfg.prefix.clone(),
             origin,
+            audit_log: crate::audit::Audit::default(),
             hasher,
             dummy_hash,
             cfg,
@@ -219,6 +223,12 @@ impl Services {
             PoolError::Busy(_) => WebError::Busy(e.to_string()),
             PoolError::Stopped | PoolError::Start(_) => WebError::Task(e.to_string()),
         })
+    }
+
+    /// Writes a security event to the audit log, with the time and the
+    /// request's client address and User-Agent. Never a secret in `e`.
+    pub(crate) fn audit(&self, req: &Request<'_>, e: crate::audit::Event) {
+        self.audit_log.record(self.now(), Some(req.client_ip), req.user_agent, &e);
     }
 
     /// Logins (and password changes) waiting for a free hashing thread now.

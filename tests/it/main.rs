@@ -4,6 +4,7 @@
 mod harness;
 
 mod attack;
+mod audit;
 mod account;
 mod browser;
 mod demo;
@@ -11,6 +12,7 @@ mod gateway;
 mod hashing;
 mod login;
 mod mail;
+mod metrics;
 mod postgres;
 mod regulation;
 mod reset;
