@@ -129,20 +129,18 @@ pub fn build(cfg: Config, clock: Arc<dyn Clock>, mail: Option<Arc<dyn MailQueue>
         queue_timeout: cfg.password.hash_queue_timeout,
         on_idle: crate::auth::password::release_scratch,
     })?;
-    let mut services = Services::new(cfg.clone(), store.clone(), clock.clone(), rng, mail, pages, hashing)?;
     let audit = crate::audit::Audit::open(cfg.log.audit_file.as_deref())
         .map_err(|e| StartError::Audit(format!("log.audit_file {}: {e}", cfg.log.audit_file.as_deref().unwrap_or(std::path::Path::new("")).display())))?;
-    services.audit_log = audit.clone();
+    if cfg.metrics.listen.is_some() {
+        crate::metrics::set_probe(Arc::new(probe::StoreProbe::start(store.clone(), clock.clone(), hashing.depth())));
+    }
+    let services = Services::new(cfg.clone(), store.clone(), clock.clone(), rng, mail, pages, hashing, audit.clone())?;
     if let StoreConfig::Sled { admin_socket, .. } = &cfg.store {
         // With PostgreSQL the command line talks to the database itself.
         admin::serve_socket(admin_socket, store.clone(), clock.clone(), audit.clone())?;
     }
     spawn_janitor(store, clock, cfg.session.idle_timeout.as_secs() as i64);
-    let services = Arc::new(services);
-    if cfg.metrics.listen.is_some() {
-        crate::metrics::set_probe(Arc::new(probe::StoreProbe::start(&services)));
-    }
-    Ok(App { services, audit, mailer })
+    Ok(App { services: Arc::new(services), audit, mailer })
 }
 
 /// Removes dead session records every few minutes.

@@ -161,12 +161,15 @@ pub struct Services {
     /// Where riegel's own routes live, e.g. `/_riegel`.
     pub prefix: String,
     origin: String,
-    /// Where security events go ([`Services::audit`]); stderr until the
-    /// app sets `log.audit_file`'s.
+    /// Where security events go ([`Services::audit`]): `log.audit_file`
+    /// or stderr.
     pub audit_log: crate::audit::Audit,
 }
 
 impl Services {
+    /// Every part injected: the app builds them (`app::build`), the tests
+    /// their own.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: Arc<Config>,
         store: Arc<CachedStore>,
@@ -175,6 +178,7 @@ impl Services {
         mail: Arc<dyn MailQueue>,
         pages: Pages,
         hash_pool: HashPool,
+        audit_log: crate::audit::Audit,
     ) -> Result<Self, WebError> {
         let hasher = Hasher::new(&cfg.password.argon2).map_err(|e| WebError::Internal(e.to_string()))?;
         let dummy_hash = hasher.dummy_hash(rng.as_ref()).map_err(|e| WebError::Internal(e.to_string()))?;
@@ -194,7 +198,7 @@ impl Services {
             address_limits: Limits::address(&cfg.regulation),
             prefix: cfg.prefix.clone(),
             origin,
-            audit_log: crate::audit::Audit::default(),
+            audit_log,
             hasher,
             dummy_hash,
             cfg,
