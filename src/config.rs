@@ -244,6 +244,14 @@ pub struct TotpConfig {
 pub struct LogConfig {
     pub level: String,
     pub json: bool,
+    /// `log.audit_file`: the audit log's JSON lines; stderr when absent.
+    pub audit_file: Option<PathBuf>,
+}
+
+/// `metrics:`: the Prometheus listener, off when `listen` is absent.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsConfig {
+    pub listen: Option<SocketAddr>,
 }
 
 /// The secrets, loaded. `Debug` never prints them.
@@ -283,6 +291,7 @@ pub struct Config {
     pub branding: BrandingConfig,
     pub totp: TotpConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
     /// Things that work but should not be so (e.g. one key for two
     /// purposes); `riegel check-config` prints them, `serve` logs them.
     pub warnings: Vec<ConfigError>,
@@ -857,8 +866,31 @@ fn build(s: &mut Section<'_, '_>, env: &dyn Env) -> Option<Config> {
                 false
             }
         };
+        let audit_file = l.opt_path("audit_file");
+        if let Some(f) = &audit_file {
+            if f.is_dir() {
+                l.error("audit_file", &format!("{} is a directory; name a file in it, e.g. audit.jsonl", f.display()));
+            } else if !f.parent().is_some_and(Path::is_dir) {
+                l.error("audit_file", &format!("the directory of {} does not exist", f.display()));
+            }
+        }
         l.finish();
-        LogConfig { level, json }
+        LogConfig { level, json, audit_file }
+    };
+
+    let metrics = {
+        let mut m = s.section("metrics");
+        let mut at = if m.has("listen") { m.parse_req::<SocketAddr>("listen", "an address such as 127.0.0.1:9464") } else { None };
+        // Never on the public port: the portal's users would read them.
+        let public = listen;
+        if let (Some(a), Some(p)) = (at, public) {
+            if a.port() == p.port() && (a.ip() == p.ip() || a.ip().is_unspecified() || p.ip().is_unspecified()) {
+                m.error("listen", &format!("{a} is the public listener (`listen`); the metrics need an address of their own, e.g. 127.0.0.1:9464"));
+                at = None;
+            }
+        }
+        m.finish();
+        MetricsConfig { listen: at }
     };
 
     s.finish();
@@ -882,6 +914,7 @@ fn build(s: &mut Section<'_, '_>, env: &dyn Env) -> Option<Config> {
         branding,
         totp,
         log,
+        metrics,
         warnings: Vec::new(),
     })
 }

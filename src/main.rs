@@ -142,7 +142,7 @@ fn init_logging(level: &str, json: bool) {
     let wanted = tracing_subscriber::EnvFilter::try_from_env("RIEGEL_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let capped = filter_fn(|meta| {
         let t = meta.target();
-        let own = t == "riegel" || t.starts_with("riegel::") || t == "audit";
+        let own = t == "riegel" || t.starts_with("riegel::");
         own || *meta.level() <= tracing::Level::WARN
     });
     let filter = wanted.and(capped);
@@ -261,9 +261,12 @@ fn demo(listen: SocketAddr, dir: Option<PathBuf>) -> Result<ExitCode> {
     let hash = Hasher::new(&cfg.password.argon2)?.hash(&password, &OsRandom)?;
     {
         let store = SledStore::open(cfg.store.sled_path().context("the demo runs on sled")?)?;
+        let audit = riegel::audit::Audit::open(cfg.log.audit_file.as_deref()).context("log.audit_file")?;
         let r = runtime()?.block_on(admin::execute(
             &store,
             &SystemClock,
+            &audit,
+            "cli",
             AdminRequest::Add {
                 user: NewUserSpec {
                     username: "demo".into(),
@@ -352,9 +355,12 @@ fn user(cfg: &Config, cmd: UserCmd) -> Result<ExitCode> {
         UserCmd::Unban { user } => AdminRequest::Unban { user },
         UserCmd::Delete { user } => AdminRequest::Delete { user },
     };
+    // The command's own audit line, when it opens the store itself (a
+    // running server writes it for the commands it executes).
+    let audit = || riegel::audit::Audit::open(cfg.log.audit_file.as_deref()).context("log.audit_file");
     let resp = match &cfg.store {
         StoreConfig::Sled { path, admin_socket } => match SledStore::open(path) {
-            Ok(store) => runtime()?.block_on(admin::execute(&store, &SystemClock, req)),
+            Ok(store) => runtime()?.block_on(admin::execute(&store, &SystemClock, &audit()?, "cli", req)),
             Err(StoreError::Locked { .. }) => admin::send(admin_socket, &req)
                 .with_context(|| format!("the store is in use; could not reach the running server at {}", admin_socket.display()))?,
             Err(e) => return Err(e.into()),
@@ -363,7 +369,7 @@ fn user(cfg: &Config, cmd: UserCmd) -> Result<ExitCode> {
         // reach their session caches through NOTIFY.
         StoreConfig::Postgres(_) => {
             let store = riegel::app::open_backend(cfg).context("cannot open the store")?;
-            runtime()?.block_on(admin::execute(&*store, &SystemClock, req))
+            runtime()?.block_on(admin::execute(&*store, &SystemClock, &audit()?, "cli", req))
         }
     };
     if resp.ok {

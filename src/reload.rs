@@ -122,6 +122,11 @@ impl Reloader {
     pub fn reload(&self) -> Result {
         let _one = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
         let file = self.path.display().to_string();
+        // The audit file is opened by its path again (after a rotation that
+        // moved it), whatever the new configuration says.
+        if let Err(e) = self.live.services().audit_log.reopen() {
+            tracing::error!(error = %e, "audit log: reopening after SIGHUP failed; writing on to the old file");
+        }
         let result = match self.try_reload() {
             Ok(kept) => {
                 for key in &kept {

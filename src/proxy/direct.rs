@@ -163,6 +163,7 @@ impl Direct {
             }
             Err(e) => return Err(e),
         };
+        crate::metrics::upstream_duration(now.elapsed());
         self.relay(up, client, response, buf, close_client, now).await
     }
 

@@ -204,6 +204,7 @@ impl Front {
                 }
                 Way::Refuse { why, head_only } => {
                     tracing::debug!(reason = %why, "request refused");
+                    crate::metrics::request(crate::metrics::RequestOutcome::Refused);
                     let reply = web::error_page(&core.services, 400, "error_400");
                     let _ = write_client(&mut stream, Self::answer(core, &reply, head_only, true).as_slice(), write_timeout).await;
                     log_request(&core.services, "-", "-", 400, Some("refused"));
@@ -250,7 +251,9 @@ impl Front {
         };
         let method = if head.head_only { "HEAD" } else { "GET" };
         let close = head.close || last;
-        let (status, keep) = match web::handle(&req, &core.services).await {
+        let outcome = web::handle(&req, &core.services).await;
+        super::count_outcome(&core.services, path, &outcome);
+        let (status, keep) = match outcome {
             Outcome::Reply(reply) => {
                 let ok = write_client(stream, Self::answer(core, &reply, head.head_only, close).as_slice(), write_timeout).await.is_ok();
                 (reply.status, ok && !close)

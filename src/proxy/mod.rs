@@ -404,6 +404,24 @@ pub struct Ctx {
     identity: Option<Identity>,
     /// When a forwarded body must have arrived whole.
     body_deadline: Option<Instant>,
+    /// When the portal request began (for `riegel_upstream_duration_seconds`).
+    upstream_start: Option<Instant>,
+}
+
+/// Whether `path` is one of riegel's own (`/_riegel`, `/_riegel/...`).
+fn own_path(prefix: &str, path: &str) -> bool {
+    path.strip_prefix(prefix).is_some_and(|r| r.is_empty() || r.starts_with('/'))
+}
+
+/// Counts what became of a request in `riegel_requests_total` (both ways).
+fn count_outcome(services: &Services, path: &str, outcome: &Outcome) {
+    use crate::metrics::RequestOutcome as O;
+    let o = match outcome {
+        Outcome::Forward(_) => O::Forwarded,
+        Outcome::Reply(r) if r.status == 303 && !own_path(&services.prefix, path) => O::LoginRedirect,
+        Outcome::Reply(_) => O::OwnPage,
+    };
+    crate::metrics::request(o);
 }
 
 /// The `ProxyHttp` of Pingora's proxy framework: serves what the short way
@@ -448,6 +466,7 @@ impl Gateway {
     /// Answers a refused head with 400; the connection is not reused.
     async fn refuse(core: &Core, session: &mut Session, why: Refusal) -> Result<bool> {
         tracing::debug!(reason = %why, "request refused");
+        crate::metrics::request(crate::metrics::RequestOutcome::Refused);
         session.set_keepalive(None);
         write_reply(session.as_downstream_mut(), web::error_page(&core.services, 400, "error_400"), false).await?;
         Ok(true)
@@ -459,7 +478,7 @@ impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx { core: self.0.core(), identity: None, body_deadline: None }
+        Ctx { core: self.0.core(), identity: None, body_deadline: None, upstream_start: None }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -478,14 +497,12 @@ impl ProxyHttp for Gateway {
             Err(why) => return Self::refuse(core, session, why).await,
         };
         let method = method_of(&session.req_header().method);
-        let ours = {
-            let path = session.req_header().uri.path();
-            path.strip_prefix(core.services.prefix.as_str()).is_some_and(|r| r.is_empty() || r.starts_with('/'))
-        };
+        let ours = own_path(&core.services.prefix, session.req_header().uri.path());
         let body = if ours && method == Method::Post {
             match Self::read_body(core, session).await {
                 Ok(b) => b,
                 Err(status) => {
+                    crate::metrics::request(crate::metrics::RequestOutcome::Refused);
                     let key = match status {
                         413 => "error_413",
                         _ => "error_400",
@@ -514,7 +531,9 @@ impl ProxyHttp for Gateway {
                 client_ip: ip,
                 body: &body,
             };
-            web::handle(&req, &core.services).await
+            let outcome = web::handle(&req, &core.services).await;
+            count_outcome(&core.services, req.path, &outcome);
+            outcome
         };
         match outcome {
             Outcome::Reply(reply) => {
@@ -551,7 +570,15 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        ctx.upstream_start = Some(Instant::now());
         Ok(Box::new(ctx.core.peer.clone()))
+    }
+
+    async fn upstream_response_filter(&self, _session: &mut Session, _answer: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        if let Some(start) = ctx.upstream_start.take() {
+            crate::metrics::upstream_duration(start.elapsed());
+        }
+        Ok(())
     }
 
     /// The portal's head, written afresh from the client's fields as
@@ -845,6 +872,16 @@ pub fn run_live(live: Arc<Live>, shutdown: Option<Box<dyn ShutdownSignalWatch>>)
         for h in &handles {
             listening.add_dependency(h);
         }
+    }
+    if let Some(at) = cfg.metrics.listen {
+        // Pingora's Prometheus service on a listener of its own, never the
+        // public one (config refuses the same address).
+        crate::metrics::init();
+        let mut metrics = pingora_prometheus::prometheus_http_service();
+        metrics.threads = Some(1);
+        metrics.add_tcp(&at.to_string());
+        server.add_service(metrics);
+        tracing::info!(listen = %at, "metrics at /metrics");
     }
     let args = match shutdown {
         Some(s) => RunArgs { shutdown_signal: s },

@@ -5,6 +5,8 @@ use minijinja::context;
 
 use super::forms::{check_post, form_page, Form, PostCheck};
 use super::regulation::Attempt;
+use crate::audit::{Event, Kind};
+use crate::metrics::{LoginResult, LoginStage};
 use super::{clear_session_cookie, error_reply, page, rd_param, redirect, session, session_cookie, Reply, Request, Services, WebError};
 use crate::auth::password::{Verified, MAX_PASSWORD_BYTES};
 use crate::auth::session::{SessionClaims, SessionCodec, Stage};
@@ -69,9 +71,19 @@ pub(super) async fn post(req: &Request<'_>, s: &Services) -> Result<Reply, WebEr
     let user = s.store.find_user(&login).await?;
     // The attempt is counted before the hash is computed: of any number of
     // guesses sent at once, at most the regulation's allowance is checked.
-    let attempt = Attempt::login(s, user.as_ref().map(|u| u.id), &login, req.client_ip);
+    let attempt = Attempt::login(s, user.as_ref(), &login, req.client_ip);
+    // Only the name of an account that exists reaches the audit log: an
+    // unknown name may be a password typed into the wrong field.
+    let known = user.as_ref().map(|u| u.username.clone());
+    let password_step = |result| {
+        let e = Event::login(LoginStage::Password, result);
+        match &known {
+            Some(name) => e.user(name),
+            None => e,
+        }
+    };
     if let Err(refused) = attempt.reserve(s).await? {
-        tracing::warn!(target: "audit", event = "login", outcome = "banned", ip = %req.client_ip, "login refused: too many failures");
+        s.audit(req, password_step(LoginResult::Banned));
         return render_login(req, s, 429, rd.as_deref(), "", Some("err_banned"), None, refused.minutes);
     }
 
@@ -89,8 +101,8 @@ pub(super) async fn post(req: &Request<'_>, s: &Services) -> Result<Reply, WebEr
         _ => None,
     };
     let Some((user, upgrade)) = ok_user else {
-        tracing::info!(target: "audit", event = "login", outcome = "failure", ip = %req.client_ip, "password login failed");
-        attempt.failed(s).await?;
+        s.audit(req, password_step(LoginResult::Failure));
+        attempt.failed(s, req).await?;
         // The typed name is not echoed: wrong password, unknown and disabled
         // accounts get byte-identical pages.
         return render_login(req, s, 200, rd.as_deref(), "", Some("err_login_failed"), None, 0);
@@ -100,7 +112,7 @@ pub(super) async fn post(req: &Request<'_>, s: &Services) -> Result<Reply, WebEr
     if upgrade {
         upgrade_hash(s, &user, password).await;
     }
-    tracing::info!(target: "audit", event = "login", outcome = "password_ok", user = %user.username, ip = %req.client_ip, "password accepted");
+    s.audit(req, password_step(LoginResult::Success));
     if super::device::needs_proof(s, &user) {
         // A lost phone: the password alone shows no QR code.
         return super::device::after_password(req, s, &user, rd).await;
@@ -234,7 +246,7 @@ pub(super) async fn logout_post(req: &Request<'_>, s: &Services) -> Result<Reply
     if let Some((claims, rec)) = session(req, s).await {
         s.store.delete_session(claims.uid, &claims.sid).await?;
         s.flush().await?;
-        tracing::info!(target: "audit", event = "logout", user = %rec.username, ip = %req.client_ip, "logged out");
+        s.audit(req, Event::new(Kind::Logout).user(&rec.username));
     }
     let mut r = page(s, req, 200, "logged_out", context! { login_url => s.route("login") })?;
     r.headers.push(("set-cookie", clear_session_cookie(s)));

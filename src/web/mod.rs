@@ -165,9 +165,15 @@ pub struct Services {
     /// Where riegel's own routes live, e.g. `/_riegel`.
     pub prefix: String,
     origin: String,
+    /// Where security events go ([`Services::audit`]): `log.audit_file`
+    /// or stderr.
+    pub audit_log: crate::audit::Audit,
 }
 
 impl Services {
+    /// Every part injected: the app builds them (`app::build`), the tests
+    /// their own.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: Arc<Config>,
         store: Arc<CachedStore>,
@@ -176,6 +182,7 @@ impl Services {
         mail: Arc<dyn MailQueue>,
         pages: Pages,
         hash_pool: impl Into<Arc<HashPool>>,
+        audit_log: crate::audit::Audit,
     ) -> Result<Self, WebError> {
         let hash_pool = hash_pool.into();
         let hasher = Hasher::new(&cfg.password.argon2).map_err(|e| WebError::Internal(e.to_string()))?;
@@ -196,6 +203,7 @@ impl Services {
             address_limits: Limits::address(&cfg.regulation),
             prefix: cfg.prefix.clone(),
             origin,
+            audit_log,
             hasher,
             dummy_hash,
             cfg,
@@ -210,7 +218,7 @@ impl Services {
     /// The services for a reloaded configuration `cfg`: its pages and mail
     /// queue, and this one's store, clock, randomness and hashing threads.
     pub fn reconfigured(&self, cfg: Arc<Config>, pages: Pages, mail: Arc<dyn MailQueue>) -> Result<Self, WebError> {
-        Self::new(cfg, self.store.clone(), self.clock.clone(), self.rng.clone(), mail, pages, self.hash_pool.clone())
+        Self::new(cfg, self.store.clone(), self.clock.clone(), self.rng.clone(), mail, pages, self.hash_pool.clone(), self.audit_log.clone())
     }
 
     pub fn now(&self) -> UnixTime {
@@ -230,6 +238,12 @@ impl Services {
             PoolError::Busy(_) => WebError::Busy(e.to_string()),
             PoolError::Stopped | PoolError::Start(_) => WebError::Task(e.to_string()),
         })
+    }
+
+    /// Writes a security event to the audit log, with the time and the
+    /// request's client address and User-Agent. Never a secret in `e`.
+    pub(crate) fn audit(&self, req: &Request<'_>, e: crate::audit::Event) {
+        self.audit_log.record(self.now(), Some(req.client_ip), req.user_agent, &e);
     }
 
     /// Logins (and password changes) waiting for a free hashing thread now.

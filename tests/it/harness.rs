@@ -441,7 +441,7 @@ branding:
     }
 
     pub fn admin(&self, req: riegel::admin::AdminRequest) -> riegel::admin::AdminResponse {
-        block_on(riegel::admin::execute(self.services.store.as_ref(), &self.clock, req))
+        block_on(riegel::admin::execute(self.services.store.as_ref(), &self.clock, &self.services.audit_log, "cli", req))
     }
 
     /// The stored user record (from the store riegel runs on).

@@ -4,6 +4,7 @@
 mod harness;
 
 mod attack;
+mod audit;
 mod account;
 mod browser;
 mod demo;
@@ -13,6 +14,7 @@ mod hashing;
 mod http2;
 mod login;
 mod mail;
+mod metrics;
 mod postgres;
 mod reload;
 mod regulation;
