@@ -225,3 +225,28 @@ fn mail_settings_are_taken_on_sighup() {
     assert_eq!(mails_in(&dir.join("outbox")), 1, "the old mailer still delivered");
     serve.stop();
 }
+
+#[test]
+fn sighup_reopens_a_rotated_audit_file() {
+    let dir = tempdir("reload-audit");
+    let portal = riegel::demo::start_portal("127.0.0.1:0".parse().expect("addr")).expect("portal");
+    let mut serve = ServeProcess::start(&dir, portal, "log: { audit_file: audit.jsonl }\n");
+    let failed_login = |serve: &ServeProcess, user: &str| {
+        let page = Client::new(serve.addr).login(user, "falsch-falsch");
+        assert_eq!(page.status, 200, "{}", page.body);
+    };
+    let out = serve.cli(&["user", "add", "ida", "--email", "ida@example.at", "--name", "Ida"], Some("Passwort-2024!\n"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    failed_login(&serve, "ida");
+    let audit = dir.join("audit.jsonl");
+    let rotated = dir.join("audit.jsonl.1");
+    std::fs::rename(&audit, &rotated).expect("rotate");
+    hup_and_wait(&mut serve, RELOADED);
+    failed_login(&serve, "ida");
+    let (old, new) = (std::fs::read_to_string(&rotated).expect("rotated"), std::fs::read_to_string(&audit).expect("reopened"));
+    let logins = |text: &str| text.lines().filter(|l| l.contains("\"event\":\"login\"") && l.contains("\"user\":\"ida\"")).count();
+    assert_eq!((logins(&old), logins(&new)), (1, 1), "before the rotation:\n{old}\nafter it:\n{new}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&audit).expect("meta").permissions().mode() & 0o777, 0o600);
+    serve.stop();
+}
