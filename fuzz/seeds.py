@@ -59,6 +59,9 @@ heads = [
     b"GET / HTTP/1.1\r\nHost: a@evil\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close, host\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",
+    # What fuzz/differential found (now refused on both ways).
+    b"GET /pub/` HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /a<b>?q=\"<x>\" HTTP/1.1\r\nHost: x\r\n\r\n",
 ]
 # The first byte of head and differential inputs is a flag (bit 0: the
 # trusted proxy): every head both ways.
@@ -87,6 +90,8 @@ answers = [
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nHTTP/1.1 200 OK\r\n",
     b"HTTP/1.1 500 Internal Server Error\r\nTrailer: X-A\r\nContent-Length: 0\r\n\r\n",
     b"NOT HTTP\r\n\r\n",
+    # What fuzz/answer found (now a bad answer).
+    b"HTTP/1.1 002 KO\r\nContent-Length: 0\r\n\r\n",
 ]
 write("answer", [bytes([f]) + a for a in answers for f in (0, 1, 14, 61)])
 
