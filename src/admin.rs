@@ -243,10 +243,7 @@ async fn run(store: &dyn Store, clock: &dyn Clock, req: AdminRequest) -> Result<
                 return Ok(AdminResponse::err("not a supported password hash"));
             }
             let u = change(store, &user, &mut |u| {
-                u.password_hash = Some(password_hash.clone());
-                u.reset = None;
-                u.revoke_sessions();
-                u.updated_at = now;
+                u.set_password(password_hash.clone(), now);
             })
             .await?;
             let n = end_sessions(store, u.id).await?;

@@ -34,6 +34,8 @@ use pingora::{Error, ErrorType, OrErr, Result};
 mod certs;
 mod direct;
 mod front;
+#[doc(hidden)]
+pub mod fuzzing;
 mod h1;
 mod moved;
 mod policy;

@@ -349,10 +349,7 @@ pub(super) async fn password_post(req: &Request<'_>, s: &Services) -> Result<Rep
             if u.password_hash.as_deref() != Some(stored.as_str()) {
                 return Update::Abort;
             }
-            u.password_hash = Some(new_hash.clone());
-            u.reset = None;
-            u.updated_at = now;
-            u.revoke_sessions();
+            u.set_password(new_hash.clone(), now);
             Update::Commit
         })
         .await?;

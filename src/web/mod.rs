@@ -16,6 +16,9 @@ pub mod paths;
 mod account;
 mod device;
 mod forms;
+/// For the form fuzz target (fuzz/).
+#[doc(hidden)]
+pub use forms::Form;
 #[cfg(test)]
 mod journey_tests;
 mod lang;

@@ -198,11 +198,8 @@ pub(super) async fn reset_post(req: &Request<'_>, s: &Services, token: &str) -> 
             if !u.reset.as_ref().is_some_and(|r| r.token_hash == hash && now < r.expires_at) {
                 return Update::Abort;
             }
-            u.password_hash = Some(new_hash.clone());
-            u.reset = None;
-            u.updated_at = now;
             // A reset ends every session; the authenticator stays.
-            u.revoke_sessions();
+            u.set_password(new_hash.clone(), now);
             Update::Commit
         })
         .await?;

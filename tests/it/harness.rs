@@ -841,6 +841,12 @@ pub struct ServeProcess {
 
 impl ServeProcess {
     pub fn start(dir: &Path, upstream: SocketAddr, extra: &str) -> Self {
+        Self::start_with_env(dir, upstream, extra, &[])
+    }
+
+    /// [`ServeProcess::start`] with environment variables for the process
+    /// (such as `RIEGEL_LOG`).
+    pub fn start_with_env(dir: &Path, upstream: SocketAddr, extra: &str, env: &[(&str, &str)]) -> Self {
         for k in ["session.key", "storage.key"] {
             if !dir.join(k).exists() {
                 riegel::demo::write_key(&dir.join(k)).expect("key");
@@ -860,6 +866,7 @@ impl ServeProcess {
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_riegel"))
             .args(["serve", "--config"])
             .arg(&config)
+            .envs(env.iter().copied())
             .stderr(log)
             .spawn()
             .expect("serve");

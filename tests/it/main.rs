@@ -7,6 +7,7 @@ mod attack;
 mod account;
 mod browser;
 mod demo;
+mod fuzzed;
 mod gateway;
 mod hashing;
 mod http2;
