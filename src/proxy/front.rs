@@ -176,9 +176,8 @@ impl Front {
             // A reload while the head was awaited (an idle keep-alive
             // connection): the request is served, and its head judged,
             // by the configuration running now.
-            let now = self.live.core();
-            if !Arc::ptr_eq(&core, &now) {
-                core = now;
+            if !self.live.is_current(&core) {
+                core = self.live.core();
                 match h1::way(&buf, &core.policy, peer) {
                     Some(w) => way = w,
                     None => return,

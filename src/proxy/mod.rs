@@ -92,6 +92,11 @@ impl Live {
         self.core.load_full()
     }
 
+    /// Whether `core` is still the running one (no reference taken).
+    fn is_current(&self, core: &Arc<Core>) -> bool {
+        Arc::ptr_eq(core, &self.core.load())
+    }
+
     /// The services new requests are served with.
     pub fn services(&self) -> Arc<Services> {
         self.core.load().services.clone()
