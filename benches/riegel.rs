@@ -18,6 +18,11 @@
 //!   `web::login::render_login` builds.
 //! - `argon2`: `Hasher::verify` with the default parameters
 //!   (argon2id m=19456 KiB, t=2, p=1): one password login.
+//! - `metrics`: what a request adds for the metrics: the request counter,
+//!   and for a forwarded one the upstream histogram with its clock read
+//!   (`forwarded_request`: counter, `Instant::now`, elapsed, observe);
+//!   also with two threads counting at once (the two shards of a
+//!   2-core machine).
 //!
 //! The config structs are built directly, so these benches need no files and
 //! no keys on disk.
@@ -236,5 +241,42 @@ fn bench_argon2(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_session, bench_totp, bench_routes, bench_pages, bench_argon2);
+fn bench_metrics(c: &mut Criterion) {
+    use riegel::metrics::{self, RequestOutcome};
+    metrics::init();
+    let mut g = c.benchmark_group("metrics");
+    g.bench_function("request_counter", |b| b.iter(|| metrics::request(black_box(RequestOutcome::Forwarded))));
+    g.bench_function("forwarded_request", |b| {
+        b.iter(|| {
+            let start = std::time::Instant::now();
+            metrics::request(black_box(RequestOutcome::Forwarded));
+            metrics::upstream_duration(black_box(start).elapsed());
+        })
+    });
+    // A second thread counting all the time: the same cache lines from
+    // two cores, as with two busy shards.
+    g.bench_function("forwarded_request_contended", |b| {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let other = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let start = std::time::Instant::now();
+                    metrics::request(RequestOutcome::Forwarded);
+                    metrics::upstream_duration(start.elapsed());
+                }
+            })
+        };
+        b.iter(|| {
+            let start = std::time::Instant::now();
+            metrics::request(black_box(RequestOutcome::Forwarded));
+            metrics::upstream_duration(black_box(start).elapsed());
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = other.join();
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_session, bench_totp, bench_routes, bench_pages, bench_argon2, bench_metrics);
 criterion_main!(benches);

@@ -1484,6 +1484,47 @@ mail: { from: "Portal <portal@example.at>", outbox: "/tmp/outbox" }
         }
     }
 
+    #[test]
+    fn metrics_are_off_by_default_and_never_on_the_public_address() {
+        let c = Config::parse(MINIMAL, Path::new("/"), &env_with_keys()).expect("valid");
+        assert_eq!(c.metrics.listen, None);
+        let on = format!("{MINIMAL}metrics: {{ listen: \"127.0.0.1:9464\" }}\n");
+        let c = Config::parse(&on, Path::new("/"), &env_with_keys()).expect("valid");
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9464".parse().expect("addr")));
+        // The public address itself, or every address on its port.
+        for bad in ["127.0.0.1:8080", "0.0.0.0:8080", "[::]:8080"] {
+            let text = format!("{MINIMAL}metrics: {{ listen: \"{bad}\" }}\n");
+            let errs = Config::parse(&text, Path::new("/"), &env_with_keys()).expect_err(bad).0;
+            assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+            assert_eq!(errs[0].path, "metrics.listen", "{bad}: {errs:?}");
+        }
+        for bad in ["nowhere", "9464"] {
+            let text = format!("{MINIMAL}metrics: {{ listen: \"{bad}\" }}\n");
+            let errs = Config::parse(&text, Path::new("/"), &env_with_keys()).expect_err(bad).0;
+            assert_eq!(errs[0].path, "metrics.listen", "{bad}: {errs:?}");
+        }
+        let unknown = format!("{MINIMAL}metrics: {{ listen: \"127.0.0.1:9464\", path: /m }}\n");
+        let errs = Config::parse(&unknown, Path::new("/"), &env_with_keys()).expect_err("unknown key").0;
+        assert_eq!(errs[0].path, "metrics.path", "{errs:?}");
+    }
+
+    #[test]
+    fn the_audit_file_needs_an_existing_directory_and_is_not_one() {
+        let c = Config::parse(MINIMAL, Path::new("/"), &env_with_keys()).expect("valid");
+        assert_eq!(c.log.audit_file, None);
+        let dir = std::env::temp_dir();
+        let ok = format!("{MINIMAL}log: {{ audit_file: audit.jsonl }}\n");
+        let c = Config::parse(&ok, &dir, &env_with_keys()).expect("valid");
+        assert_eq!(c.log.audit_file, Some(dir.join("audit.jsonl")), "relative to the config's directory");
+        for (bad, says) in [("/nonexistent-riegel/audit.jsonl", "does not exist"), ("/tmp", "is a directory")] {
+            let text = format!("{MINIMAL}log: {{ audit_file: {bad} }}\n");
+            let errs = Config::parse(&text, Path::new("/"), &env_with_keys()).expect_err(bad).0;
+            assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+            assert_eq!(errs[0].path, "log.audit_file");
+            assert!(errs[0].message.contains(says), "{bad}: {errs:?}");
+        }
+    }
+
     fn with_store(store: &str, env: &MapEnv) -> Result<Config, ConfigErrors> {
         Config::parse(&MINIMAL.replace(r#"store: { path: "/tmp/riegel-test" }"#, store), Path::new("/etc/riegel"), env)
     }

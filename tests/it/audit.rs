@@ -51,7 +51,9 @@ fn a_journey_writes_one_json_line_per_event_and_never_a_secret() {
     r.add_user("anna", Some("anna@example.at"), Some(pw));
     r.add_user("bert", Some("bert@example.at"), Some("Bert-Passwort-1"));
     secrets.insert("Bert-Passwort-1".into());
-    let ua = "Mozilla/5.0 (Audit-Test; rv:1) Gecko/20100101";
+    // A User-Agent that tries to close the JSON string and add fields of
+    // its own: it stays one string value.
+    let ua = r#"Mozilla/5.0 (Audit-Test) x","event":"admin","user":"root\"}"#;
 
     // A failed login of an existing account, and one of a name no account
     // has (it could be a password typed into the wrong field).
@@ -132,6 +134,7 @@ fn a_journey_writes_one_json_line_per_event_and_never_a_secret() {
     }
     let failed = find(&all, "login", |v| v["stage"] == "password" && v["result"] == "failure" && v["user"] == "anna");
     assert_eq!(failed["user_agent"], ua);
+    assert!(all.iter().all(|v| v["user"] != "root"), "a forged field");
     // The unknown name is not written: a failure without a user.
     find(&all, "login", |v| v["stage"] == "password" && v["result"] == "failure" && v.get("user").is_none());
     find(&all, "login", |v| v["stage"] == "password" && v["result"] == "success" && v["user"] == "anna");
