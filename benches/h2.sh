@@ -82,7 +82,6 @@ events { worker_connections 8192; }
 http {
     access_log off;
     keepalive_requests 1000000;
-    http2_max_requests 1000000;
     client_body_temp_path $WORK/ngx/$1-body;
     proxy_temp_path $WORK/ngx/$1-proxy;
     fastcgi_temp_path $WORK/ngx/$1-fastcgi;

@@ -250,3 +250,29 @@ fn sighup_reopens_a_rotated_audit_file() {
     assert_eq!(std::fs::metadata(&audit).expect("meta").permissions().mode() & 0o777, 0o600);
     serve.stop();
 }
+
+#[test]
+fn a_burst_of_sighups_neither_ends_the_process_nor_drops_a_connection() {
+    let dir = tempdir("reload-burst");
+    let portal = riegel::demo::start_portal("127.0.0.1:0".parse().expect("addr")).expect("portal");
+    let mut serve = ServeProcess::start(&dir, portal, "public_paths: [\"/oeffentlich\"]\n");
+    let addr = serve.addr;
+    let mut kept = TcpStream::connect(addr).expect("connect");
+    kept.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    for _ in 0..20 {
+        serve.hup();
+        assert_eq!(keep_alive(&mut kept, addr, "/oeffentlich").0, 200);
+    }
+    // Signals coalesce; at least one reload ran, none failed, and the
+    // process still serves the connection it had.
+    let t = Instant::now();
+    while !serve.log().contains(RELOADED) {
+        assert!(t.elapsed() < Duration::from_secs(20), "{}", serve.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(serve.running());
+    assert!(!serve.log().contains("reload refused"), "{}", serve.log());
+    assert_eq!(keep_alive(&mut kept, addr, "/oeffentlich").0, 200);
+    serve.stop();
+}
