@@ -87,7 +87,11 @@ fn keep_fixed(running: &Config, new: &mut Config) -> Vec<&'static str> {
     (np.max_concurrent_hashes, np.hash_queue_timeout) = (rp.max_concurrent_hashes, rp.hash_queue_timeout);
     keep("log.level", running.log.level != new.log.level);
     keep("log.json", running.log.json != new.log.json);
+    keep("log.audit_file", running.log.audit_file != new.log.audit_file);
     new.log = running.log.clone();
+    // The metrics listener is bound once, at start.
+    keep("metrics.listen", running.metrics.listen != new.metrics.listen);
+    new.metrics = running.metrics.clone();
     kept
 }
 
@@ -256,6 +260,14 @@ mod tests {
     /// config's minimal file with a company.
     fn base() -> String {
         format!("{MINIMAL}branding: {{ company: \"Alt\" }}\n")
+    }
+
+    #[test]
+    fn the_metrics_listener_and_the_audit_file_need_a_restart() {
+        let running = parse(&base(), 'b');
+        let mut new = parse(&(base() + "metrics: { listen: \"127.0.0.1:9464\" }\nlog: { audit_file: /tmp/riegel-audit.jsonl }\n"), 'b');
+        assert_eq!(keep_fixed(&running, &mut new), vec!["log.audit_file", "metrics.listen"]);
+        assert_eq!((new.metrics.listen, new.log.audit_file), (None, None));
     }
 
     #[test]
