@@ -185,7 +185,8 @@ pub struct ResetConfig {
     pub token_lifetime: Duration,
 }
 
-#[derive(Debug, Clone)]
+/// `mail.smtp`. `Debug` never prints the password.
+#[derive(Clone)]
 pub struct SmtpConfig {
     pub host: String,
     pub port: u16,
@@ -193,6 +194,19 @@ pub struct SmtpConfig {
     pub username: Option<String>,
     pub password: Option<String>,
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for SmtpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "(hidden)"))
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]

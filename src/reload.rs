@@ -106,7 +106,12 @@ fn same_store(a: &StoreConfig, b: &StoreConfig) -> bool {
 /// Whether two mail configurations differ (compared whole, the SMTP
 /// password included; never logged).
 fn mail_changed(a: &Config, b: &Config) -> bool {
-    format!("{:?}", a.mail) != format!("{:?}", b.mail)
+    // `Debug` hides the SMTP password, so it is compared on its own.
+    let password = |c: &Config| match &c.mail.transport {
+        crate::config::MailTransport::Smtp(s) => s.password.clone(),
+        crate::config::MailTransport::Outbox(_) => None,
+    };
+    format!("{:?}", a.mail) != format!("{:?}", b.mail) || password(a) != password(b)
 }
 
 impl Reloader {
@@ -323,5 +328,8 @@ mod tests {
         let (a, b) = (parse(&smtp, 'b'), parse_with(&smtp, 'b', "zwei"));
         assert!(mail_changed(&a, &b));
         assert!(!mail_changed(&a, &parse(&smtp, 'b')));
+        // Compared, never printed.
+        let printed = format!("{b:?}");
+        assert!(!printed.contains("zwei") && printed.contains("(hidden)"), "{printed}");
     }
 }
