@@ -136,7 +136,8 @@ impl Drop for OpenGuard {
 
 impl Front {
     pub(super) fn new(core: Arc<Core>, proxy: HttpProxy<Gateway>, open: Arc<AtomicUsize>) -> Self {
-        let direct = Direct::new(core.peer.clone(), core.services.cfg.server.write_timeout);
+        let portal_cookies = core.services.cfg.portal_login.as_ref().map(|p| p.session_cookies.clone()).unwrap_or_default();
+        let direct = Direct::new(core.peer.clone(), core.services.cfg.server.write_timeout, portal_cookies);
         Self { core, proxy: Arc::new(proxy), direct, open, closing: AtomicBool::new(false), idle: Notify::new() }
     }
 
@@ -258,8 +259,12 @@ impl Front {
                     }
                     let Ok(()) = core.policy.write_identity(id, &mut up);
                 }
+                if core.policy.portal_mode() {
+                    let jar = identity.as_ref().and_then(|id| web::portal::cookie_for(&core.services, id));
+                    let Ok(()) = core.policy.write_cookie(req.cookie, jar.as_deref(), &mut up);
+                }
                 up.extend_from_slice(b"\r\n");
-                match self.direct.forward(stream, &up, head.head_only, close).await {
+                match self.direct.forward(stream, &up, head.head_only, close, (&core.services, identity.as_ref())).await {
                     Ok(a) => (a.status, !a.close_client),
                     Err(Failure::Portal { status, reason, started }) => {
                         tracing::warn!(status, error = %reason, "portal request failed");

@@ -37,6 +37,7 @@ mod front;
 mod h1;
 mod moved;
 mod policy;
+mod portal;
 mod wait;
 
 use crate::sched::{self, Policy};
@@ -147,6 +148,8 @@ struct Prepare<'a> {
     core: &'a Core,
     peer: IpAddr,
     identity: Option<&'a Identity>,
+    /// Portal login mode: the client's cookies and the session's jar.
+    cookie: (Option<&'a [u8]>, Option<&'a str>),
     websocket: bool,
     out: &'a mut RequestHeader,
 }
@@ -154,7 +157,7 @@ struct Prepare<'a> {
 impl WithFields for Prepare<'_> {
     type Out = Result<()>;
     fn with<N: Clone + IntoCaseHeaderName>(self, fields: &[PingoraField<'_, N>]) -> Self::Out {
-        self.core.prepare(self.peer, fields, self.identity, self.websocket, self.out)
+        self.core.prepare(self.peer, fields, self.identity, self.cookie, self.websocket, self.out)
     }
 }
 
@@ -192,7 +195,8 @@ impl Core {
             [services.cookie_name.clone(), services.csrf_cookie_name.clone()],
             cfg.server.trusted_proxies.clone(),
             tls_listener,
-        );
+        )
+        .with_portal_cookies(cfg.portal_login.as_ref().map(|p| p.session_cookies.clone()).unwrap_or_default());
         Self { policy, peer, services }
     }
 
@@ -206,6 +210,7 @@ impl Core {
         peer: IpAddr,
         fields: &[PingoraField<'_, N>],
         identity: Option<&Identity>,
+        cookie: (Option<&[u8]>, Option<&str>),
         websocket: bool,
         out: &mut RequestHeader,
     ) -> Result<()> {
@@ -219,6 +224,7 @@ impl Core {
             }
             self.policy.write_identity(id, &mut sink)?;
         }
+        self.policy.write_cookie(cookie.0, cookie.1, &mut sink)?;
         for f in fields {
             if f.name.eq_ignore_ascii_case(b"content-length") || f.name.eq_ignore_ascii_case(b"transfer-encoding") {
                 sink.keep(f)?;
@@ -336,6 +342,8 @@ fn log_request(services: &Services, method: &str, path: &str, status: u16, error
 /// Per-request state of the framework's way.
 pub struct Ctx {
     identity: Option<Identity>,
+    /// Portal login mode: the session's portal cookies (`Cookie` value).
+    jar: Option<String>,
     /// When a forwarded body must have arrived whole.
     body_deadline: Option<Instant>,
 }
@@ -393,7 +401,7 @@ impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx { identity: None, body_deadline: None }
+        Ctx { identity: None, jar: None, body_deadline: None }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -455,6 +463,9 @@ impl ProxyHttp for Gateway {
                 Ok(true)
             }
             Outcome::Forward(identity) => {
+                if core.policy.portal_mode() {
+                    ctx.jar = identity.as_ref().and_then(|id| web::portal::cookie_for(&core.services, id));
+                }
                 ctx.identity = identity;
                 if !session.is_body_empty() {
                     // The whole body within the body timeout: each read
@@ -497,8 +508,34 @@ impl ProxyHttp for Gateway {
             && original.headers.get("upgrade").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
         let mut fresh = RequestHeader::build(req.method.clone(), req.raw_path(), Some(original.headers.len() + 6))?;
         fresh.set_version(http::Version::HTTP_11);
-        with_fields(original, Prepare { core: &self.0, peer, identity: ctx.identity.as_ref(), websocket, out: &mut fresh })?;
+        let mut joined = Vec::new();
+        let cookie = (cookie_bytes(original, &mut joined), ctx.jar.as_deref());
+        with_fields(original, Prepare { core: &self.0, peer, identity: ctx.identity.as_ref(), cookie, websocket, out: &mut fresh })?;
         *req = fresh;
+        Ok(())
+    }
+
+    /// Portal login mode: the portal's session cookies in an answer go to
+    /// the session's sealed jar, never to the browser; other cookies pass.
+    async fn response_filter(&self, _session: &mut Session, upstream_response: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        let policy = &self.0.policy;
+        if !policy.portal_mode() {
+            return Ok(());
+        }
+        let all: Vec<http::HeaderValue> = upstream_response.headers.get_all("set-cookie").iter().cloned().collect();
+        if !all.iter().any(|v| policy.is_portal_set_cookie(v.as_bytes())) {
+            return Ok(());
+        }
+        upstream_response.remove_header("set-cookie");
+        let mut held = Vec::new();
+        for v in all {
+            if policy.is_portal_set_cookie(v.as_bytes()) {
+                held.push(v.as_bytes().to_vec());
+            } else {
+                upstream_response.append_header("set-cookie", v)?;
+            }
+        }
+        web::portal::take_set_cookies(&self.0.services, ctx.identity.as_ref(), &held).await;
         Ok(())
     }
 
@@ -726,6 +763,10 @@ pub fn run(services: Arc<Services>, shutdown: Option<Box<dyn ShutdownSignalWatch
     let open = Arc::new(AtomicUsize::new(0));
     let server_conf = server.configuration.clone();
     let core = Arc::new(Core::new(services.clone(), cfg.tls.is_some(), upstream_peer(&cfg.upstream)?));
+    if cfg.portal_login.is_some() {
+        // The login replay and logout calls go to the same upstream.
+        let _ = services.portal.set(Arc::new(portal::PortalHttp::new(core.peer.clone(), &cfg.public_url)));
+    }
     let front = || {
         let proxy = pingora::proxy::http_proxy(&server_conf, Gateway(core.clone()));
         front::Front::new(core.clone(), proxy, open.clone())

@@ -234,6 +234,12 @@ pub(crate) fn valid_value(value: &[u8]) -> bool {
     value.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
+/// Whether a `Set-Cookie` value sets a cookie called one of `names`.
+pub(crate) fn sets_one_of(names: &[String], value: &[u8]) -> bool {
+    let name = value.split(|&b| b == b'=').next().unwrap_or(value).trim_ascii();
+    names.iter().any(|c| c.as_bytes() == name)
+}
+
 /// The policy with its configuration: identity field names, riegel's
 /// cookie names, the trusted proxies.
 pub(crate) struct HeaderPolicy {
@@ -241,6 +247,11 @@ pub(crate) struct HeaderPolicy {
     cookies: [String; 2],
     trusted: Vec<ipnet::IpNet>,
     tls_listener: bool,
+    /// Portal login mode: the portal's session cookie names. A client's
+    /// copies are cut out; the session's sealed jar supplies them. The
+    /// Cookie fields are then written last, as one field
+    /// ([`HeaderPolicy::write_cookie`]).
+    portal_cookies: Vec<String>,
 }
 
 /// What a request head says about itself, read once from the client's
@@ -309,7 +320,49 @@ impl HeaderPolicy {
     /// -Name by default), as they are to be sent; `cookies`: riegel's
     /// session and CSRF cookie names.
     pub(crate) fn new(identity: [&str; 3], cookies: [String; 2], trusted: Vec<ipnet::IpNet>, tls_listener: bool) -> Self {
-        Self { identity: identity.map(|n| n.as_bytes().into()), cookies, trusted, tls_listener }
+        Self { identity: identity.map(|n| n.as_bytes().into()), cookies, trusted, tls_listener, portal_cookies: Vec::new() }
+    }
+
+    /// Portal login mode with these session cookie names (none: off).
+    pub(crate) fn with_portal_cookies(mut self, names: Vec<String>) -> Self {
+        self.portal_cookies = names;
+        self
+    }
+
+    /// Portal login mode: Cookie goes last, merged with the jar.
+    pub(crate) fn portal_mode(&self) -> bool {
+        !self.portal_cookies.is_empty()
+    }
+
+    /// Whether an answer's `Set-Cookie` value sets one of the portal's
+    /// session cookies: it never reaches the browser (the jar takes it).
+    pub(crate) fn is_portal_set_cookie(&self, value: &[u8]) -> bool {
+        sets_one_of(&self.portal_cookies, value)
+    }
+
+    /// Portal login mode, after the identity: one Cookie field with the
+    /// client's cookies (`client`: all its Cookie fields joined by `; `)
+    /// without riegel's and without any copy of the portal's session
+    /// cookies, then the session's `jar`. Nothing when both are empty.
+    pub(crate) fn write_cookie<S: Put>(&self, client: Option<&[u8]>, jar: Option<&str>, sink: &mut S) -> Result<(), S::Error> {
+        if !self.portal_mode() {
+            return Ok(());
+        }
+        let mut names: Vec<&str> = self.cookie_names().to_vec();
+        names.extend(self.portal_cookies.iter().map(String::as_str));
+        sink.put(b"cookie", |out| {
+            let kept = client.is_some_and(|c| crate::auth::session::strip_cookie(c, &names, out));
+            match jar.filter(|j| !j.is_empty() && valid_value(j.as_bytes())) {
+                Some(j) => {
+                    if kept {
+                        out.extend_from_slice(b"; ");
+                    }
+                    out.extend_from_slice(j.as_bytes());
+                    true
+                }
+                None => kept,
+            }
+        })
     }
 
     pub(crate) fn cookie_names(&self) -> [&str; 2] {
@@ -421,6 +474,10 @@ impl HeaderPolicy {
         {
             Class::Drop
         } else if name.eq_ignore_ascii_case(b"cookie") {
+            if self.portal_mode() {
+                // Written last, merged with the jar (`write_cookie`).
+                return Class::Drop;
+            }
             Class::Cookie
         } else {
             Class::Keep

@@ -50,8 +50,14 @@ fn token_hash(token: &str) -> String {
 /// session that lives as long as the link, the link mailed to the user (if
 /// the user has an address and is not over the mail limit), and the page
 /// that says so.
-pub(super) async fn after_password(req: &Request<'_>, s: &Services, user: &User, rd: Option<String>) -> Result<Reply, WebError> {
-    let opts = NewSession { expires_at: Some(s.now() + lifetime(s)), device_proof: false };
+pub(super) async fn after_password(
+    req: &Request<'_>,
+    s: &Services,
+    user: &User,
+    rd: Option<String>,
+    portal_jar: Option<Vec<u8>>,
+) -> Result<Reply, WebError> {
+    let opts = NewSession { expires_at: Some(s.now() + lifetime(s)), device_proof: false, portal_jar };
     let (cookie, rec) = start_session_with(s, req, user, Stage::Password, rd, None, opts).await?;
     send_link(req, s, user, &rec).await?;
     let mut r = redirect(&s.route("new-device"));
@@ -254,7 +260,7 @@ pub(super) async fn link_post(req: &Request<'_>, s: &Services, token: &str) -> R
     let Some(claims) = super::session(req, s).await.map(|(c, _)| c) else {
         return Ok(link_refused(req, s, &Link::ElseWhere));
     };
-    let opts = NewSession { expires_at: None, device_proof: true };
+    let opts = NewSession { expires_at: None, device_proof: true, portal_jar: None };
     let (cookie, _) = start_session_with(s, req, &user, Stage::Password, rec.rd.clone(), Some(&claims), opts).await?;
     tracing::info!(target: "audit", event = "new_device_link", outcome = "opened", user = %user.username, ip = %req.client_ip, "lost phone: new-device link opened; enrolment allowed in this session");
     let mut r = no_referrer(redirect(&s.route("setup")));

@@ -125,6 +125,20 @@ impl Attempt {
         Ok(())
     }
 
+    /// The reserved attempt could not be checked (the portal did not
+    /// answer): every counter gets it back, nothing is forgiven.
+    pub(super) async fn released(&self, s: &Services) -> Result<(), WebError> {
+        s.store
+            .update_counters(&self.keys, &mut |counters: &mut [Counter]| {
+                for c in counters.iter_mut() {
+                    regulation::refund(c);
+                }
+                Update::Commit
+            })
+            .await?;
+        Ok(())
+    }
+
     /// The reserved attempt succeeded.
     pub(super) async fn succeeded(&self, s: &Services) -> Result<(), WebError> {
         s.store
