@@ -570,6 +570,7 @@ pub(super) async fn end_post(req: &Request<'_>, s: &Services, id: &str) -> Resul
     let Some(sid) = target.sid() else { return Ok(done(s, "session_gone")) };
     s.store.delete_session(a.user.id, &sid).await?;
     s.flush().await?;
+    super::portal::end(s, target).await;
     tracing::info!(target: "audit", event = "session_ended", user = %a.user.username, ip = %req.client_ip, "session ended on Mein Zugang");
     if sid == a.claims.sid {
         let mut r = page(s, req, 200, "logged_out", context! { login_url => s.route("login") })?;

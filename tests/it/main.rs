@@ -11,6 +11,7 @@ mod gateway;
 mod hashing;
 mod login;
 mod mail;
+mod portal;
 mod postgres;
 mod regulation;
 mod reset;
