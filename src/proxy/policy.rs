@@ -234,10 +234,11 @@ pub(crate) fn valid_value(value: &[u8]) -> bool {
     value.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
-/// Whether a `Set-Cookie` value sets a cookie called one of `names`.
+/// Whether a `Set-Cookie` value sets a cookie called one of `names` (in
+/// any case: held back rather than let through).
 pub(crate) fn sets_one_of(names: &[String], value: &[u8]) -> bool {
     let name = value.split(|&b| b == b'=').next().unwrap_or(value).trim_ascii();
-    names.iter().any(|c| c.as_bytes() == name)
+    names.iter().any(|c| c.as_bytes().eq_ignore_ascii_case(name))
 }
 
 /// The policy with its configuration: identity field names, riegel's
@@ -348,10 +349,23 @@ impl HeaderPolicy {
         if !self.portal_mode() {
             return Ok(());
         }
-        let mut names: Vec<&str> = self.cookie_names().to_vec();
-        names.extend(self.portal_cookies.iter().map(String::as_str));
+        let ours = self.cookie_names();
         sink.put(b"cookie", |out| {
-            let kept = client.is_some_and(|c| crate::auth::session::strip_cookie(c, &names, out));
+            let mut kept = false;
+            for part in client.unwrap_or_default().split(|&b| b == b';') {
+                let part = part.trim_ascii();
+                let key = part.split(|&b| b == b'=').next().unwrap_or(part).trim_ascii();
+                // The portal's names in any case: a portal that reads them
+                // case-insensitively gets no planted copy either.
+                if key.is_empty() || ours.iter().any(|n| key == n.as_bytes()) || self.portal_cookies.iter().any(|n| key.eq_ignore_ascii_case(n.as_bytes())) {
+                    continue;
+                }
+                if kept {
+                    out.extend_from_slice(b"; ");
+                }
+                out.extend_from_slice(part);
+                kept = true;
+            }
             match jar.filter(|j| !j.is_empty() && valid_value(j.as_bytes())) {
                 Some(j) => {
                     if kept {
@@ -845,5 +859,32 @@ mod tests {
         assert!(!same_header(b"X-A", b"X-AB"));
         assert!(starts_like(b"X_Forwarded_Port", b"x-forwarded-"));
         assert!(!starts_like(b"X-Forward", b"x-forwarded-"));
+    }
+
+    #[test]
+    fn portal_mode_one_cookie_field_last_client_copies_of_the_portal_cookie_cut_the_jar_added() {
+        let p = policy(&[]).with_portal_cookies(vec!["JSESSIONID".into()]);
+        let head = "Host: a\r\nCookie: theme=dark; JSESSIONID=planted; riegel_session=x\r\nCookie: jsessionid=other-case\r\nAccept: */*";
+        let f = fields(head);
+        let s = p.survey(ip("127.0.0.1"), &f).expect("ok");
+        let mut out = Vec::new();
+        let Ok(()) = p.write_fields(&f, &s, &mut out);
+        let joined = b"theme=dark; JSESSIONID=planted; riegel_session=x; jsessionid=other-case";
+        let Ok(()) = p.write_cookie(Some(joined), Some("JSESSIONID=real"), &mut out);
+        let text = String::from_utf8_lossy(&out);
+        assert_eq!(text, "Host: a\r\nAccept: */*\r\ncookie: theme=dark; JSESSIONID=real\r\n");
+        // Without a jar (a public path) the client's other cookies still go.
+        let mut out = Vec::new();
+        let Ok(()) = p.write_cookie(Some(b"JSESSIONID=planted"), None, &mut out);
+        assert!(out.is_empty());
+        let mut out = Vec::new();
+        let Ok(()) = p.write_cookie(None, Some("JSESSIONID=a\r\nX-Evil: 1"), &mut out);
+        assert!(out.is_empty(), "a jar with control characters is never written");
+        // Outside portal mode nothing changes.
+        let mut out = Vec::new();
+        let Ok(()) = policy(&[]).write_cookie(Some(b"a=1"), Some("J=1"), &mut out);
+        assert!(out.is_empty());
+        assert!(p.is_portal_set_cookie(b"JSESSIONID=1; Path=/") && p.is_portal_set_cookie(b" JSESSIONID =1"));
+        assert!(!p.is_portal_set_cookie(b"JSESSIONIDX=1") && !p.is_portal_set_cookie(b"theme=dark"));
     }
 }

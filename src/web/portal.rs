@@ -89,7 +89,7 @@ pub fn parse_set_cookie(v: &str, now: i64) -> Option<(&str, &str, bool)> {
         let (k, val) = attr.split_once('=').unwrap_or((attr, ""));
         let (k, val) = (k.trim(), val.trim());
         if k.eq_ignore_ascii_case("max-age") {
-            expired = expired || val.parse::<i64>().map_or(false, |n| n <= 0);
+            expired = expired || val.parse::<i64>().is_ok_and(|n| n <= 0);
         } else if k.eq_ignore_ascii_case("expires") {
             if let Ok(t) = httpdate::parse_http_date(val) {
                 let secs = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
@@ -457,7 +457,7 @@ pub async fn take_set_cookies(s: &Services, id: Option<&Identity>, values: &[Vec
     let mut changed = false;
     for v in values {
         let v = String::from_utf8_lossy(v);
-        changed |= jar.apply(&v, now, |n| cfg.session_cookies.iter().any(|c| c == n));
+        changed |= jar.apply(&v, now, |n| cfg.session_cookies.iter().any(|c| c.eq_ignore_ascii_case(n)));
     }
     if !changed {
         return;
