@@ -176,6 +176,7 @@ fn answer(method: &str, target: &str, headers: &[(String, String)], body: &[u8],
             }
             redirect("/login", vec![format!("Set-Cookie: {PORTAL_COOKIE}=; Path=/; Max-Age=0")])
         }
+        ("GET", "/favicon.ico") => Answer { status: "404 Not Found", headers: vec![], body: String::new() },
         ("GET", "/password-reset") => Answer {
             status: "200 OK",
             headers: vec![],

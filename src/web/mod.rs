@@ -451,10 +451,10 @@ async fn portal_request(req: &Request<'_>, s: &Services) -> Outcome {
     }
 }
 
-/// A request for the portal's own login form or action (portal login
-/// mode): never forwarded. With a session it means the portal lost its
-/// session (it shows its form again): riegel's ends too, and the user logs
-/// in again on riegel's page, second factor included.
+/// A POST to the portal's own login action (portal login mode): never
+/// forwarded. With a session it means the portal lost its session (it
+/// showed its form again): riegel's ends too, and the user logs in again on
+/// riegel's page, second factor included.
 async fn portal_login_elsewhere(req: &Request<'_>, s: &Services) -> Reply {
     let mut r = redirect(&format!("{}?notice=login_expired", s.route("login")));
     if let Some((_, rec)) = session(req, s).await {

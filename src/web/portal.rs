@@ -495,19 +495,16 @@ pub async fn end_all(s: &Services, recs: &[SessionRecord]) {
     }
 }
 
-/// Whether a request to the portal is its own login (GET of `form_url`
-/// or POST to `post_url` by path): riegel alone logs in to the portal,
-/// so such a request is never forwarded for a session. Otherwise a user
-/// past riegel's second factor could log in to the portal as someone
-/// else with that person's password alone.
+/// Whether a request to the portal is its own login action (a POST to
+/// `post_url`, by path): riegel alone logs in to the portal, so such a
+/// request is never forwarded. Otherwise a user past riegel's second
+/// factor could post someone else's password to the portal's form and be
+/// that person in the portal without that person's second factor. (A GET
+/// of the form is forwarded: a portal that lost its session shows its
+/// form, and posting it leads to riegel's login.)
 pub(super) fn is_portal_login(cfg: &PortalLoginConfig, post: bool, path: &str) -> bool {
-    let bare = |u: &str| u.split('?').next().unwrap_or(u).to_string();
-    let path = path.trim_end_matches('/');
-    if post {
-        return bare(&cfg.post_url).trim_end_matches('/') == path;
-    }
-    let form = bare(&cfg.form_url);
-    form != "/" && form.trim_end_matches('/') == path
+    let action = cfg.post_url.split('?').next().unwrap_or(&cfg.post_url);
+    post && action.trim_end_matches('/') == path.trim_end_matches('/')
 }
 
 /// A session whose portal login ended: deleted, and the portal told.
@@ -608,11 +605,8 @@ mod tests {
         let c = cfg(PortalSuccess::default());
         assert!(is_portal_login(&c, true, "/login"));
         assert!(is_portal_login(&c, true, "/login/"));
-        assert!(is_portal_login(&c, false, "/login"));
+        assert!(!is_portal_login(&c, false, "/login"), "the form itself may be shown");
         assert!(!is_portal_login(&c, true, "/loginx"));
-        assert!(!is_portal_login(&c, false, "/home"));
-        let mut root = c.clone();
-        root.form_url = "/".into();
-        assert!(!is_portal_login(&root, false, "/"), "a portal whose home is its form");
+        assert!(!is_portal_login(&c, true, "/home"));
     }
 }
