@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{Audit, Event, Kind};
 use crate::clock::Clock;
 use crate::store::{CounterKey, NewUser, Store, StoreError, Update, User};
 
@@ -113,13 +114,59 @@ fn describe(u: &User) -> String {
     )
 }
 
+impl AdminRequest {
+    /// The command's name in the audit log, and the account it names;
+    /// `None` for the commands that change nothing (list, show).
+    fn audit_name(&self) -> Option<(&'static str, Option<&str>)> {
+        Some(match self {
+            AdminRequest::Add { user } => ("add", Some(user.username.as_str())),
+            AdminRequest::Import { .. } => ("import", None),
+            AdminRequest::List | AdminRequest::Show { .. } => return None,
+            AdminRequest::Disable { user } => ("disable", Some(user.as_str())),
+            AdminRequest::Enable { user } => ("enable", Some(user.as_str())),
+            AdminRequest::SetPassword { user, .. } => ("set_password", Some(user.as_str())),
+            AdminRequest::SetEmail { user, .. } => ("set_email", Some(user.as_str())),
+            AdminRequest::ResetTotp { user } => ("reset_totp", Some(user.as_str())),
+            AdminRequest::Unban { user } => ("unban", Some(user.as_str())),
+            AdminRequest::Delete { user } => ("delete", Some(user.as_str())),
+        })
+    }
+}
+
 /// Runs one admin request. Every change that affects access ends the
 /// user's sessions (through the user's security stamp, atomic with the
-/// change); every change is flushed before the answer.
-pub async fn execute(store: &dyn Store, clock: &dyn Clock, req: AdminRequest) -> AdminResponse {
-    match run(store, clock, req).await {
+/// change); every change is flushed before the answer. Every command but
+/// `list` and `show` is written to the audit log (`event: admin`), with
+/// `via` (`cli`: the command opened the store itself; `admin_socket`: a
+/// running server executed it).
+pub async fn execute(store: &dyn Store, clock: &dyn Clock, audit: &Audit, via: &'static str, req: AdminRequest) -> AdminResponse {
+    let named = req.audit_name().map(|(c, u)| (c, u.map(str::to_string), import_size(&req)));
+    let resp = match run(store, clock, req).await {
         Ok(r) => r,
         Err(e) => AdminResponse::err(e.to_string()),
+    };
+    if let Some((command, user, count)) = named {
+        let mut e = Event::new(Kind::Admin).result(if resp.ok { "success" } else { "failure" }).field("command", command).field("via", via);
+        if let Some(u) = &user {
+            // The name as the operator typed it (it names an account, or
+            // the command failed).
+            e = e.user(u);
+        }
+        if let Some(n) = count {
+            e = e.field("count", n);
+        }
+        if !resp.ok {
+            e = e.field("error", resp.message.clone());
+        }
+        audit.record(clock.now(), None, None, &e);
+    }
+    resp
+}
+
+fn import_size(req: &AdminRequest) -> Option<usize> {
+    match req {
+        AdminRequest::Import { users } => Some(users.len()),
+        _ => None,
     }
 }
 
@@ -243,10 +290,7 @@ async fn run(store: &dyn Store, clock: &dyn Clock, req: AdminRequest) -> Result<
                 return Ok(AdminResponse::err("not a supported password hash"));
             }
             let u = change(store, &user, &mut |u| {
-                u.password_hash = Some(password_hash.clone());
-                u.reset = None;
-                u.revoke_sessions();
-                u.updated_at = now;
+                u.set_password(password_hash.clone(), now);
             })
             .await?;
             let n = end_sessions(store, u.id).await?;
@@ -286,7 +330,6 @@ async fn run(store: &dyn Store, clock: &dyn Clock, req: AdminRequest) -> Result<
                 store.delete_token(&h).await?;
             }
             let n = end_sessions(store, u.id).await?;
-            tracing::info!(target: "audit", event = "totp_reset", user = %u.username, "authenticators removed by an operator");
             // `enrolled_once` stays: the password alone no longer enrols
             // (web::device, with totp.reenrol_proof: email).
             let next = match (&u.email, u.enrolled_once) {
@@ -319,7 +362,7 @@ async fn run(store: &dyn Store, clock: &dyn Clock, req: AdminRequest) -> Result<
 
 /// Serves admin requests on a unix socket (mode 0600) in a background
 /// thread, one JSON line in, one JSON line out per connection.
-pub fn serve_socket(path: &Path, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Result<(), AdminError> {
+pub fn serve_socket(path: &Path, store: Arc<dyn Store>, clock: Arc<dyn Clock>, audit: Audit) -> Result<(), AdminError> {
     let sock_err = |source| AdminError::Socket { path: path.display().to_string(), source };
     if path.exists() {
         // A stale socket from an earlier run (we hold the store lock, so no
@@ -346,7 +389,7 @@ pub fn serve_socket(path: &Path, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -
             };
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
-                if let Err(e) = rt.block_on(handle_conn(conn, store.as_ref(), clock.as_ref())) {
+                if let Err(e) = rt.block_on(handle_conn(conn, store.as_ref(), clock.as_ref(), &audit)) {
                     tracing::warn!(error = %e, "admin socket request failed");
                 }
             }
@@ -360,13 +403,13 @@ fn unsafe_umask(mask: libc::mode_t) -> libc::mode_t {
     unsafe { libc::umask(mask) }
 }
 
-async fn handle_conn(conn: UnixStream, store: &dyn Store, clock: &dyn Clock) -> std::io::Result<()> {
+async fn handle_conn(conn: UnixStream, store: &dyn Store, clock: &dyn Clock, audit: &Audit) -> std::io::Result<()> {
     conn.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut line = String::new();
     reader.by_ref().take(64 * 1024 * 1024).read_line(&mut line)?;
     let resp = match serde_json::from_str::<AdminRequest>(&line) {
-        Ok(req) => execute(store, clock, req).await,
+        Ok(req) => execute(store, clock, audit, "admin_socket", req).await,
         Err(e) => AdminResponse::err(format!("bad request: {e}")),
     };
     let mut w = conn;

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+mod probe;
+
 use crate::admin;
 use crate::auth::crypto::SecretBox;
 use crate::auth::{OsRandom, Random};
@@ -32,6 +34,8 @@ pub enum StartError {
     Admin(#[from] admin::AdminError),
     #[error(transparent)]
     Proxy(#[from] crate::proxy::ProxyError),
+    #[error("audit log: {0}")]
+    Audit(String),
 }
 
 /// The pages with `branding`'s overrides read from disk
@@ -100,6 +104,9 @@ pub fn open_store(cfg: &Config) -> Result<Arc<CachedStore>, StartError> {
 /// A running gateway's parts. `mail` may be injected (tests).
 pub struct App {
     pub services: Arc<Services>,
+    /// The audit log (`log.audit_file`): [`crate::audit::Audit::reopen`]
+    /// after a log rotation.
+    pub audit: crate::audit::Audit,
     /// The mailer the app started (none when one was injected).
     pub mailer: Option<Arc<Mailer>>,
 }
@@ -122,14 +129,19 @@ pub fn build(cfg: Config, clock: Arc<dyn Clock>, mail: Option<Arc<dyn MailQueue>
         queue_timeout: cfg.password.hash_queue_timeout,
         on_idle: crate::auth::password::release_scratch,
     })?;
-    let services = Services::new(cfg.clone(), store.clone(), clock.clone(), rng, mail, pages, hashing)?;
+    let audit = crate::audit::Audit::open(cfg.log.audit_file.as_deref())
+        .map_err(|e| StartError::Audit(format!("log.audit_file {}: {e}", cfg.log.audit_file.as_deref().unwrap_or(std::path::Path::new("")).display())))?;
+    if cfg.metrics.listen.is_some() {
+        crate::metrics::set_probe(Arc::new(probe::StoreProbe::start(store.clone(), clock.clone(), hashing.depth())));
+    }
+    let services = Services::new(cfg.clone(), store.clone(), clock.clone(), rng, mail, pages, hashing, audit.clone())?;
     if let StoreConfig::Sled { admin_socket, .. } = &cfg.store {
         // With PostgreSQL the command line talks to the database itself.
-        admin::serve_socket(admin_socket, store.clone(), clock.clone())?;
+        admin::serve_socket(admin_socket, store.clone(), clock.clone(), audit.clone())?;
     }
     let services = Arc::new(services);
     spawn_janitor(store, clock, cfg.session.idle_timeout.as_secs() as i64, services.clone());
-    Ok(App { services, mailer })
+    Ok(App { services, audit, mailer })
 }
 
 /// Removes dead session records every few minutes.

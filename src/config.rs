@@ -100,7 +100,7 @@ pub struct TlsConfig {
     pub key_file: PathBuf,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamConfig {
     pub host: String,
     pub port: u16,
@@ -287,6 +287,14 @@ pub struct PortalLoginConfig {
 pub struct LogConfig {
     pub level: String,
     pub json: bool,
+    /// `log.audit_file`: the audit log's JSON lines; stderr when absent.
+    pub audit_file: Option<PathBuf>,
+}
+
+/// `metrics:`: the Prometheus listener, off when `listen` is absent.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsConfig {
+    pub listen: Option<SocketAddr>,
 }
 
 /// The secrets, loaded. `Debug` never prints them.
@@ -330,6 +338,7 @@ pub struct Config {
     pub first_factor: FirstFactor,
     /// `portal_login`: set exactly when `first_factor` is `portal`.
     pub portal_login: Option<PortalLoginConfig>,
+    pub metrics: MetricsConfig,
     /// Things that work but should not be so (e.g. one key for two
     /// purposes); `riegel check-config` prints them, `serve` logs them.
     pub warnings: Vec<ConfigError>,
@@ -904,8 +913,31 @@ fn build(s: &mut Section<'_, '_>, env: &dyn Env) -> Option<Config> {
                 false
             }
         };
+        let audit_file = l.opt_path("audit_file");
+        if let Some(f) = &audit_file {
+            if f.is_dir() {
+                l.error("audit_file", &format!("{} is a directory; name a file in it, e.g. audit.jsonl", f.display()));
+            } else if !f.parent().is_some_and(Path::is_dir) {
+                l.error("audit_file", &format!("the directory of {} does not exist", f.display()));
+            }
+        }
         l.finish();
-        LogConfig { level, json }
+        LogConfig { level, json, audit_file }
+    };
+
+    let metrics = {
+        let mut m = s.section("metrics");
+        let mut at = if m.has("listen") { m.parse_req::<SocketAddr>("listen", "an address such as 127.0.0.1:9464") } else { None };
+        // Never on the public port: the portal's users would read them.
+        let public = listen;
+        if let (Some(a), Some(p)) = (at, public) {
+            if a.port() == p.port() && (a.ip() == p.ip() || a.ip().is_unspecified() || p.ip().is_unspecified()) {
+                m.error("listen", &format!("{a} is the public listener (`listen`); the metrics need an address of their own, e.g. 127.0.0.1:9464"));
+                at = None;
+            }
+        }
+        m.finish();
+        MetricsConfig { listen: at }
     };
 
     let (first_factor, portal_login) = first_factor(s, &public_paths, &session.cookie_name);
@@ -933,6 +965,7 @@ fn build(s: &mut Section<'_, '_>, env: &dyn Env) -> Option<Config> {
         log,
         first_factor,
         portal_login,
+        metrics,
         warnings: Vec::new(),
     })
 }
@@ -1525,11 +1558,12 @@ fn read_secret_file(p: &Path) -> Result<String, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    struct MapEnv(HashMap<String, String>);
+    /// The environment as a map (also `reload`'s tests).
+    pub(crate) struct MapEnv(pub(crate) HashMap<String, String>);
     impl Env for MapEnv {
         fn var(&self, name: &str) -> Option<String> {
             self.0.get(name).cloned()
@@ -1543,7 +1577,7 @@ mod tests {
         ]))
     }
 
-    const MINIMAL: &str = r#"
+    pub(crate) const MINIMAL: &str = r#"
 listen: "127.0.0.1:8080"
 public_url: "https://portal.example.at"
 upstream: { url: "http://127.0.0.1:9000" }

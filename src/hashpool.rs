@@ -22,6 +22,7 @@
 //! argon2; `app` starts it and hands it to `web::Services`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
@@ -81,8 +82,8 @@ pub struct HashPool {
     /// One permit per thread: a caller holds one from handing its job over
     /// until the result is back.
     slots: Semaphore,
-    /// Callers waiting for a permit.
-    waiting: AtomicUsize,
+    /// Callers waiting for a permit (shared with [`HashPool::depth`]).
+    waiting: Arc<AtomicUsize>,
     queue_timeout: Duration,
 }
 
@@ -93,6 +94,16 @@ impl std::fmt::Debug for HashPool {
             .field("waiting", &self.waiting())
             .field("queue_timeout", &self.queue_timeout)
             .finish()
+    }
+}
+
+/// How many callers wait for a hashing thread now.
+#[derive(Debug, Clone)]
+pub struct Depth(Arc<AtomicUsize>);
+
+impl Depth {
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
     }
 }
 
@@ -129,7 +140,7 @@ impl HashPool {
                 work(&rx, on_idle);
             })?;
         }
-        Ok(Self { tx, slots: Semaphore::new(threads), waiting: AtomicUsize::new(0), queue_timeout: settings.queue_timeout })
+        Ok(Self { tx, slots: Semaphore::new(threads), waiting: Arc::new(AtomicUsize::new(0)), queue_timeout: settings.queue_timeout })
     }
 
     /// Runs `f` on a hashing thread and waits for it without blocking the
@@ -159,6 +170,12 @@ impl HashPool {
     /// How many callers wait for a free hashing thread now.
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// A reader of [`HashPool::waiting`] that outlives whoever owns the
+    /// pool (the metrics read it).
+    pub fn depth(&self) -> Depth {
+        Depth(self.waiting.clone())
     }
 }
 

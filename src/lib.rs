@@ -5,13 +5,16 @@
 pub mod admin;
 pub mod app;
 pub mod assets;
+pub mod audit;
 pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod hashpool;
 pub mod mail;
+pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod sched;
 pub mod store;
 pub mod web;

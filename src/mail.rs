@@ -230,6 +230,23 @@ impl Mailer {
     }
 }
 
+impl Mailer {
+    /// Stops the delivery thread after the deliveries in progress, as
+    /// dropping does, without waiting: a reload that replaced the mail
+    /// settings stops the old mailer this way (the spool stays, the new
+    /// mailer sends what is in it). Mails sent to a stopped mailer are
+    /// refused ([`MailError::Closed`]).
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.wake.notify_one();
+    }
+
+    /// Whether the delivery thread has ended.
+    pub fn finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+}
+
 impl Drop for Mailer {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
@@ -252,6 +269,7 @@ impl MailQueue for Mailer {
         let (_, to_domain) = build_message(&shared.from, &shared.id_domain, mail.clone())?;
         if shared.store.mail_queue_depth().await? >= self.queue_size {
             shared.counts.dropped.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::mail(crate::metrics::MailResult::Dropped);
             tracing::warn!(to_domain = %to_domain, "mail queue is full, mail refused");
             return Err(MailError::QueueFull);
         }
@@ -260,6 +278,7 @@ impl MailQueue for Mailer {
         let id = shared.store.enqueue_mail(sealed, &to_domain, shared.clock.now()).await?;
         shared.store.flush().await?;
         shared.counts.queued.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::mail(crate::metrics::MailResult::Queued);
         shared.wake.notify_one();
         tracing::debug!(mail_id = id, "mail queued");
         Ok(())
@@ -505,6 +524,7 @@ async fn deliver_one(transport: &Transport, shared: &Shared, m: QueuedMail, atte
     let attempts = m.attempts.saturating_add(1);
     if attempts > 1 {
         shared.counts.retried.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::mail(crate::metrics::MailResult::Retried);
     }
     let mail: Option<Mail> = shared.sealer.open(&m.sealed).and_then(|plain| serde_json::from_slice(&plain).ok());
     let result = match mail.map(|mail| build_message(&shared.from, &shared.id_domain, mail)) {
@@ -516,12 +536,14 @@ async fn deliver_one(transport: &Transport, shared: &Shared, m: QueuedMail, atte
     let recorded = match result {
         Ok(()) => {
             shared.counts.sent.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::mail(crate::metrics::MailResult::Sent);
             tracing::info!(mail_id = m.id, to_domain = %m.to_domain, attempt = attempts, "mail delivered");
             shared.store.finish_mail(m.id).await
         }
         Err(f) => match after_failure(attempts, f.permanent, shared.max_attempts, shared.clock.now()) {
             Next::GiveUp => {
                 shared.counts.failed.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::mail(crate::metrics::MailResult::Failed);
                 tracing::error!(mail_id = m.id, to_domain = %m.to_domain, attempts, error = %f.error, "mail delivery failed, giving up");
                 shared.store.finish_mail(m.id).await
             }

@@ -146,7 +146,7 @@ fn init_logging(level: &str, json: bool) {
     let wanted = tracing_subscriber::EnvFilter::try_from_env("RIEGEL_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let capped = filter_fn(|meta| {
         let t = meta.target();
-        let own = t == "riegel" || t.starts_with("riegel::") || t == "audit";
+        let own = t == "riegel" || t.starts_with("riegel::");
         own || *meta.level() <= tracing::Level::WARN
     });
     let filter = wanted.and(capped);
@@ -168,7 +168,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             for w in &cfg.warnings {
                 tracing::warn!(warning = %w, "configuration");
             }
-            serve(cfg)
+            serve(cfg, &config)
         }
         Cmd::Demo { listen, dir, portal_login: false } => demo(listen, dir),
         Cmd::Demo { listen, dir, portal_login: true } => demo_portal_login(listen, dir),
@@ -230,13 +230,17 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
-fn serve(cfg: Config) -> Result<ExitCode> {
+fn serve(cfg: Config, path: &Path) -> Result<ExitCode> {
     let listen = cfg.listen;
     let upstream = cfg.upstream.clone();
     let app = riegel::app::build(cfg, Arc::new(SystemClock), None).context("cannot start")?;
+    let live = Arc::new(riegel::proxy::Live::new(app.services.clone()).context("cannot start")?);
+    // SIGHUP (`systemctl reload`) reads the configuration again.
+    let reloader = Arc::new(riegel::reload::Reloader::new(path.to_path_buf(), live.clone(), app.mailer.clone()));
+    riegel::reload::on_sighup(reloader.clone()).context("cannot listen for SIGHUP")?;
     tracing::info!(%listen, upstream = %format!("{}:{}", upstream.host, upstream.port), "riegel is listening");
-    riegel::proxy::run(app.services.clone(), None)?;
-    if let Some(mailer) = &app.mailer {
+    riegel::proxy::run_live(live, None)?;
+    if let Some(mailer) = &reloader.mailer() {
         // What is still in the spool goes out at the next start.
         if !runtime()?.block_on(mailer.drain(MAIL_DRAIN)) {
             tracing::info!("stopping with mails still in the spool; they are sent at the next start");
@@ -270,7 +274,7 @@ fn demo_portal_login(listen: SocketAddr, dir: Option<PathBuf>) -> Result<ExitCod
     println!("  You need an authenticator app (or: oathtool --totp -b KEY). Ctrl-C stops.");
     println!();
     std::io::stdout().flush()?;
-    serve(cfg)
+    serve(cfg, &files.config)
 }
 
 fn demo(listen: SocketAddr, dir: Option<PathBuf>) -> Result<ExitCode> {
@@ -290,9 +294,12 @@ fn demo(listen: SocketAddr, dir: Option<PathBuf>) -> Result<ExitCode> {
     let hash = Hasher::new(&cfg.password.argon2)?.hash(&password, &OsRandom)?;
     {
         let store = SledStore::open(cfg.store.sled_path().context("the demo runs on sled")?)?;
+        let audit = riegel::audit::Audit::open(cfg.log.audit_file.as_deref()).context("log.audit_file")?;
         let r = runtime()?.block_on(admin::execute(
             &store,
             &SystemClock,
+            &audit,
+            "cli",
             AdminRequest::Add {
                 user: NewUserSpec {
                     username: "demo".into(),
@@ -322,7 +329,7 @@ fn demo(listen: SocketAddr, dir: Option<PathBuf>) -> Result<ExitCode> {
     println!("  You need an authenticator app (or: oathtool --totp -b KEY). Ctrl-C stops.");
     println!();
     std::io::stdout().flush()?;
-    serve(cfg)
+    serve(cfg, &files.config)
 }
 
 /// One line from stdin, without its line ending; a prompt on a terminal.
@@ -381,9 +388,12 @@ fn user(cfg: &Config, cmd: UserCmd) -> Result<ExitCode> {
         UserCmd::Unban { user } => AdminRequest::Unban { user },
         UserCmd::Delete { user } => AdminRequest::Delete { user },
     };
+    // The command's own audit line, when it opens the store itself (a
+    // running server writes it for the commands it executes).
+    let audit = || riegel::audit::Audit::open(cfg.log.audit_file.as_deref()).context("log.audit_file");
     let resp = match &cfg.store {
         StoreConfig::Sled { path, admin_socket } => match SledStore::open(path) {
-            Ok(store) => runtime()?.block_on(admin::execute(&store, &SystemClock, req)),
+            Ok(store) => runtime()?.block_on(admin::execute(&store, &SystemClock, &audit()?, "cli", req)),
             Err(StoreError::Locked { .. }) => admin::send(admin_socket, &req)
                 .with_context(|| format!("the store is in use; could not reach the running server at {}", admin_socket.display()))?,
             Err(e) => return Err(e.into()),
@@ -392,7 +402,7 @@ fn user(cfg: &Config, cmd: UserCmd) -> Result<ExitCode> {
         // reach their session caches through NOTIFY.
         StoreConfig::Postgres(_) => {
             let store = riegel::app::open_backend(cfg).context("cannot open the store")?;
-            runtime()?.block_on(admin::execute(&*store, &SystemClock, req))
+            runtime()?.block_on(admin::execute(&*store, &SystemClock, &audit()?, "cli", req))
         }
     };
     if resp.ok {

@@ -17,11 +17,14 @@ pub fn safe_redirect(rd: &str) -> Option<&str> {
     if rd.bytes().any(|c| c.is_ascii_control() || c == b'\\' || c == b' ' || c >= 0x80) {
         return None;
     }
-    // Look through percent-encoding (repeatedly, to catch double encoding).
+    // Look through percent-encoding, again and again (double encoding and
+    // more), until nothing changes; a target still changing after
+    // `MAX_DECODINGS` is refused. Controls include C1 (`%C2%85`, found by
+    // fuzz/redirect).
     let mut decoded = rd.to_string();
-    for _ in 0..3 {
+    for _ in 0..MAX_DECODINGS {
         let next = percent_encoding::percent_decode_str(&decoded).decode_utf8_lossy().into_owned();
-        if next.bytes().any(|c| c.is_ascii_control() || c == b'\\') {
+        if next.chars().any(|c| c.is_control() || c == '\\') {
             return None;
         }
         let nb = next.as_bytes();
@@ -29,12 +32,15 @@ pub fn safe_redirect(rd: &str) -> Option<&str> {
             return None;
         }
         if next == decoded {
-            break;
+            return Some(rd);
         }
         decoded = next;
     }
-    Some(rd)
+    None
 }
+
+/// Percent-decodings of `rd` looked through; a real target needs one or two.
+const MAX_DECODINGS: usize = 8;
 
 /// Percent-encodes a path-and-query for use as the `rd` query value.
 pub fn encode_rd(path_and_query: &str) -> String {
@@ -70,6 +76,12 @@ mod tests {
             "/a%00",
             "evil.example",
             "/ä",
+            // Found by fuzz/redirect: a C1 control, and encodings deeper than
+            // three decodings.
+            "/%C2%85evil",
+            "/a%C2%9B",
+            "/%2525252F%2525252Fevil.example",
+            "/%25252525252525252541",
         ] {
             assert_eq!(safe_redirect(bad), None, "{bad:?} accepted");
         }

@@ -95,6 +95,11 @@ impl Direct {
         Self { connector: TransportConnector::new(None), write_timeout, peer, pool: ThreadLocal::new(), portal_cookies }
     }
 
+    /// The portal's session cookie names it holds back.
+    pub(super) fn portal_cookies(&self) -> &[String] {
+        &self.portal_cookies
+    }
+
     /// Whether a `Set-Cookie` value sets one of the portal's session cookies.
     fn holds(&self, value: &[u8]) -> bool {
         super::policy::sets_one_of(&self.portal_cookies, value)
@@ -181,6 +186,7 @@ impl Direct {
             }
             Err(e) => return Err(e),
         };
+        crate::metrics::upstream_duration(now.elapsed());
         if !response.held_cookies.is_empty() {
             crate::web::portal::take_set_cookies(jar.0, jar.1, &response.held_cookies).await;
         }

@@ -21,11 +21,11 @@ use pingora::server::ShutdownWatch;
 use tokio::io::AsyncReadExt;
 use tokio::sync::Notify;
 
-use super::direct::{write_client, Direct, Failure};
+use super::direct::{write_client, Failure};
 use super::h1::{self, push_header, Cookies, ShortHead, Way};
 use super::policy::{valid_value, HeaderPolicy, Refusal};
 use super::wait::Deadline;
-use super::{inet_ip, log_request, Core, Gateway};
+use super::{inet_ip, log_request, Core, Gateway, Live};
 use crate::web::{self, Method, Outcome, Reply};
 
 /// Requests served on one connection before riegel asks the client to open
@@ -118,9 +118,9 @@ fn reply_bytes(reply: &Reply, head_only: bool, close: bool) -> Option<Vec<u8>> {
 /// A connection cap, the header timeout and the choice of way around
 /// Pingora's proxy framework.
 pub(super) struct Front {
-    core: Arc<Core>,
+    /// The running configuration; taken afresh for every request head.
+    live: Arc<Live>,
     proxy: Arc<HttpProxy<Gateway>>,
-    direct: Direct,
     open: Arc<AtomicUsize>,
     /// Set, and idle connections woken, when the server shuts down.
     closing: AtomicBool,
@@ -135,18 +135,16 @@ impl Drop for OpenGuard {
 }
 
 impl Front {
-    pub(super) fn new(core: Arc<Core>, proxy: HttpProxy<Gateway>, open: Arc<AtomicUsize>) -> Self {
-        let portal_cookies = core.services.cfg.portal_login.as_ref().map(|p| p.session_cookies.clone()).unwrap_or_default();
-        let direct = Direct::new(core.peer.clone(), core.services.cfg.server.write_timeout, portal_cookies);
-        Self { core, proxy: Arc::new(proxy), direct, open, closing: AtomicBool::new(false), idle: Notify::new() }
+    pub(super) fn new(live: Arc<Live>, proxy: HttpProxy<Gateway>, open: Arc<AtomicUsize>) -> Self {
+        Self { live, proxy: Arc::new(proxy), open, closing: AtomicBool::new(false), idle: Notify::new() }
     }
 
     /// One of riegel's own answers as bytes, or the 500 page (closing the
     /// connection) when the answer cannot be sent as it is.
-    fn answer(&self, reply: &Reply, head_only: bool, close: bool) -> Vec<u8> {
+    fn answer(core: &Core, reply: &Reply, head_only: bool, close: bool) -> Vec<u8> {
         reply_bytes(reply, head_only, close).unwrap_or_else(|| {
             tracing::warn!(status = reply.status, "answer header with control characters; 500 instead");
-            let page = web::error_page(&self.core.services, 500, "error_500");
+            let page = web::error_page(&core.services, 500, "error_500");
             // The error page's headers are riegel's own constants.
             reply_bytes(&page, head_only, true).unwrap_or_default()
         })
@@ -155,35 +153,46 @@ impl Front {
     /// Serves requests until the client leaves, idles past the header
     /// timeout, a request ends the connection, or the server shuts down.
     async fn serve(&self, mut stream: Stream, shutdown: &ShutdownWatch) {
-        let core = &*self.core;
         let peer = peer_of(&stream);
-        let write_timeout = core.services.cfg.server.write_timeout;
         let mut buf = BytesMut::new();
         let mut served = 0u32;
         // Created before the flag is read, so a shutdown in between still
         // wakes it; it stays armed for the connection's life.
         let mut idle = std::pin::pin!(self.idle.notified());
         let mut deadline = Deadline::new();
-        let header_timeout = core.services.cfg.server.header_timeout;
         loop {
             if self.closing.load(Ordering::Relaxed) {
                 return;
             }
+            let mut core = self.live.core();
             let head = tokio::select! {
                 biased;
-                r = deadline.within(header_timeout, read_head(&mut stream, &mut buf, &core.policy, peer)) => r,
+                r = deadline.within(core.services.cfg.server.header_timeout, read_head(&mut stream, &mut buf, &core.policy, peer)) => r,
                 _ = idle.as_mut() => return,
             };
             // Ok(None): the client closed; Err: no whole head within the
             // header timeout (slowloris, or an idle keep-alive connection).
-            let Ok(Some(way)) = head else { return };
+            let Ok(Some(mut way)) = head else { return };
+            // A reload while the head was awaited (an idle keep-alive
+            // connection): the request is served, and its head judged,
+            // by the configuration running now.
+            let now = self.live.core();
+            if !Arc::ptr_eq(&core, &now) {
+                core = now;
+                match h1::way(&buf, &core.policy, peer) {
+                    Some(w) => way = w,
+                    None => return,
+                }
+            }
+            let core = &*core;
+            let write_timeout = core.services.cfg.server.write_timeout;
             served += 1;
             super::count_request();
             let last = served >= REQUESTS_PER_CONNECTION || self.closing.load(Ordering::Relaxed);
             match way {
                 Way::Short(head) => {
                     let len = head.len;
-                    if !self.short(&mut stream, &buf, head, last).await {
+                    if !Self::short(core, &mut stream, &buf, head, last).await {
                         return;
                     }
                     buf.advance(len);
@@ -195,8 +204,9 @@ impl Front {
                 }
                 Way::Refuse { why, head_only } => {
                     tracing::debug!(reason = %why, "request refused");
+                    crate::metrics::request(crate::metrics::RequestOutcome::Refused);
                     let reply = web::error_page(&core.services, 400, "error_400");
-                    let _ = write_client(&mut stream, self.answer(&reply, head_only, true).as_slice(), write_timeout).await;
+                    let _ = write_client(&mut stream, Self::answer(core, &reply, head_only, true).as_slice(), write_timeout).await;
                     log_request(&core.services, "-", "-", 400, Some("refused"));
                     let _ = tokio::time::timeout(SHUTDOWN_WAIT, stream.shutdown()).await;
                     return;
@@ -222,8 +232,7 @@ impl Front {
 
     /// One request the short way; whether the connection can carry the
     /// next one.
-    async fn short(&self, stream: &mut Stream, buf: &[u8], head: ShortHead, last: bool) -> bool {
-        let core = &*self.core;
+    async fn short(core: &Core, stream: &mut Stream, buf: &[u8], head: ShortHead, last: bool) -> bool {
         let write_timeout = core.services.cfg.server.write_timeout;
         let text = |r: &Option<std::ops::Range<usize>>| r.clone().and_then(|r| std::str::from_utf8(&buf[r]).ok());
         let Ok(path) = std::str::from_utf8(&buf[head.path.clone()]) else { return false };
@@ -242,9 +251,11 @@ impl Front {
         };
         let method = if head.head_only { "HEAD" } else { "GET" };
         let close = head.close || last;
-        let (status, keep) = match web::handle(&req, &core.services).await {
+        let outcome = web::handle(&req, &core.services).await;
+        super::count_outcome(&core.services, path, &outcome);
+        let (status, keep) = match outcome {
             Outcome::Reply(reply) => {
-                let ok = write_client(stream, self.answer(&reply, head.head_only, close).as_slice(), write_timeout).await.is_ok();
+                let ok = write_client(stream, Self::answer(core, &reply, head.head_only, close).as_slice(), write_timeout).await.is_ok();
                 (reply.status, ok && !close)
             }
             Outcome::Forward(identity) => {
@@ -253,7 +264,7 @@ impl Front {
                     if !HeaderPolicy::identity_ok(id) {
                         tracing::warn!("identity value with control characters; not forwarded");
                         let reply = web::error_page(&core.services, 500, "error_500");
-                        let _ = write_client(stream, self.answer(&reply, head.head_only, true).as_slice(), write_timeout).await;
+                        let _ = write_client(stream, Self::answer(core, &reply, head.head_only, true).as_slice(), write_timeout).await;
                         log_request(&core.services, method, path, 500, Some("identity value"));
                         return false;
                     }
@@ -264,13 +275,13 @@ impl Front {
                     let Ok(()) = core.policy.write_cookie(req.cookie, jar.as_deref(), &mut up);
                 }
                 up.extend_from_slice(b"\r\n");
-                match self.direct.forward(stream, &up, head.head_only, close, (&core.services, identity.as_ref())).await {
+                match core.direct.forward(stream, &up, head.head_only, close, (&core.services, identity.as_ref())).await {
                     Ok(a) => (a.status, !a.close_client),
                     Err(Failure::Portal { status, reason, started }) => {
                         tracing::warn!(status, error = %reason, "portal request failed");
                         if !started {
                             let reply = web::upstream_error_page(&core.services, status);
-                            let _ = write_client(stream, self.answer(&reply, head.head_only, true).as_slice(), write_timeout).await;
+                            let _ = write_client(stream, Self::answer(core, &reply, head.head_only, true).as_slice(), write_timeout).await;
                         }
                         log_request(&core.services, method, path, status, Some("portal"));
                         return false;
@@ -295,7 +306,7 @@ impl Front {
 #[async_trait]
 impl ServerApp for Front {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        let max = self.core.services.cfg.server.max_connections;
+        let max = self.live.core().services.cfg.server.max_connections;
         if self.open.fetch_add(1, Ordering::Relaxed) >= max {
             self.open.fetch_sub(1, Ordering::Relaxed);
             tracing::warn!(max, "connection cap reached; connection refused");
@@ -303,8 +314,9 @@ impl ServerApp for Front {
         }
         let _guard = OpenGuard(self.open.clone());
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            // Not offered by riegel's listener; should a client get it
-            // anyway, Pingora's framework speaks it.
+            // HTTP/2 (ALPN on the TLS listener) is Pingora's framework's:
+            // every request goes through `Gateway`, the same header policy
+            // and `web::handle` as HTTP/1.1's framework way.
             return ServerApp::process_new(&self.proxy, stream, shutdown).await;
         }
         self.serve(stream, shutdown).await;

@@ -19,7 +19,6 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::apps::ServerApp;
 use pingora::http::{IntoCaseHeaderName, RequestHeader, ResponseHeader};
-use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::protocols::http::{HttpTask, ServerSession};
 use pingora::protocols::Stream;
@@ -32,8 +31,11 @@ use pingora::services::ServiceReadyNotifier;
 use pingora::upstreams::peer::{HttpPeer, HttpUpstreamRequestPolicy};
 use pingora::{Error, ErrorType, OrErr, Result};
 
+mod certs;
 mod direct;
 mod front;
+#[doc(hidden)]
+pub mod fuzzing;
 mod h1;
 mod moved;
 mod policy;
@@ -52,7 +54,8 @@ pub enum ProxyError {
     Tls(String),
 }
 
-/// What both ways of serving a request share; one for all shards.
+/// What both ways of serving a request share; one for all shards, built
+/// from one configuration and replaced whole by a reload ([`Live`]).
 pub(crate) struct Core {
     services: Arc<Services>,
     /// The one header policy both ways apply.
@@ -60,6 +63,59 @@ pub(crate) struct Core {
     /// The portal; its options carry the connect, read, write and idle
     /// timeouts.
     peer: HttpPeer,
+    /// The short way to the portal with its per-thread pools; kept over a
+    /// reload that changes neither the portal nor the write timeout.
+    direct: Arc<direct::Direct>,
+}
+
+/// What the proxy serves new requests with: the [`Core`] of the running
+/// configuration and the TLS listener's certificate. Each request takes
+/// the core once (one atomic load and a reference count) and keeps it to
+/// its end, so a reload never changes a request half-way and never drops a
+/// connection.
+pub struct Live {
+    core: arc_swap::ArcSwap<Core>,
+    certs: Option<Arc<certs::Certs>>,
+}
+
+impl Live {
+    pub fn new(services: Arc<Services>) -> std::result::Result<Self, ProxyError> {
+        let certs = match &services.cfg.tls {
+            Some(t) => Some(Arc::new(certs::Certs::new(t)?)),
+            None => None,
+        };
+        let core = Core::new(services, None)?;
+        Ok(Self { core: arc_swap::ArcSwap::from_pointee(core), certs })
+    }
+
+    /// The core for one request.
+    fn core(&self) -> Arc<Core> {
+        self.core.load_full()
+    }
+
+    /// The services new requests are served with.
+    pub fn services(&self) -> Arc<Services> {
+        self.core.load().services.clone()
+    }
+
+    /// New requests (and new TLS handshakes) are served with `services`
+    /// from now on; requests under way finish with what they started with.
+    /// Everything is prepared (the portal's address resolved, the
+    /// certificate read and checked against its key) before anything is
+    /// replaced: on an error nothing changes. A certificate is taken only
+    /// when the listener has TLS; whether it has is fixed at start.
+    pub fn replace(&self, services: Arc<Services>) -> std::result::Result<(), ProxyError> {
+        let cert = match (&self.certs, &services.cfg.tls) {
+            (Some(_), Some(t)) => Some(certs::load(t)?),
+            _ => None,
+        };
+        let core = Core::new(services, Some(&self.core.load()))?;
+        if let (Some(certs), Some(cert)) = (&self.certs, cert) {
+            certs.replace(cert);
+        }
+        self.core.store(Arc::new(core));
+        Ok(())
+    }
 }
 
 /// The portal as Pingora's peer, with the configured timeouts. Pingora's
@@ -187,17 +243,36 @@ impl Put for HeaderSink<'_> {
 }
 
 impl Core {
-    fn new(services: Arc<Services>, tls_listener: bool, peer: HttpPeer) -> Self {
+    /// The core for `services`; the short way's pools of `previous` are
+    /// kept when the portal and the write timeout are the same.
+    fn new(services: Arc<Services>, previous: Option<&Core>) -> std::result::Result<Self, ProxyError> {
         let cfg = &services.cfg;
         let h = &cfg.headers;
         let policy = HeaderPolicy::new(
             [&h.user, &h.email, &h.name],
             [services.cookie_name.clone(), services.csrf_cookie_name.clone()],
             cfg.server.trusted_proxies.clone(),
-            tls_listener,
+            cfg.tls.is_some(),
         )
         .with_portal_cookies(cfg.portal_login.as_ref().map(|p| p.session_cookies.clone()).unwrap_or_default());
-        Self { policy, peer, services }
+        let peer = upstream_peer(&cfg.upstream)?;
+        let write_timeout = cfg.server.write_timeout;
+        let portal_cookies = cfg.portal_login.as_ref().map(|p| p.session_cookies.clone()).unwrap_or_default();
+        let direct = match previous {
+            Some(p)
+                if p.services.cfg.upstream == cfg.upstream
+                    && p.services.cfg.server.write_timeout == write_timeout
+                    && p.direct.portal_cookies() == portal_cookies.as_slice() =>
+            {
+                p.direct.clone()
+            }
+            _ => Arc::new(direct::Direct::new(peer.clone(), write_timeout, portal_cookies)),
+        };
+        if cfg.portal_login.is_some() {
+            // The login replay and logout calls go to the same upstream.
+            let _ = services.portal.set(Arc::new(portal::PortalHttp::new(peer.clone(), &cfg.public_url)));
+        }
+        Ok(Self { policy, peer, services, direct })
     }
 
     /// The portal's head on the framework's way, into `out` (a fresh
@@ -341,21 +416,41 @@ fn log_request(services: &Services, method: &str, path: &str, status: u16, error
 
 /// Per-request state of the framework's way.
 pub struct Ctx {
+    /// The configuration this request is served with, from its start.
+    core: Arc<Core>,
     identity: Option<Identity>,
     /// Portal login mode: the session's portal cookies (`Cookie` value).
     jar: Option<String>,
     /// When a forwarded body must have arrived whole.
     body_deadline: Option<Instant>,
+    /// When the portal request began (for `riegel_upstream_duration_seconds`).
+    upstream_start: Option<Instant>,
+}
+
+/// Whether `path` is one of riegel's own (`/_riegel`, `/_riegel/...`).
+fn own_path(prefix: &str, path: &str) -> bool {
+    path.strip_prefix(prefix).is_some_and(|r| r.is_empty() || r.starts_with('/'))
+}
+
+/// Counts what became of a request in `riegel_requests_total` (both ways).
+fn count_outcome(services: &Services, path: &str, outcome: &Outcome) {
+    use crate::metrics::RequestOutcome as O;
+    let o = match outcome {
+        Outcome::Forward(_) => O::Forwarded,
+        Outcome::Reply(r) if r.status == 303 && !own_path(&services.prefix, path) => O::LoginRedirect,
+        Outcome::Reply(_) => O::OwnPage,
+    };
+    crate::metrics::request(o);
 }
 
 /// The `ProxyHttp` of Pingora's proxy framework: serves what the short way
 /// does not (POST, bodies, upgrades, other methods).
-pub struct Gateway(Arc<Core>);
+pub struct Gateway(Arc<Live>);
 
 impl Gateway {
     /// Reads a form body, at most `max` bytes, within the body timeout.
-    async fn read_body(&self, session: &mut Session) -> std::result::Result<Bytes, u16> {
-        let server = &self.0.services.cfg.server;
+    async fn read_body(core: &Core, session: &mut Session) -> std::result::Result<Bytes, u16> {
+        let server = &core.services.cfg.server;
         let max = server.max_form_bytes;
         let length = session.req_header().headers.get("content-length").and_then(|v| std::str::from_utf8(v.as_bytes()).ok()?.parse::<usize>().ok());
         if length.is_some_and(|len| len > max) {
@@ -388,10 +483,11 @@ impl Gateway {
     }
 
     /// Answers a refused head with 400; the connection is not reused.
-    async fn refuse(&self, session: &mut Session, why: Refusal) -> Result<bool> {
+    async fn refuse(core: &Core, session: &mut Session, why: Refusal) -> Result<bool> {
         tracing::debug!(reason = %why, "request refused");
+        crate::metrics::request(crate::metrics::RequestOutcome::Refused);
         session.set_keepalive(None);
-        write_reply(session.as_downstream_mut(), web::error_page(&self.0.services, 400, "error_400"), false).await?;
+        write_reply(session.as_downstream_mut(), web::error_page(&core.services, 400, "error_400"), false).await?;
         Ok(true)
     }
 }
@@ -401,11 +497,12 @@ impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx { identity: None, jar: None, body_deadline: None }
+        Ctx { core: self.0.core(), identity: None, jar: None, body_deadline: None, upstream_start: None }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let core = &*self.0;
+        let core = ctx.core.clone();
+        let core = &*core;
         // The policy reads the head as Pingora read it, before anything is
         // removed. Every HTTP/1 head has passed `h1::way` already; this
         // covers any other.
@@ -416,17 +513,15 @@ impl ProxyHttp for Gateway {
         };
         let ip = match decided {
             Ok(ip) => ip,
-            Err(why) => return self.refuse(session, why).await,
+            Err(why) => return Self::refuse(core, session, why).await,
         };
         let method = method_of(&session.req_header().method);
-        let ours = {
-            let path = session.req_header().uri.path();
-            path.strip_prefix(core.services.prefix.as_str()).is_some_and(|r| r.is_empty() || r.starts_with('/'))
-        };
+        let ours = own_path(&core.services.prefix, session.req_header().uri.path());
         let body = if ours && method == Method::Post {
-            match self.read_body(session).await {
+            match Self::read_body(core, session).await {
                 Ok(b) => b,
                 Err(status) => {
+                    crate::metrics::request(crate::metrics::RequestOutcome::Refused);
                     let key = match status {
                         413 => "error_413",
                         _ => "error_400",
@@ -455,7 +550,9 @@ impl ProxyHttp for Gateway {
                 client_ip: ip,
                 body: &body,
             };
-            web::handle(&req, &core.services).await
+            let outcome = web::handle(&req, &core.services).await;
+            count_outcome(&core.services, req.path, &outcome);
+            outcome
         };
         match outcome {
             Outcome::Reply(reply) => {
@@ -494,8 +591,16 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(self.0.peer.clone()))
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        ctx.upstream_start = Some(Instant::now());
+        Ok(Box::new(ctx.core.peer.clone()))
+    }
+
+    async fn upstream_response_filter(&self, _session: &mut Session, _answer: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        if let Some(start) = ctx.upstream_start.take() {
+            crate::metrics::upstream_duration(start.elapsed());
+        }
+        Ok(())
     }
 
     /// The portal's head, written afresh from the client's fields as
@@ -510,7 +615,14 @@ impl ProxyHttp for Gateway {
         fresh.set_version(http::Version::HTTP_11);
         let mut joined = Vec::new();
         let cookie = (cookie_bytes(original, &mut joined), ctx.jar.as_deref());
-        with_fields(original, Prepare { core: &self.0, peer, identity: ctx.identity.as_ref(), cookie, websocket, out: &mut fresh })?;
+        with_fields(original, Prepare { core: &ctx.core, peer, identity: ctx.identity.as_ref(), cookie, websocket, out: &mut fresh })?;
+        // HTTP/2 names the host in `:authority`, often without a Host
+        // field: the portal (HTTP/1.1) gets it as Host.
+        if original.version == http::Version::HTTP_2 && fresh.headers.get(http::header::HOST).is_none() {
+            if let Some(a) = original.uri.authority() {
+                fresh.insert_header(http::header::HOST, a.as_str())?;
+            }
+        }
         *req = fresh;
         Ok(())
     }
@@ -518,7 +630,7 @@ impl ProxyHttp for Gateway {
     /// Portal login mode: the portal's session cookies in an answer go to
     /// the session's sealed jar, never to the browser; other cookies pass.
     async fn response_filter(&self, _session: &mut Session, upstream_response: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
-        let policy = &self.0.policy;
+        let policy = &ctx.core.policy;
         if !policy.portal_mode() {
             return Ok(());
         }
@@ -535,7 +647,7 @@ impl ProxyHttp for Gateway {
                 upstream_response.append_header("set-cookie", v)?;
             }
         }
-        web::portal::take_set_cookies(&self.0.services, ctx.identity.as_ref(), &held).await;
+        web::portal::take_set_cookies(&ctx.core.services, ctx.identity.as_ref(), &held).await;
         Ok(())
     }
 
@@ -545,8 +657,8 @@ impl ProxyHttp for Gateway {
         e
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
-        let code = self.0.fail(session.as_downstream_mut(), e).await;
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let code = ctx.core.fail(session.as_downstream_mut(), e).await;
         FailToProxy { error_code: code, can_reuse_downstream: false }
     }
 
@@ -562,15 +674,15 @@ impl ProxyHttp for Gateway {
 
     /// What Pingora puts into its own log lines: no query string (it may
     /// carry secrets) and no reset token.
-    fn request_summary(&self, session: &Session, _ctx: &Ctx) -> String {
+    fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
         let h = session.req_header();
-        format!("{} {}", h.method, web::loggable_path(&self.0.services.prefix, h.uri.path()))
+        format!("{} {}", h.method, web::loggable_path(&ctx.core.services.prefix, h.uri.path()))
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, _ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
         let h = session.req_header();
-        log_request(&self.0.services, h.method.as_str(), h.uri.path(), status, e.map(|e| e.etype().as_str()));
+        log_request(&ctx.core.services, h.method.as_str(), h.uri.path(), status, e.map(|e| e.etype().as_str()));
     }
 }
 
@@ -743,7 +855,14 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Dispatch<A> {
 /// upstream connection's watcher on a random runtime: a cross-thread wake-up
 /// and back on almost every proxied request.
 pub fn run(services: Arc<Services>, shutdown: Option<Box<dyn ShutdownSignalWatch>>) -> std::result::Result<(), ProxyError> {
-    let cfg = services.cfg.clone();
+    run_live(Arc::new(Live::new(services)?), shutdown)
+}
+
+/// [`run`] with what it serves in `live`, which a reload replaces
+/// ([`Live::replace`]). The listen address, TLS on or off, the threads and
+/// the runtime's kind are those of the configuration `live` starts with.
+pub fn run_live(live: Arc<Live>, shutdown: Option<Box<dyn ShutdownSignalWatch>>) -> std::result::Result<(), ProxyError> {
+    let cfg = live.services().cfg.clone();
     let shards = if cfg.server.work_stealing { 1 } else { cfg.server.threads };
     // Each pooled upstream connection holds a 64 KiB read buffer (not
     // configurable in Pingora 0.9): 128 connections in all, spread over the
@@ -762,24 +881,22 @@ pub fn run(services: Arc<Services>, shutdown: Option<Box<dyn ShutdownSignalWatch
     server.bootstrap();
     let open = Arc::new(AtomicUsize::new(0));
     let server_conf = server.configuration.clone();
-    let core = Arc::new(Core::new(services.clone(), cfg.tls.is_some(), upstream_peer(&cfg.upstream)?));
-    if cfg.portal_login.is_some() {
-        // The login replay and logout calls go to the same upstream.
-        let _ = services.portal.set(Arc::new(portal::PortalHttp::new(core.peer.clone(), &cfg.public_url)));
-    }
+    // HTTP/2 (offered by ALPN on the TLS listener): an idle connection is
+    // closed after the header timeout, as an idle HTTP/1.1 one is.
+    let mut h2 = pingora::apps::HttpServerOptions::default();
+    h2.h2_idle_timeout = Some(cfg.server.header_timeout);
     let front = || {
-        let proxy = pingora::proxy::http_proxy(&server_conf, Gateway(core.clone()));
-        front::Front::new(core.clone(), proxy, open.clone())
+        let mut proxy = pingora::proxy::http_proxy(&server_conf, Gateway(live.clone()));
+        proxy.server_options = Some(h2.clone());
+        front::Front::new(live.clone(), proxy, open.clone())
     };
     // 4 KiB read buffers instead of Pingora's 64 KiB: request headers and
     // login forms are small (larger ones take more reads), and idle
     // keep-alive connections stay cheap.
     let buffers = L4BufferSettings::new(4 * 1024, 1460);
     let mut listener = ListenerConfig::tcp(cfg.listen.to_string()).l4_buffer(buffers);
-    if let Some(t) = &cfg.tls {
-        let tls = TlsSettings::intermediate(&t.cert_file.display().to_string(), &t.key_file.display().to_string())
-            .map_err(|e| ProxyError::Tls(e.to_string()))?;
-        listener = listener.tls(tls);
+    if let Some(c) = &live.certs {
+        listener = listener.tls(certs::settings(c.clone())?);
     }
     if cfg.server.work_stealing {
         let mut service = Service::new("riegel".to_string(), front());
@@ -803,6 +920,16 @@ pub fn run(services: Arc<Services>, shutdown: Option<Box<dyn ShutdownSignalWatch
         for h in &handles {
             listening.add_dependency(h);
         }
+    }
+    if let Some(at) = cfg.metrics.listen {
+        // Pingora's Prometheus service on a listener of its own, never the
+        // public one (config refuses the same address).
+        crate::metrics::init();
+        let mut metrics = pingora_prometheus::prometheus_http_service();
+        metrics.threads = Some(1);
+        metrics.add_tcp(&at.to_string());
+        server.add_service(metrics);
+        tracing::info!(listen = %at, "metrics at /metrics");
     }
     let args = match shutdown {
         Some(s) => RunArgs { shutdown_signal: s },

@@ -155,6 +155,15 @@ impl User {
         self.stamp = self.stamp.wrapping_add(1);
     }
 
+    /// A new password (a hash) at `now`: an open reset link dies and every
+    /// session issued so far ends.
+    pub fn set_password(&mut self, hash: String, now: UnixTime) {
+        self.password_hash = Some(hash);
+        self.reset = None;
+        self.updated_at = now;
+        self.revoke_sessions();
+    }
+
     pub fn authenticator(&self, id: u32) -> Option<&Authenticator> {
         self.authenticators.iter().find(|a| a.id == id)
     }

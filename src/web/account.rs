@@ -28,6 +28,7 @@ use minijinja::context;
 
 use super::forms::{check_post, form_page, Form, PostCheck};
 use super::regulation::Attempt;
+use crate::audit::{Event, Kind};
 use super::second::{
     confirm_enrolment, enrolment_context, enrolment_secret, matching_authenticator, new_recovery_codes, open_secret,
     pending_is_fresh, use_recovery_code, use_step,
@@ -257,9 +258,11 @@ async fn second_factor(req: &Request<'_>, s: &Services, a: &Account, code: &str,
     if !is_totp && !is_recovery {
         return Ok(Err(Refusal::Format));
     }
-    let attempt = Attempt::user(s, a.user.id, req.client_ip);
+    let method = if is_totp { "totp" } else { "recovery_code" };
+    let code_event = |result| Event::new(Kind::AccountCode).result(result).user(&a.user.username).field("purpose", purpose).field("method", method);
+    let attempt = Attempt::user(s, &a.user, req.client_ip);
     if let Err(refused) = attempt.reserve(s).await? {
-        tracing::warn!(target: "audit", event = "account_code", outcome = "banned", purpose, user = %a.user.username, ip = %req.client_ip, "code refused: too many failures");
+        s.audit(req, code_event("banned"));
         return Ok(Err(Refusal::Banned(refused.minutes)));
     }
     let committed = if is_totp {
@@ -271,15 +274,15 @@ async fn second_factor(req: &Request<'_>, s: &Services, a: &Account, code: &str,
         use_recovery_code(s, &a.user, code).await?
     };
     let Some(user) = committed else {
-        tracing::info!(target: "audit", event = "account_code", outcome = "failure", purpose, user = %a.user.username, ip = %req.client_ip, "code refused");
-        attempt.failed(s).await?;
+        s.audit(req, code_event("failure"));
+        attempt.failed(s, req).await?;
         return Ok(Err(Refusal::Wrong));
     };
     attempt.succeeded(s).await?;
     s.flush().await?;
+    let remaining = user.recovery_codes.len();
+    s.audit(req, if is_recovery { code_event("success").field("remaining", remaining) } else { code_event("success") });
     if is_recovery {
-        let remaining = user.recovery_codes.len();
-        tracing::warn!(target: "audit", event = "recovery_code", outcome = "success", purpose, user = %user.username, ip = %req.client_ip, remaining, "recovery code used on Mein Zugang");
         super::reset::notify(s, a.lang, &user, "recovery_used", context! { remaining => remaining }).await;
     }
     Ok(Ok(user))
@@ -324,19 +327,21 @@ pub(super) async fn password_post(req: &Request<'_>, s: &Services) -> Result<Rep
     if let Err(e) = check_policy(&new, form.get("password2"), s.cfg.password.min_length, &a.user.username, a.user.email.as_deref()) {
         return render_account(req, s, &a, 200, None, fail(e.text_key())).await;
     }
-    let attempt = Attempt::user(s, a.user.id, req.client_ip);
+    let attempt = Attempt::user(s, &a.user, req.client_ip);
     if let Err(refused) = attempt.reserve(s).await? {
+        s.audit(req, Event::new(Kind::PasswordChanged).result("banned").user(&a.user.username));
         return render_account(req, s, &a, 429, None, FormError { form: "password", key: "err_banned", minutes: refused.minutes }).await;
     }
     let Some(stored) = a.user.password_hash.clone() else {
-        attempt.failed(s).await?;
+        s.audit(req, Event::new(Kind::PasswordChanged).result("failure").user(&a.user.username));
+        attempt.failed(s, req).await?;
         return render_account(req, s, &a, 200, None, fail("err_current_password")).await;
     };
     let check = stored.clone();
     let verdict = s.blocking_hash(move |h| h.verify(&check, &current)).await?;
     if !matches!(verdict, Ok(Verified::Right { .. })) {
-        tracing::info!(target: "audit", event = "password_change", outcome = "failure", user = %a.user.username, ip = %req.client_ip, "current password wrong");
-        attempt.failed(s).await?;
+        s.audit(req, Event::new(Kind::PasswordChanged).result("failure").user(&a.user.username));
+        attempt.failed(s, req).await?;
         return render_account(req, s, &a, 200, None, fail("err_current_password")).await;
     }
     attempt.succeeded(s).await?;
@@ -349,10 +354,7 @@ pub(super) async fn password_post(req: &Request<'_>, s: &Services) -> Result<Rep
             if u.password_hash.as_deref() != Some(stored.as_str()) {
                 return Update::Abort;
             }
-            u.password_hash = Some(new_hash.clone());
-            u.reset = None;
-            u.updated_at = now;
-            u.revoke_sessions();
+            u.set_password(new_hash.clone(), now);
             Update::Commit
         })
         .await?;
@@ -361,7 +363,7 @@ pub(super) async fn password_post(req: &Request<'_>, s: &Services) -> Result<Rep
         return render_account(req, s, &a, 409, None, fail("err_current_password")).await;
     };
     let (cookie, ended) = reissue(s, &a, &user).await?;
-    tracing::info!(target: "audit", event = "password_change", outcome = "success", user = %user.username, ip = %req.client_ip, sessions_ended = ended, "password changed on Mein Zugang");
+    s.audit(req, Event::new(Kind::PasswordChanged).result("success").user(&user.username).field("sessions_ended", ended));
     super::reset::notify(s, a.lang, &user, "password_changed", context! {}).await;
     let mut r = done(s, "password_changed");
     r.headers.push(("set-cookie", cookie));
@@ -453,7 +455,7 @@ pub(super) async fn add_post(req: &Request<'_>, s: &Services) -> Result<Reply, W
     let Some(p) = own_enrolment(s, &a, &user) else {
         return Err(WebError::Internal("enrolment not stored".into()));
     };
-    tracing::info!(target: "audit", event = "authenticator_enrolment_started", user = %user.username, ip = %req.client_ip, "adding an authenticator");
+    s.audit(req, Event::new(Kind::AuthenticatorAddStarted).user(&user.username));
     render_add(req, s, &user, &p, 200, None, 0)
 }
 
@@ -468,18 +470,19 @@ pub(super) async fn confirm_post(req: &Request<'_>, s: &Services) -> Result<Repl
     if totp::normalize_code(code).is_err() {
         return render_add(req, s, &a.user, &p, 200, Some("err_code_format"), 0);
     }
-    let attempt = Attempt::user(s, a.user.id, req.client_ip);
+    let attempt = Attempt::user(s, &a.user, req.client_ip);
     if let Err(refused) = attempt.reserve(s).await? {
+        s.audit(req, Event::new(Kind::AuthenticatorAdded).result("banned").user(&a.user.username));
         return render_add(req, s, &a.user, &p, 429, Some("err_banned"), refused.minutes);
     }
     let Some(user) = confirm_enrolment(s, &a.user, &p, code, &mut |u| u.new_device = None).await? else {
-        tracing::info!(target: "audit", event = "authenticator_added", outcome = "failure", user = %a.user.username, ip = %req.client_ip, "code of the new app refused");
-        attempt.failed(s).await?;
+        s.audit(req, Event::new(Kind::AuthenticatorAdded).result("failure").user(&a.user.username));
+        attempt.failed(s, req).await?;
         return render_add(req, s, &a.user, &p, 200, Some("err_enrol_code_invalid"), 0);
     };
     attempt.succeeded(s).await?;
     s.flush().await?;
-    tracing::info!(target: "audit", event = "authenticator_added", outcome = "success", user = %user.username, ip = %req.client_ip, authenticators = user.authenticators.len(), "authenticator added on Mein Zugang");
+    s.audit(req, Event::new(Kind::AuthenticatorAdded).result("success").user(&user.username).field("authenticators", user.authenticators.len()));
     super::reset::notify(s, a.lang, &user, "authenticator_added", context! { device => p.name.clone() }).await;
     Ok(done(s, "authenticator_added"))
 }
@@ -519,7 +522,7 @@ pub(super) async fn remove_post(req: &Request<'_>, s: &Services, id: &str) -> Re
         return render_account(req, s, &a, 409, None, FormError { form: &form_name, key: "err_last_authenticator", minutes: 0 }).await;
     };
     s.flush().await?;
-    tracing::info!(target: "audit", event = "authenticator_removed", user = %user.username, ip = %req.client_ip, authenticators = user.authenticators.len(), "authenticator removed on Mein Zugang");
+    s.audit(req, Event::new(Kind::AuthenticatorRemoved).user(&user.username).field("authenticators", user.authenticators.len()));
     super::reset::notify(s, a.lang, &user, "authenticator_removed", context! { device => target.name.clone() }).await;
     Ok(done(s, "authenticator_removed"))
 }
@@ -550,7 +553,7 @@ pub(super) async fn codes_post(req: &Request<'_>, s: &Services) -> Result<Reply,
         .await?
         .ok_or(crate::store::StoreError::NoSuchUser)?;
     s.flush().await?;
-    tracing::info!(target: "audit", event = "recovery_codes_new", user = %updated.username, ip = %req.client_ip, "new recovery codes on Mein Zugang");
+    s.audit(req, Event::new(Kind::RecoveryCodesRenewed).user(&updated.username));
     super::reset::notify(s, a.lang, &updated, "recovery_codes_new", context! {}).await;
     let ctx = context! { recovery_codes => codes, back_url => s.route("account") };
     page(s, req, 200, "account_codes", ctx)
@@ -571,7 +574,7 @@ pub(super) async fn end_post(req: &Request<'_>, s: &Services, id: &str) -> Resul
     s.store.delete_session(a.user.id, &sid).await?;
     s.flush().await?;
     super::portal::end(s, target).await;
-    tracing::info!(target: "audit", event = "session_ended", user = %a.user.username, ip = %req.client_ip, "session ended on Mein Zugang");
+    s.audit(req, Event::new(Kind::SessionEnded).user(&a.user.username).field("own", if sid == a.claims.sid { "yes" } else { "no" }));
     if sid == a.claims.sid {
         let mut r = page(s, req, 200, "logged_out", context! { login_url => s.route("login") })?;
         r.headers.push(("set-cookie", clear_session_cookie(s)));
@@ -596,7 +599,7 @@ pub(super) async fn end_others_post(req: &Request<'_>, s: &Services) -> Result<R
         .await?
         .ok_or(crate::store::StoreError::NoSuchUser)?;
     let (cookie, ended) = reissue(s, &a, &user).await?;
-    tracing::info!(target: "audit", event = "sessions_ended", user = %user.username, ip = %req.client_ip, sessions_ended = ended, "all other sessions ended on Mein Zugang");
+    s.audit(req, Event::new(Kind::SessionsEnded).user(&user.username).field("sessions_ended", ended));
     super::reset::notify(s, a.lang, &user, "sessions_ended", context! { count => ended }).await;
     let mut r = done(s, "sessions_ended");
     r.headers.push(("set-cookie", cookie));

@@ -18,6 +18,7 @@ use minijinja::context;
 use super::forms::{check_post, form_page, Form, PostCheck};
 use super::login::{start_session_with, NewSession};
 use super::regulation::Attempt;
+use crate::audit::{Event, Kind};
 use super::{error_reply, redirect, session, Reply, Request, Services, WebError};
 use crate::auth::crypto::{ct_eq, random_token, sha256};
 use crate::auth::session::Stage;
@@ -69,11 +70,11 @@ pub(super) async fn after_password(
 /// Counts against the same per-account mail limit as reset mails.
 async fn send_link(req: &Request<'_>, s: &Services, user: &User, rec: &SessionRecord) -> Result<bool, WebError> {
     if user.email.is_none() {
-        tracing::warn!(target: "audit", event = "new_device_link", outcome = "no_mail", user = %user.username, ip = %req.client_ip, "lost phone: no e-mail address; the user is asked to contact the operator");
+        s.audit(req, Event::new(Kind::NewDeviceLink).result("no_mail").user(&user.username));
         return Ok(false);
     }
-    if Attempt::reset_mail(s, user.id).charge(s).await?.is_err() {
-        tracing::warn!(target: "audit", event = "new_device_link", outcome = "rate_limited", user = %user.username, ip = %req.client_ip, "new-device link not sent: too many mails");
+    if Attempt::reset_mail(s, user).charge(s, req).await?.is_err() {
+        s.audit(req, Event::new(Kind::NewDeviceLink).result("rate_limited").user(&user.username));
         return Ok(false);
     }
     let token = random_token::<32>(s.rng.as_ref());
@@ -97,7 +98,7 @@ async fn send_link(req: &Request<'_>, s: &Services, user: &User, rec: &SessionRe
     s.flush().await?;
     let link = format!("{}{}/new-device/{token}", s.cfg.public_url.as_str().trim_end_matches('/'), s.prefix);
     super::reset::notify(s, super::lang::choose(req, s), &updated, "new_device", context! { link => link, minutes => minutes(s) }).await;
-    tracing::info!(target: "audit", event = "new_device_link", outcome = "mail_queued", user = %user.username, ip = %req.client_ip, "lost phone: new-device link mailed");
+    s.audit(req, Event::new(Kind::NewDeviceLink).result("mail_queued").user(&user.username));
     Ok(true)
 }
 
@@ -262,7 +263,7 @@ pub(super) async fn link_post(req: &Request<'_>, s: &Services, token: &str) -> R
     };
     let opts = NewSession { expires_at: None, device_proof: true, portal_jar: None };
     let (cookie, _) = start_session_with(s, req, &user, Stage::Password, rec.rd.clone(), Some(&claims), opts).await?;
-    tracing::info!(target: "audit", event = "new_device_link", outcome = "opened", user = %user.username, ip = %req.client_ip, "lost phone: new-device link opened; enrolment allowed in this session");
+    s.audit(req, Event::new(Kind::NewDeviceLink).result("opened").user(&user.username));
     let mut r = no_referrer(redirect(&s.route("setup")));
     r.headers.push(("set-cookie", cookie));
     Ok(r)

@@ -49,6 +49,7 @@ struct Kit {
     s: Arc<Services>,
     clock: FixedClock,
     mails: Arc<Recorded>,
+    audit: Arc<crate::audit::Memory>,
 }
 
 impl Kit {
@@ -70,15 +71,17 @@ impl Kit {
             on_idle: crate::auth::password::release_scratch,
         })
         .expect("pool");
-        let s = Services::new(cfg, store, Arc::new(clock.clone()), Arc::new(TestRandom::default()), mails.clone(), pages, pool)
+        let audit = Arc::new(crate::audit::Memory::default());
+        let log = crate::audit::Audit::to_sink(audit.clone());
+        let s = Services::new(cfg, store, Arc::new(clock.clone()), Arc::new(TestRandom::default()), mails.clone(), pages, pool, log)
             .expect("services");
-        Kit { s: Arc::new(s), clock, mails }
+        Kit { s: Arc::new(s), clock, mails, audit }
     }
 
     async fn add_user(&self, name: &str, email: Option<&str>) {
         let hash = self.s.hasher.hash(PASSWORD, &TestRandom::default()).expect("hash");
         let spec = NewUserSpec { username: name.into(), email: email.map(Into::into), display_name: format!("{name} Muster"), password_hash: Some(hash) };
-        let r = admin::execute(self.s.store.as_ref(), &self.clock, AdminRequest::Add { user: spec }).await;
+        let r = admin::execute(self.s.store.as_ref(), &self.clock, &self.s.audit_log, "cli", AdminRequest::Add { user: spec }).await;
         assert!(r.ok, "{}", r.message);
     }
 
@@ -88,6 +91,11 @@ impl Kit {
 
     fn advance(&self, secs: i64) {
         self.clock.set(self.clock.now() + secs);
+    }
+
+    /// The audit lines so far, parsed.
+    fn audit(&self) -> Vec<serde_json::Value> {
+        self.audit.lines().iter().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
     }
 
     fn mails(&self) -> Vec<Mail> {
@@ -254,6 +262,42 @@ async fn login_failures_are_neutral_and_regulated() {
     assert_eq!(posted.status, 403);
 }
 
+/// The audit log names existing accounts only, writes the ban once when
+/// it starts, and the refused attempts during it as `banned`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_lines_name_only_existing_accounts_and_mark_the_ban() {
+    let k = Kit::new("regulation: { max_failures: 3, delay_after: 50 }\n");
+    k.add_user("bernd", None).await;
+    let mut b = k.browser();
+    // A password typed into the name field is not written.
+    b.login("Passwort-im-Namensfeld-9", "x-x-x-x-x-1").await;
+    for i in 1..=3 {
+        b.login("bernd", &format!("falsch-falsch-{i}")).await;
+    }
+    b.login("bernd", PASSWORD).await;
+    b.login("bernd", PASSWORD).await;
+    let lines = k.audit.lines().join("\n");
+    assert!(!lines.contains("Passwort-im-Namensfeld-9") && !lines.contains("falsch-falsch") && !lines.contains(PASSWORD), "{lines}");
+    let all = k.audit();
+    let logins: Vec<_> = all.iter().filter(|v| v["event"] == "login").collect();
+    assert_eq!(logins.len(), 6, "{lines}");
+    assert!(logins[0].get("user").is_none() && logins[0]["result"] == "failure", "{}", logins[0]);
+    assert!(logins[1..4].iter().all(|v| v["user"] == "bernd" && v["result"] == "failure" && v["stage"] == "password"), "{lines}");
+    assert!(logins[4..].iter().all(|v| v["user"] == "bernd" && v["result"] == "banned"), "{lines}");
+    let bans: Vec<_> = all.iter().filter(|v| v["event"] == "ban").collect();
+    assert_eq!(bans.len(), 1, "one ban, when it starts: {lines}");
+    assert_eq!((bans[0]["scope"].as_str(), bans[0]["user"].as_str()), (Some("account"), Some("bernd")));
+    assert_eq!(bans[0]["client"], "203.0.113.9");
+    assert_eq!(bans[0]["minutes"], 15);
+    assert!(all.iter().all(|v| v["user_agent"].as_str().is_some_and(|ua| ua.starts_with("Mozilla/5.0")) || v["event"] == "admin"));
+    // The operator's unban is written too.
+    let r = admin::execute(k.s.store.as_ref(), &k.clock, &k.s.audit_log, "cli", AdminRequest::Unban { user: "bernd".into() }).await;
+    assert!(r.ok);
+    let last = k.audit().pop().expect("a line");
+    assert_eq!((last["event"].as_str(), last["command"].as_str(), last["via"].as_str()), (Some("admin"), Some("unban"), Some("cli")));
+    assert!(last.get("client").is_none());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enrolment_then_every_login_needs_a_fresh_code_and_replays_fail() {
     let k = Kit::new("");
@@ -380,10 +424,10 @@ async fn an_operator_revocation_ends_sessions_at_once() {
     let mut b = k.browser();
     enrol(&k, &mut b, "hanna").await;
     assert!(matches!(b.get("/mieter").await, Got::Forwarded(Some(_))));
-    let r = admin::execute(k.s.store.as_ref(), &k.clock, AdminRequest::Disable { user: "hanna".into() }).await;
+    let r = admin::execute(k.s.store.as_ref(), &k.clock, &k.s.audit_log, "cli", AdminRequest::Disable { user: "hanna".into() }).await;
     assert!(r.ok);
     assert_eq!(b.get("/mieter").await.reply().status, 303);
-    let r = admin::execute(k.s.store.as_ref(), &k.clock, AdminRequest::Enable { user: "hanna".into() }).await;
+    let r = admin::execute(k.s.store.as_ref(), &k.clock, &k.s.audit_log, "cli", AdminRequest::Enable { user: "hanna".into() }).await;
     assert!(r.ok);
     assert_eq!(b.get("/mieter").await.reply().status, 303, "enabling again does not revive old sessions");
 }

@@ -5,6 +5,8 @@ use minijinja::context;
 
 use super::forms::{check_post, form_page, Form, PostCheck};
 use super::regulation::Attempt;
+use crate::audit::{Event, Kind};
+use crate::metrics::{LoginResult, LoginStage};
 use super::{clear_session_cookie, error_reply, page, rd_param, redirect, session, session_cookie, Reply, Request, Services, WebError};
 use crate::auth::password::{Verified, MAX_PASSWORD_BYTES};
 use crate::auth::session::{SessionClaims, SessionCodec, Stage};
@@ -77,9 +79,19 @@ pub(super) async fn post(req: &Request<'_>, s: &Services) -> Result<Reply, WebEr
     let user = s.store.find_user(&login).await?;
     // The attempt is counted before the hash is computed: of any number of
     // guesses sent at once, at most the regulation's allowance is checked.
-    let attempt = Attempt::login(s, user.as_ref().map(|u| u.id), &login, req.client_ip);
+    let attempt = Attempt::login(s, user.as_ref(), &login, req.client_ip);
+    // Only the name of an account that exists reaches the audit log: an
+    // unknown name may be a password typed into the wrong field.
+    let known = user.as_ref().map(|u| u.username.clone());
+    let password_step = |result| {
+        let e = Event::login(LoginStage::Password, result);
+        match &known {
+            Some(name) => e.user(name),
+            None => e,
+        }
+    };
     if let Err(refused) = attempt.reserve(s).await? {
-        tracing::warn!(target: "audit", event = "login", outcome = "banned", ip = %req.client_ip, "login refused: too many failures");
+        s.audit(req, password_step(LoginResult::Banned));
         return render_login(req, s, 429, rd.as_deref(), "", Some("err_banned"), None, refused.minutes);
     }
 
@@ -97,8 +109,8 @@ pub(super) async fn post(req: &Request<'_>, s: &Services) -> Result<Reply, WebEr
         _ => None,
     };
     let Some((user, upgrade)) = ok_user else {
-        tracing::info!(target: "audit", event = "login", outcome = "failure", ip = %req.client_ip, "password login failed");
-        attempt.failed(s).await?;
+        s.audit(req, password_step(LoginResult::Failure));
+        attempt.failed(s, req).await?;
         // The typed name is not echoed: wrong password, unknown and disabled
         // accounts get byte-identical pages.
         return render_login(req, s, 200, rd.as_deref(), "", Some("err_login_failed"), None, 0);
@@ -108,7 +120,7 @@ pub(super) async fn post(req: &Request<'_>, s: &Services) -> Result<Reply, WebEr
     if upgrade {
         upgrade_hash(s, &user, password).await;
     }
-    tracing::info!(target: "audit", event = "login", outcome = "password_ok", user = %user.username, ip = %req.client_ip, "password accepted");
+    s.audit(req, password_step(LoginResult::Success));
     after_first_factor(req, s, &user, rd, None).await
 }
 
@@ -144,9 +156,18 @@ async fn portal_post(
     use super::portal::{replay, seal, Replay};
     let folded = login.to_lowercase();
     let user = s.store.find_user(&folded).await?;
-    let attempt = Attempt::login(s, user.as_ref().map(|u| u.id), &folded, req.client_ip);
+    let attempt = Attempt::login(s, user.as_ref(), &folded, req.client_ip);
+    // As for a local login: only an existing account's name is audited.
+    let known = user.as_ref().map(|u| u.username.clone());
+    let step = |result, name: Option<&str>| {
+        let e = Event::login(LoginStage::Password, result).field("first_factor", "portal");
+        match name {
+            Some(n) => e.user(n),
+            None => e,
+        }
+    };
     if let Err(refused) = attempt.reserve(s).await? {
-        tracing::warn!(target: "audit", event = "login", outcome = "banned", ip = %req.client_ip, "login refused: too many failures");
+        s.audit(req, step(LoginResult::Banned, known.as_deref()));
         return render_login(req, s, 429, rd.as_deref(), "", Some("err_banned"), None, refused.minutes);
     }
     let outcome = match tokio::time::timeout(cfg.timeout, replay(s, cfg, login, password, req.client_ip)).await {
@@ -156,8 +177,8 @@ async fn portal_post(
     let jar = match outcome {
         Ok(Replay::Accepted(jar)) => jar,
         Ok(Replay::Refused) => {
-            tracing::info!(target: "audit", event = "login", outcome = "failure", ip = %req.client_ip, "portal login failed");
-            attempt.failed(s).await?;
+            s.audit(req, step(LoginResult::Failure, known.as_deref()));
+            attempt.failed(s, req).await?;
             return render_login(req, s, 200, rd.as_deref(), "", Some("err_login_failed"), None, 0);
         }
         Err(e) => {
@@ -176,7 +197,7 @@ async fn portal_post(
             .await
         {
             Ok(u) => {
-                tracing::info!(target: "audit", event = "user_created", user = %u.username, "account created at the first portal login");
+                tracing::info!(user = %u.username, "account created at the first portal login");
                 u
             }
             // Created by a login racing this one.
@@ -186,14 +207,14 @@ async fn portal_post(
     };
     let sealed = seal(s, user.id, &jar);
     if user.disabled {
-        tracing::info!(target: "audit", event = "login", outcome = "failure", user = %user.username, ip = %req.client_ip, "portal login of a disabled account");
-        attempt.failed(s).await?;
+        s.audit(req, step(LoginResult::Failure, Some(&user.username)));
+        attempt.failed(s, req).await?;
         let rec = crate::store::SessionRecord { uid: user.id, portal_jar: Some(sealed), ..portal_only(&user) };
         super::portal::end(s, &rec).await;
         return render_login(req, s, 200, rd.as_deref(), "", Some("err_login_failed"), None, 0);
     }
     attempt.succeeded(s).await?;
-    tracing::info!(target: "audit", event = "login", outcome = "password_ok", user = %user.username, ip = %req.client_ip, "portal accepted the password");
+    s.audit(req, step(LoginResult::Success, Some(&user.username)));
     after_first_factor(req, s, &user, rd, Some(sealed)).await
 }
 
@@ -348,7 +369,7 @@ pub(super) async fn logout_post(req: &Request<'_>, s: &Services) -> Result<Reply
     if let Some((claims, rec)) = session(req, s).await {
         s.store.delete_session(claims.uid, &claims.sid).await?;
         s.flush().await?;
-        tracing::info!(target: "audit", event = "logout", user = %rec.username, ip = %req.client_ip, "logged out");
+        s.audit(req, Event::new(Kind::Logout).user(&rec.username));
         // The portal's session ends with riegel's.
         super::portal::end(s, &rec).await;
     }

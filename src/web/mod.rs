@@ -16,6 +16,9 @@ pub mod paths;
 mod account;
 mod device;
 mod forms;
+/// For the form fuzz target (fuzz/).
+#[doc(hidden)]
+pub use forms::Form;
 #[cfg(test)]
 mod journey_tests;
 mod lang;
@@ -150,7 +153,8 @@ pub struct Services {
     pub dummy_hash: String,
     pub secret_box: SecretBox,
     pub recovery_pepper: [u8; 32],
-    hash_pool: HashPool,
+    /// Shared with the services of a reloaded configuration.
+    hash_pool: Arc<HashPool>,
     pub cookie_name: String,
     pub csrf_cookie_name: String,
     /// The cookie that remembers the language chosen with the switch link.
@@ -167,9 +171,15 @@ pub struct Services {
     pub portal: std::sync::OnceLock<Arc<dyn portal::PortalClient>>,
     /// Seals the portal's cookies in session records.
     jar_box: SecretBox,
+    /// Where security events go ([`Services::audit`]): `log.audit_file`
+    /// or stderr.
+    pub audit_log: crate::audit::Audit,
 }
 
 impl Services {
+    /// Every part injected: the app builds them (`app::build`), the tests
+    /// their own.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: Arc<Config>,
         store: Arc<CachedStore>,
@@ -177,8 +187,10 @@ impl Services {
         rng: Arc<dyn Random>,
         mail: Arc<dyn MailQueue>,
         pages: Pages,
-        hash_pool: HashPool,
+        hash_pool: impl Into<Arc<HashPool>>,
+        audit_log: crate::audit::Audit,
     ) -> Result<Self, WebError> {
+        let hash_pool = hash_pool.into();
         let hasher = Hasher::new(&cfg.password.argon2).map_err(|e| WebError::Internal(e.to_string()))?;
         let dummy_hash = hasher.dummy_hash(rng.as_ref()).map_err(|e| WebError::Internal(e.to_string()))?;
         // This thread hashes nothing else.
@@ -199,6 +211,7 @@ impl Services {
             address_limits: Limits::address(&cfg.regulation),
             prefix: cfg.prefix.clone(),
             origin,
+            audit_log,
             hasher,
             dummy_hash,
             cfg,
@@ -208,6 +221,12 @@ impl Services {
             mail,
             pages,
         })
+    }
+
+    /// The services for a reloaded configuration `cfg`: its pages and mail
+    /// queue, and this one's store, clock, randomness and hashing threads.
+    pub fn reconfigured(&self, cfg: Arc<Config>, pages: Pages, mail: Arc<dyn MailQueue>) -> Result<Self, WebError> {
+        Self::new(cfg, self.store.clone(), self.clock.clone(), self.rng.clone(), mail, pages, self.hash_pool.clone(), self.audit_log.clone())
     }
 
     pub fn now(&self) -> UnixTime {
@@ -227,6 +246,12 @@ impl Services {
             PoolError::Busy(_) => WebError::Busy(e.to_string()),
             PoolError::Stopped | PoolError::Start(_) => WebError::Task(e.to_string()),
         })
+    }
+
+    /// Writes a security event to the audit log, with the time and the
+    /// request's client address and User-Agent. Never a secret in `e`.
+    pub(crate) fn audit(&self, req: &Request<'_>, e: crate::audit::Event) {
+        self.audit_log.record(self.now(), Some(req.client_ip), req.user_agent, &e);
     }
 
     /// Logins (and password changes) waiting for a free hashing thread now.

@@ -15,6 +15,7 @@ use minijinja::context;
 
 use super::forms::{check_post, form_page, Form, PostCheck};
 use super::regulation::Attempt;
+use crate::audit::{Event, Kind};
 use super::{error_reply, error_reply_with, page, Reply, Request, Services, WebError};
 use crate::config::Language;
 use crate::auth::crypto::{random_token, sha256};
@@ -63,10 +64,11 @@ pub(super) async fn forgot_post(req: &Request<'_>, s: &Arc<Services>) -> Result<
     }
     // Every request counts against the client network (reset requests
     // have their own counters, with the regulation's limits).
-    if let Err(refused) = Attempt::reset_request(s, req.client_ip).charge(s).await? {
+    if let Err(refused) = Attempt::reset_request(s, req.client_ip).charge(s, req).await? {
+        s.audit(req, Event::new(Kind::ResetRequested).result("rate_limited"));
         return Ok(error_reply_with(s, req, 429, "error_429", refused.minutes));
     }
-    send_reset_mail(s, super::lang::choose(req, s), &login, req.client_ip).await?;
+    send_reset_mail(s, req, &login).await?;
     // The store is durable here in both cases (a flush either way).
     s.flush().await?;
     answer_time.await;
@@ -74,14 +76,17 @@ pub(super) async fn forgot_post(req: &Request<'_>, s: &Arc<Services>) -> Result<
     page(s, req, 200, "forgot_sent", context! { back_url => s.route("login"), minutes => minutes })
 }
 
-async fn send_reset_mail(s: &Services, lang: Language, login: &str, ip: std::net::IpAddr) -> Result<(), WebError> {
+async fn send_reset_mail(s: &Services, req: &Request<'_>, login: &str) -> Result<(), WebError> {
+    let lang = super::lang::choose(req, s);
     let user = s.store.find_user(login).await?;
     let Some(user) = user.filter(|u| !u.disabled && u.email.is_some()) else {
-        tracing::info!(target: "audit", event = "reset_request", outcome = "no_mail", %ip, "reset requested for an unknown, disabled or mail-less account");
+        // An unknown, disabled or mail-less account; no name is written
+        // (an unknown one may be anything typed).
+        s.audit(req, Event::new(Kind::ResetRequested).result("no_mail"));
         return Ok(());
     };
-    if Attempt::reset_mail(s, user.id).charge(s).await?.is_err() {
-        tracing::warn!(target: "audit", event = "reset_request", outcome = "rate_limited", user = %user.username, %ip, "reset mail not sent: too many requests");
+    if Attempt::reset_mail(s, &user).charge(s, req).await?.is_err() {
+        s.audit(req, Event::new(Kind::ResetRequested).result("rate_limited").user(&user.username));
         return Ok(());
     }
     let token = random_token::<32>(s.rng.as_ref());
@@ -106,7 +111,7 @@ async fn send_reset_mail(s: &Services, lang: Language, login: &str, ip: std::net
     let minutes = s.cfg.reset.token_lifetime.as_secs().div_ceil(60);
     // Durable (flushed) before it returns.
     notify(s, lang, &updated, "reset", context! { link => link, minutes => minutes }).await;
-    tracing::info!(target: "audit", event = "reset_request", outcome = "mail_queued", user = %user.username, %ip, "reset mail queued");
+    s.audit(req, Event::new(Kind::ResetRequested).result("mail_queued").user(&user.username));
     Ok(())
 }
 
@@ -198,11 +203,8 @@ pub(super) async fn reset_post(req: &Request<'_>, s: &Services, token: &str) -> 
             if !u.reset.as_ref().is_some_and(|r| r.token_hash == hash && now < r.expires_at) {
                 return Update::Abort;
             }
-            u.password_hash = Some(new_hash.clone());
-            u.reset = None;
-            u.updated_at = now;
             // A reset ends every session; the authenticator stays.
-            u.revoke_sessions();
+            u.set_password(new_hash.clone(), now);
             Update::Commit
         })
         .await?;
@@ -214,7 +216,7 @@ pub(super) async fn reset_post(req: &Request<'_>, s: &Services, token: &str) -> 
     // A reset lifts a lock on this account (and only this one).
     s.store.delete_counter(&CounterKey::Account(user.id)).await?;
     s.flush().await?;
-    tracing::info!(target: "audit", event = "password_reset", outcome = "success", user = %user.username, ip = %req.client_ip, sessions_ended = ended, "password changed through reset link");
+    s.audit(req, Event::new(Kind::ResetCompleted).result("success").user(&user.username).field("sessions_ended", ended));
     notify(s, super::lang::choose(req, s), &updated, "password_changed", context! {}).await;
     Ok(no_referrer(page(s, req, 200, "reset_done", context! { login_url => s.route("login") })?))
 }

@@ -9,6 +9,8 @@ use minijinja::context;
 use super::forms::{check_post, form_page, Form, PostCheck};
 use super::login::start_session;
 use super::regulation::Attempt;
+use crate::audit::{Event, Kind};
+use crate::metrics::{LoginResult, LoginStage};
 use super::{error_reply, page, redirect, session, Reply, Request, Services, WebError};
 use crate::auth::session::{SessionClaims, Stage};
 use crate::auth::totp;
@@ -211,7 +213,7 @@ pub(super) async fn setup_get(req: &Request<'_>, s: &Services) -> Result<Reply, 
     let fresh = p.user.pending_authenticator.as_ref().is_none_or(|x| !pending_is_fresh(s, x) || x.sid.is_some());
     let secret = enrolment_secret(s, &p.user, "", None).await?;
     if fresh {
-        tracing::info!(target: "audit", event = "totp_enrolment_started", user = %p.user.username, ip = %req.client_ip, "authenticator enrolment started");
+        s.audit(req, Event::new(Kind::EnrolmentStarted).user(&p.user.username));
     }
     let ctx = context! { ..enrolment_context(s, &p.user, &secret)?, ..context! { continue_url => s.route("setup/confirm") } };
     page(s, req, 200, "setup", ctx)
@@ -267,8 +269,9 @@ pub(super) async fn confirm_post(req: &Request<'_>, s: &Services) -> Result<Repl
     if totp::normalize_code(code).is_err() {
         return render_confirm(req, s, 200, Some("err_code_format"), 0);
     }
-    let attempt = Attempt::user(s, p.user.id, req.client_ip);
+    let attempt = Attempt::user(s, &p.user, req.client_ip);
     if let Err(refused) = attempt.reserve(s).await? {
+        s.audit(req, Event::enrolment(LoginResult::Banned).user(&p.user.username));
         return render_confirm(req, s, 429, Some("err_banned"), refused.minutes);
     }
     let (codes, hashes) = new_recovery_codes(s, p.user.id);
@@ -280,8 +283,8 @@ pub(super) async fn confirm_post(req: &Request<'_>, s: &Services) -> Result<Repl
     })
     .await?;
     let Some(user) = committed else {
-        tracing::info!(target: "audit", event = "totp_enrolment_confirm", outcome = "failure", user = %p.user.username, ip = %req.client_ip, "enrolment code refused");
-        attempt.failed(s).await?;
+        s.audit(req, Event::enrolment(LoginResult::Failure).user(&p.user.username));
+        attempt.failed(s, req).await?;
         // The first code of a new app: the usual causes are the phone's
         // clock and a mistyped key.
         return render_confirm(req, s, 200, Some("err_enrol_code_invalid"), 0);
@@ -289,7 +292,7 @@ pub(super) async fn confirm_post(req: &Request<'_>, s: &Services) -> Result<Repl
     attempt.succeeded(s).await?;
     s.store.delete_sessions_of(user.id, Some(&p.claims.sid)).await?;
     let (cookie, rec) = start_session(s, req, &user, Stage::Full, p.rec.rd.clone(), Some(&p.claims)).await?;
-    tracing::info!(target: "audit", event = "totp_enrolment_confirm", outcome = "success", user = %user.username, ip = %req.client_ip, "authenticator activated");
+    s.audit(req, Event::enrolment(LoginResult::Success).user(&user.username));
     let ctx = context! {
         recovery_codes => codes,
         continue_url => rec.rd.clone().unwrap_or_else(|| "/".into()),
@@ -334,8 +337,9 @@ pub(super) async fn verify_post(req: &Request<'_>, s: &Services) -> Result<Reply
     if totp::normalize_code(code).is_err() {
         return render_verify(req, s, 200, Some("err_code_format"), 0);
     }
-    let attempt = Attempt::user(s, p.user.id, req.client_ip);
+    let attempt = Attempt::user(s, &p.user, req.client_ip);
     if let Err(refused) = attempt.reserve(s).await? {
+        s.audit(req, Event::login(LoginStage::SecondFactor, LoginResult::Banned).user(&p.user.username));
         return render_verify(req, s, 429, Some("err_banned"), refused.minutes);
     }
     let committed = match matching_authenticator(s, &p.user, code)? {
@@ -343,13 +347,13 @@ pub(super) async fn verify_post(req: &Request<'_>, s: &Services) -> Result<Reply
         None => None,
     };
     let Some(user) = committed else {
-        tracing::info!(target: "audit", event = "totp_verify", outcome = "failure", user = %p.user.username, ip = %req.client_ip, "TOTP code refused");
-        attempt.failed(s).await?;
+        s.audit(req, Event::login(LoginStage::SecondFactor, LoginResult::Failure).user(&p.user.username));
+        attempt.failed(s, req).await?;
         return render_verify(req, s, 200, Some("err_code_invalid"), 0);
     };
     attempt.succeeded(s).await?;
     let (cookie, rec) = start_session(s, req, &user, Stage::Full, p.rec.rd.clone(), Some(&p.claims)).await?;
-    tracing::info!(target: "audit", event = "totp_verify", outcome = "success", user = %user.username, ip = %req.client_ip, "second factor accepted");
+    s.audit(req, Event::login(LoginStage::SecondFactor, LoginResult::Success).user(&user.username));
     let mut r = redirect(rec.rd.as_deref().unwrap_or("/"));
     r.headers.push(("set-cookie", cookie));
     Ok(r)
@@ -407,19 +411,20 @@ pub(super) async fn recovery_post(req: &Request<'_>, s: &Services) -> Result<Rep
     if totp::normalize_recovery_code(code).len() != 10 {
         return render_recovery(req, s, 200, Some("err_recovery_invalid"), 0);
     }
-    let attempt = Attempt::user(s, p.user.id, req.client_ip);
+    let attempt = Attempt::user(s, &p.user, req.client_ip);
     if let Err(refused) = attempt.reserve(s).await? {
+        s.audit(req, Event::login(LoginStage::RecoveryCode, LoginResult::Banned).user(&p.user.username));
         return render_recovery(req, s, 429, Some("err_banned"), refused.minutes);
     }
     let Some(updated) = use_recovery_code(s, &p.user, code).await? else {
-        tracing::info!(target: "audit", event = "recovery_code", outcome = "failure", user = %p.user.username, ip = %req.client_ip, "recovery code refused");
-        attempt.failed(s).await?;
+        s.audit(req, Event::login(LoginStage::RecoveryCode, LoginResult::Failure).user(&p.user.username));
+        attempt.failed(s, req).await?;
         return render_recovery(req, s, 200, Some("err_recovery_invalid"), 0);
     };
     attempt.succeeded(s).await?;
     let (cookie, rec) = start_session(s, req, &updated, Stage::Full, p.rec.rd.clone(), Some(&p.claims)).await?;
     let remaining = updated.recovery_codes.len();
-    tracing::warn!(target: "audit", event = "recovery_code", outcome = "success", user = %p.user.username, ip = %req.client_ip, remaining, "recovery code used instead of TOTP");
+    s.audit(req, Event::login(LoginStage::RecoveryCode, LoginResult::Success).user(&p.user.username).field("remaining", remaining));
     super::reset::notify(s, super::lang::choose(req, s), &updated, "recovery_used", context! { remaining => remaining }).await;
     // Most who reach for a recovery code have a new phone: the code just
     // given also starts its enrolment, bound to the new session, so "Neues

@@ -166,6 +166,18 @@ fn forward_auth_endpoint() {
     assert_eq!(ok.header("x-riegel-user"), Some("carla"));
 }
 
+/// The peer closed the connection (end of stream or reset) before `within`
+/// passed without an answer byte; a timeout or any data is `false`.
+fn closed_by_peer(s: &mut TcpStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(within)).expect("timeout");
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => matches!(e.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted),
+    }
+}
+
 #[test]
 fn upstream_down_gives_branded_502_quickly_and_gateway_stays_up() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
@@ -173,9 +185,11 @@ fn upstream_down_gives_branded_502_quickly_and_gateway_stays_up() {
     let r = Riegel::start_with(Options { upstream: Some(closed), ..Options::default() });
     let mut c = r.client();
     let resp = c.get("/favicon.ico");
+    // A refused connect is answered at once; only retrying (a regression)
+    // takes seconds, so this bound is loose on purpose.
     let t = Instant::now();
     let resp2 = c.get("/favicon.ico");
-    assert!(t.elapsed() < Duration::from_secs(2), "502 took {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(8), "502 took {:?}", t.elapsed());
     for resp in [resp, resp2] {
         assert_eq!(resp.status, 502);
         assert!(resp.header("content-type").unwrap_or("").starts_with("text/html"));
@@ -193,10 +207,13 @@ fn slow_upstream_gives_504_after_read_timeout() {
         ..Options::default()
     });
     let mut c = r.client();
+    // The portal would answer after 20 s; the 504 comes after the 1 s read
+    // timeout, long before that (a loose bound: only waiting for the portal
+    // crosses it).
     let t = Instant::now();
-    let resp = c.get("/slow?ms=3000");
+    let resp = c.get("/slow?ms=20000");
     assert_eq!(resp.status, 504, "{}", resp.body);
-    assert!(t.elapsed() < Duration::from_millis(2500), "504 took {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(15), "504 took {:?}", t.elapsed());
     assert!(resp.header("content-type").unwrap_or("").starts_with("text/html"));
     assert_eq!(c.get("/_riegel/healthz").status, 200);
 }
@@ -206,12 +223,9 @@ fn slowloris_connections_are_closed_after_the_header_timeout() {
     let r = Riegel::start_with(Options { server_yaml: "  header_timeout: 1s\n".into(), ..Options::default() });
     let mut s = TcpStream::connect(r.addr).expect("connect");
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-A: ").expect("write");
-    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-    let t = Instant::now();
-    let mut buf = [0u8; 64];
-    let n = s.read(&mut buf).unwrap_or(0);
-    assert_eq!(n, 0, "expected the server to close the connection");
-    assert!(t.elapsed() < Duration::from_secs(3), "closed only after {:?}", t.elapsed());
+    // The client never finishes its head; riegel closes after 1 s. A read
+    // that times out (15 s) means the connection was held.
+    assert!(closed_by_peer(&mut s, Duration::from_secs(15)), "the half-sent head was not cut off");
     // And others are still served.
     assert_eq!(r.client().get("/_riegel/healthz").status, 200);
 }
@@ -324,87 +338,23 @@ fn tls_listener_serves_https_with_host_prefixed_secure_cookies_and_hsts() {
     assert!(s.contains("/_riegel/login?rd=%2Fmieter"), "{s}");
 }
 
-/// `riegel serve` as a child process, with its default runtime (one
-/// shard per CPU, connections moved to their shard's reactor), in front
-/// of `upstream`; `extra` is more configuration.
-fn serve_binary(upstream: std::net::SocketAddr, extra: &str) -> (std::process::Child, std::net::SocketAddr) {
-    let s = serve_binary_with(upstream, extra, &[], None);
-    (s.child, s.addr)
-}
-
-/// A running `riegel serve`.
-struct Served {
-    child: std::process::Child,
-    addr: std::net::SocketAddr,
-    /// Its directory: the config, the store (`data`), the mail outbox
-    /// (`outbox`).
-    dir: std::path::PathBuf,
-    config: std::path::PathBuf,
-}
-
-/// [`serve_binary`] with environment variables and its stderr written to
-/// `stderr` (dropped when `None`).
-fn serve_binary_with(upstream: std::net::SocketAddr, extra: &str, env: &[(&str, &str)], stderr: Option<&std::path::Path>) -> Served {
-    let dir = tempdir("serve");
-    for k in ["session.key", "storage.key"] {
-        riegel::demo::write_key(&dir.join(k)).expect("key");
-    }
-    let port = free_port();
-    let cfg = dir.join("riegel.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "listen: \"127.0.0.1:{port}\"\npublic_url: \"http://127.0.0.1:{port}\"\nupstream: {{ url: \"http://{upstream}\" }}\nstore: {{ path: data }}\nsecrets: {{ session_key_file: session.key, storage_key_file: storage.key }}\nmail: {{ from: \"P <p@example.at>\", outbox: outbox }}\n{extra}"
-        ),
-    )
-    .expect("config");
-    let err = match stderr {
-        Some(p) => std::process::Stdio::from(std::fs::File::create(p).expect("log file")),
-        None => std::process::Stdio::null(),
-    };
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_riegel"))
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .envs(env.iter().copied())
-        .stderr(err)
-        .spawn()
-        .expect("serve");
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let start = Instant::now();
-    while TcpStream::connect(addr).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(15), "riegel serve did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Served { child, addr, dir, config: cfg }
-}
-
-/// Sends SIGTERM and waits for a clean exit.
-fn stop_binary(mut child: std::process::Child) {
-    let t = Instant::now();
-    let st = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
-    assert!(st.success());
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(t.elapsed() < Duration::from_secs(20), "riegel serve did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(status.success(), "{status:?}");
+/// `riegel serve` as a process in a new directory, in front of `upstream`.
+fn serve_binary(upstream: std::net::SocketAddr, extra: &str) -> ServeProcess {
+    ServeProcess::start(&tempdir("serve"), upstream, extra)
 }
 
 #[test]
 fn riegel_serve_binary_proxies_with_default_runtime_and_stops_on_sigterm() {
     let portal = riegel::demo::start_portal("127.0.0.1:0".parse().expect("addr")).expect("portal");
-    let (child, addr) = serve_binary(portal, "");
-    let mut c = Client::new(addr);
+    let s = serve_binary(portal, "");
+    let mut c = Client::new(s.addr);
     for _ in 0..20 {
         // Several requests, so both runtime threads get work.
         assert_eq!(c.get("/favicon.ico").status, 200);
         assert_eq!(c.get("/mieter").status, 303);
     }
     assert_eq!(c.get("/_riegel/healthz").status, 200);
-    stop_binary(child);
+    s.stop();
 }
 
 #[test]
@@ -428,11 +378,7 @@ fn connection_cap_refuses_connections_beyond_the_limit() {
     let mut extra = TcpStream::connect(r.addr).expect("connect");
     extra.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
     let _ = extra.write_all(b"GET /_riegel/healthz HTTP/1.1\r\nHost: x\r\n\r\n");
-    let mut buf = [0u8; 64];
-    let t = Instant::now();
-    let n = extra.read(&mut buf).unwrap_or(0);
-    assert_eq!(n, 0, "a connection beyond the cap was served");
-    assert!(t.elapsed() < Duration::from_secs(2), "refused only after {:?}", t.elapsed());
+    assert!(closed_by_peer(&mut extra, Duration::from_secs(3)), "a connection beyond the cap was served or held");
     // The three were the ones counted: each is served once its head ends.
     for s in &mut held {
         s.write_all(b"\r\n").expect("write");
@@ -555,13 +501,13 @@ fn short_way_relays_every_framing_with_the_default_runtime() {
     // The production set-up: shards, client sockets moved to their shard,
     // answers written past the write buffer (vectored head and body).
     let (portal, heads) = framing_portal();
-    let (child, addr) = serve_binary(portal, "public_paths: [\"/*\"]\n");
+    let s = serve_binary(portal, "public_paths: [\"/*\"]\n");
     for _ in 0..4 {
         // New connections, so that every shard serves one.
         heads.lock().expect("lock").clear();
-        check_framing(addr, &heads);
+        check_framing(s.addr, &heads);
     }
-    stop_binary(child);
+    s.stop();
 }
 
 /// Pipelines one request for each framing on one connection to riegel at
@@ -650,9 +596,8 @@ fn debug_and_trace_logs_hold_no_password_code_cookie_or_token() {
 /// is searched for every secret that passed.
 fn logs_hold_no_secrets(level: &str) {
     let portal = crate::attack::RecordingPortal::start();
-    let logdir = tempdir("log");
-    let log = logdir.join("stderr.log");
-    let s = serve_binary_with(portal.addr, "public_paths: [\"/pub/*\"]\n", &[("RIEGEL_LOG", level)], Some(&log));
+    let s = ServeProcess::start_with_env(&tempdir("serve"), portal.addr, "public_paths: [\"/pub/*\"]\n", &[("RIEGEL_LOG", level)]);
+    let log = s.dir.join("stderr.log");
     let password = "Geheim-Passwort-4711";
     let mut add = std::process::Command::new(env!("CARGO_BIN_EXE_riegel"))
         .args(["user", "add", "lena", "--email", "lena@example.at", "--config"])
@@ -737,7 +682,7 @@ fn logs_hold_no_secrets(level: &str) {
     // And out.
     let out = c.submit("/_riegel/logout", "/_riegel/logout", &[]);
     assert_eq!(out.status, 200, "{}", out.body);
-    stop_binary(s.child);
+    s.stop();
 
     let text = std::fs::read_to_string(&log).expect("log");
     assert!(text.contains("DEBUG") && text.contains("request"), "{level}: riegel did not log at debug:\n{text}");

@@ -441,7 +441,7 @@ branding:
     }
 
     pub fn admin(&self, req: riegel::admin::AdminRequest) -> riegel::admin::AdminResponse {
-        block_on(riegel::admin::execute(self.services.store.as_ref(), &self.clock, req))
+        block_on(riegel::admin::execute(self.services.store.as_ref(), &self.clock, &self.services.audit_log, "cli", req))
     }
 
     /// The stored user record (from the store riegel runs on).
@@ -841,6 +841,12 @@ pub struct ServeProcess {
 
 impl ServeProcess {
     pub fn start(dir: &Path, upstream: SocketAddr, extra: &str) -> Self {
+        Self::start_with_env(dir, upstream, extra, &[])
+    }
+
+    /// [`ServeProcess::start`] with environment variables for the process
+    /// (such as `RIEGEL_LOG`).
+    pub fn start_with_env(dir: &Path, upstream: SocketAddr, extra: &str, env: &[(&str, &str)]) -> Self {
         for k in ["session.key", "storage.key"] {
             if !dir.join(k).exists() {
                 riegel::demo::write_key(&dir.join(k)).expect("key");
@@ -860,6 +866,7 @@ impl ServeProcess {
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_riegel"))
             .args(["serve", "--config"])
             .arg(&config)
+            .envs(env.iter().copied())
             .stderr(log)
             .spawn()
             .expect("serve");
@@ -887,6 +894,23 @@ impl ServeProcess {
             w.write_all(input.as_bytes()).expect("stdin");
         }
         child.wait_with_output().expect("cli output")
+    }
+
+    /// Sends SIGHUP (what `systemctl reload` sends).
+    pub fn hup(&self) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let st = std::process::Command::new("kill").args(["-HUP", &pid]).status().expect("kill");
+        assert!(st.success());
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// Its stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
     }
 
     /// The process dies at once (SIGKILL): nothing is flushed or drained.

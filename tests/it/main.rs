@@ -4,15 +4,21 @@
 mod harness;
 
 mod attack;
+mod audit;
 mod account;
 mod browser;
 mod demo;
+mod fuzzed;
 mod gateway;
 mod hashing;
+mod http2;
 mod login;
 mod mail;
+mod metrics;
 mod portal;
 mod postgres;
+mod reload;
 mod regulation;
 mod reset;
 mod totp;
+mod websocket;

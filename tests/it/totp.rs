@@ -148,10 +148,11 @@ fn reset_totp_ends_sessions_and_the_password_alone_enrols_no_more() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("no e-mail address"), "{}", String::from_utf8_lossy(&out.stdout));
     // On PostgreSQL the CLI changes the database and the server's session
-    // cache hears of it through NOTIFY, within a second.
+    // cache hears of it through NOTIFY, usually within milliseconds (the
+    // bound is loose: only a missed notification crosses it).
     let start = std::time::Instant::now();
     while c.get("/").status != 303 {
-        assert!(start.elapsed() < std::time::Duration::from_secs(1), "session survived reset-totp");
+        assert!(start.elapsed() < std::time::Duration::from_secs(10), "session survived reset-totp");
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     // A lost phone (tests/it/account.rs has the whole path): clara has no
