@@ -170,7 +170,8 @@ async fn render_account(req: &Request<'_>, s: &Services, a: &Account, status: u1
         error => (!err.key.is_empty()).then_some(err.key),
         minutes => err.minutes,
         min_length => s.cfg.password.min_length,
-        password_action => s.route("account/password"),
+        // Portal login mode: the portal owns the password.
+        password_action => s.cfg.portal_login.is_none().then(|| s.route("account/password")),
         add_action => s.route("account/authenticators"),
         codes_action => s.route("account/recovery-codes"),
         end_others_action => s.route("account/sessions/end-others"),

@@ -175,6 +175,15 @@ fn riegels_reset_is_not_offered_the_portals_is() {
     assert_eq!(page.status, 200, "a public portal page");
     assert!(page.body.contains("portal-reset"));
     assert_eq!(c.get("/_riegel/reset/abc").status, 404);
+    // Mein Zugang offers no password change: the portal owns the password.
+    let (_, password, _) = PORTAL_USER;
+    let _ = login_and_enrol(&r, &mut c, "mieterin", password);
+    let account = c.get("/_riegel/account");
+    assert_eq!(account.status, 200, "{}", account.body);
+    assert!(!account.body.contains("change-password"), "{}", account.body);
+    assert!(account.body.contains("recovery-codes") || account.body.contains("authenticators"), "{}", account.body);
+    let changed = c.post("/_riegel/account/password", &[("current_password", password), ("password", "x"), ("password2", "x")]);
+    assert_eq!(changed.status, 404);
 }
 
 #[test]
