@@ -179,10 +179,11 @@ fn answer(method: &str, target: &str, headers: &[(String, String)], body: &[u8],
         ("GET", "/favicon.ico") => Answer { status: "404 Not Found", headers: vec![], body: String::new() },
         ("GET", "/password-reset") => Answer {
             status: "200 OK",
-            headers: vec![],
+            // Like many portals, it starts a session on every page.
+            headers: vec![format!("Set-Cookie: {PORTAL_COOKIE}={}; Path=/", token(st, "pre-")), "Set-Cookie: portal_lang=de; Path=/".into()],
             body: page("Kennwort vergessen", r#"<div class="card"><h1 id="portal-reset">Kennwort vergessen</h1><p>Bitte wenden Sie sich an die Hausverwaltung.</p></div>"#),
         },
-        ("GET", "/rotate") if user.is_some() => {
+        (_, "/rotate") if user.is_some() => {
             // The portal renews its session id (as some do on privilege changes).
             let old = sid.clone().unwrap_or_default();
             let new = token(st, "s-");

@@ -163,6 +163,15 @@ fn a_renewed_portal_session_updates_the_sealed_jar_not_the_browser() {
     assert_eq!(page.status, 200, "{}", page.body);
     assert!(portal.seen().last().is_some_and(|l| l.contains(&new)));
     assert!(!everything(&[&rotated, &page]).contains(&new));
+    // The same through Pingora's framework (a POST): held back, jar updated.
+    let posted = c.post("/rotate", &[("x", "1")]);
+    assert_eq!(posted.status, 302, "{}", posted.body);
+    assert!(posted.headers_named("set-cookie").iter().all(|v| !v.starts_with(PORTAL_COOKIE)), "{:?}", posted.headers);
+    let newer = portal_sid(&portal);
+    assert_ne!(new, newer);
+    assert_eq!(c.get("/start").status, 200);
+    assert!(portal.seen().last().is_some_and(|l| l.contains(&newer)), "{:#?}", portal.seen());
+    assert!(!everything(&[&posted]).contains(&newer));
 }
 
 #[test]
@@ -174,6 +183,9 @@ fn riegels_reset_is_not_offered_the_portals_is() {
     let page = c.get("/password-reset");
     assert_eq!(page.status, 200, "a public portal page");
     assert!(page.body.contains("portal-reset"));
+    // A public page's portal session cookie is held back; others pass.
+    assert!(page.headers_named("set-cookie").iter().all(|v| !v.starts_with(PORTAL_COOKIE)), "{:?}", page.headers);
+    assert!(page.headers_named("set-cookie").iter().any(|v| v.starts_with("portal_lang=de")), "{:?}", page.headers);
     assert_eq!(c.get("/_riegel/reset/abc").status, 404);
     // Mein Zugang offers no password change: the portal owns the password.
     let (_, password, _) = PORTAL_USER;
