@@ -139,12 +139,15 @@ pub fn build(cfg: Config, clock: Arc<dyn Clock>, mail: Option<Arc<dyn MailQueue>
         // With PostgreSQL the command line talks to the database itself.
         admin::serve_socket(admin_socket, store.clone(), clock.clone(), audit.clone())?;
     }
-    spawn_janitor(store, clock, cfg.session.idle_timeout.as_secs() as i64);
-    Ok(App { services: Arc::new(services), audit, mailer })
+    let services = Arc::new(services);
+    spawn_janitor(store, clock, cfg.session.idle_timeout.as_secs() as i64, services.clone());
+    Ok(App { services, audit, mailer })
 }
 
 /// Removes dead session records every few minutes.
-fn spawn_janitor(store: Arc<CachedStore>, clock: Arc<dyn Clock>, idle: i64) {
+/// In portal login mode the portal's sessions of idle and expired ones are
+/// ended too (`portal_login.logout_url`).
+fn spawn_janitor(store: Arc<CachedStore>, clock: Arc<dyn Clock>, idle: i64, services: Arc<Services>) {
     let _ = std::thread::Builder::new().name("riegel-janitor".into()).spawn(move || {
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
@@ -157,7 +160,10 @@ fn spawn_janitor(store: Arc<CachedStore>, clock: Arc<dyn Clock>, idle: i64) {
             std::thread::sleep(std::time::Duration::from_secs(300));
             match rt.block_on(store.purge_sessions(clock.now(), idle)) {
                 Ok(v) if v.is_empty() => {}
-                Ok(v) => tracing::debug!(removed = v.len(), "expired sessions removed"),
+                Ok(v) => {
+                    tracing::debug!(removed = v.len(), "expired sessions removed");
+                    rt.block_on(crate::web::portal::end_all(&services, &v));
+                }
                 Err(e) => tracing::warn!(error = %e, "session clean-up failed"),
             }
         }

@@ -254,6 +254,49 @@ pub struct TotpConfig {
     pub reenrol_proof: ReenrolProof,
 }
 
+/// `first_factor`: who checks the password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FirstFactor {
+    /// riegel's own accounts and password hashes (the default).
+    #[default]
+    Local,
+    /// The portal's own login form, replayed by riegel (`portal_login`).
+    Portal,
+}
+
+/// `portal_login.success`: how a successful portal login is told from a
+/// failed one. Every rule given must hold; at least one is given.
+#[derive(Debug, Clone, Default)]
+pub struct PortalSuccess {
+    /// A redirect (3xx with Location) whose target path starts with none
+    /// of these paths.
+    pub redirect_not_to: Option<Vec<String>>,
+    /// A `Set-Cookie` of this name with a value that does not expire it.
+    pub set_cookie: Option<String>,
+}
+
+/// `portal_login`: the portal's own login form (with `first_factor: portal`).
+/// Every URL is a path on the upstream (`/login`, `/app/login?x=1`): the
+/// replay goes to `upstream.url` only, never to another host.
+#[derive(Debug, Clone)]
+pub struct PortalLoginConfig {
+    pub form_url: String,
+    pub post_url: String,
+    pub username_field: String,
+    pub password_field: String,
+    pub success: PortalSuccess,
+    /// The portal's session cookie names: kept sealed in riegel's session
+    /// record, stripped from what the browser sends and from what the
+    /// portal answers.
+    pub session_cookies: Vec<String>,
+    pub logout_url: String,
+    /// Where "Sie können nicht auf Ihr Konto zugreifen?" leads: a path on
+    /// the portal (listed in `public_paths`) or an http(s) URL.
+    pub forgot_url: Option<String>,
+    /// The longest the whole replay (GET form, POST) may take.
+    pub timeout: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct LogConfig {
     pub level: String,
@@ -305,6 +348,10 @@ pub struct Config {
     pub branding: BrandingConfig,
     pub totp: TotpConfig,
     pub log: LogConfig,
+    /// `first_factor`: local (riegel's accounts) or portal (`portal_login`).
+    pub first_factor: FirstFactor,
+    /// `portal_login`: set exactly when `first_factor` is `portal`.
+    pub portal_login: Option<PortalLoginConfig>,
     pub metrics: MetricsConfig,
     /// Things that work but should not be so (e.g. one key for two
     /// purposes); `riegel check-config` prints them, `serve` logs them.
@@ -907,6 +954,8 @@ fn build(s: &mut Section<'_, '_>, env: &dyn Env) -> Option<Config> {
         MetricsConfig { listen: at }
     };
 
+    let (first_factor, portal_login) = first_factor(s, &public_paths, &session.cookie_name);
+
     s.finish();
     Some(Config {
         listen: listen?,
@@ -928,9 +977,147 @@ fn build(s: &mut Section<'_, '_>, env: &dyn Env) -> Option<Config> {
         branding,
         totp,
         log,
+        first_factor,
+        portal_login,
         metrics,
         warnings: Vec::new(),
     })
+}
+
+/// A cookie name as RFC 6265 allows it (an HTTP token).
+fn cookie_name_ok(n: &str) -> bool {
+    !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A path on the upstream: one leading `/`, no `//`, no scheme or host, no
+/// fragment, no spaces or control characters.
+fn upstream_path_ok(p: &str) -> bool {
+    p.starts_with('/')
+        && !p.starts_with("//")
+        && !p.contains('#')
+        && !p.contains('\\')
+        && p.bytes().all(|b| b > 0x20 && b != 0x7f)
+}
+
+/// `first_factor` and `portal_login`, checked together.
+fn first_factor(s: &mut Section<'_, '_>, public_paths: &[String], riegel_cookie: &str) -> (FirstFactor, Option<PortalLoginConfig>) {
+    let ff = match s.string_or("first_factor", "local").as_str() {
+        "local" => FirstFactor::Local,
+        "portal" => FirstFactor::Portal,
+        other => {
+            s.error("first_factor", &format!("'{other}' must be local or portal"));
+            FirstFactor::Local
+        }
+    };
+    let had = s.has("portal_login");
+    if ff == FirstFactor::Local {
+        if had {
+            let _ = s.get("portal_login");
+            s.error("portal_login", "applies to first_factor: portal only (first_factor is local)");
+        }
+        return (ff, None);
+    }
+    let Some(mut p) = s.req_section("portal_login") else { return (ff, None) };
+    let path = |p: &mut Section<'_, '_>, key: &str, default: Option<&str>| -> Option<String> {
+        let v = match default {
+            Some(d) => Some(p.string_or(key, d)),
+            None => p.string_req(key),
+        }?;
+        if !upstream_path_ok(&v) {
+            p.error(key, &format!("'{v}' must be a path on the upstream, such as /login (no scheme, host or fragment)"));
+            return None;
+        }
+        Some(v)
+    };
+    let form_url = path(&mut p, "form_url", None);
+    let post_url = path(&mut p, "post_url", None);
+    let logout_url = path(&mut p, "logout_url", None);
+    let field = |p: &mut Section<'_, '_>, key: &str, default: &str| -> String {
+        let v = p.string_or(key, default);
+        if v.is_empty() || v.bytes().any(|b| b.is_ascii_control()) {
+            p.error(key, "must be a form field name (not empty, no control characters)");
+        }
+        v
+    };
+    let username_field = field(&mut p, "username_field", "username");
+    let password_field = field(&mut p, "password_field", "password");
+    if username_field == password_field {
+        p.error("password_field", "must differ from username_field");
+    }
+    let session_cookies = p.string_list_or("session_cookies", &[]);
+    if session_cookies.is_empty() && !p.errs.iter().any(|e| e.path == p.key_path("session_cookies")) {
+        p.error("session_cookies", "must list the portal's session cookie names (e.g. [JSESSIONID])");
+    }
+    for (i, c) in session_cookies.iter().enumerate() {
+        if !cookie_name_ok(c) {
+            p.error(&format!("session_cookies[{i}]"), &format!("'{c}' is not a cookie name"));
+        } else if c == riegel_cookie || *c == format!("__Host-{riegel_cookie}") || c.starts_with(&format!("{riegel_cookie}_")) || c.starts_with(&format!("__Host-{riegel_cookie}_")) {
+            p.error(&format!("session_cookies[{i}]"), &format!("'{c}' is riegel's own cookie (session.cookie_name)"));
+        } else if session_cookies[..i].contains(c) {
+            p.error(&format!("session_cookies[{i}]"), &format!("'{c}' is listed twice"));
+        }
+    }
+    let success = match p.opt_section("success") {
+        Some(mut sc) => {
+            let redirect_not_to = if sc.has("redirect_not_to") {
+                let list = sc.string_list_or("redirect_not_to", &[]);
+                for (i, r) in list.iter().enumerate() {
+                    if !upstream_path_ok(r) {
+                        sc.error(&format!("redirect_not_to[{i}]"), &format!("'{r}' must be a path such as /login"));
+                    }
+                }
+                if list.is_empty() {
+                    sc.error("redirect_not_to", "must list at least one path (the login page a failed login returns to)");
+                }
+                Some(list)
+            } else {
+                let _ = sc.get("redirect_not_to");
+                None
+            };
+            let set_cookie = sc.opt_string("set_cookie");
+            if let Some(c) = &set_cookie {
+                if !cookie_name_ok(c) {
+                    sc.error("set_cookie", &format!("'{c}' is not a cookie name"));
+                } else if !session_cookies.contains(c) {
+                    sc.error("set_cookie", &format!("'{c}' must be one of portal_login.session_cookies"));
+                }
+            }
+            if redirect_not_to.is_none() && set_cookie.is_none() && !sc.errs.iter().any(|e| e.path.starts_with(&sc.path)) {
+                sc.error("redirect_not_to", "success needs at least one rule: redirect_not_to, set_cookie, or both");
+            }
+            sc.finish();
+            Some(PortalSuccess { redirect_not_to, set_cookie })
+        }
+        None => {
+            if !p.errs.iter().any(|e| e.path == p.key_path("success")) {
+                p.error("success", "missing: how riegel tells a successful login (redirect_not_to, set_cookie, or both)");
+            }
+            None
+        }
+    };
+    let forgot_url = p.opt_url_string("forgot_url");
+    if let Some(f) = &forgot_url {
+        if f.starts_with('/') {
+            let bare = f.split(['?', '#']).next().unwrap_or(f);
+            if !public_paths.iter().any(|pp| pp == bare) {
+                p.error("forgot_url", &format!("'{bare}' is a portal path, so it must be listed in public_paths (it is opened without a login)"));
+            }
+        }
+    }
+    let timeout = p.duration_or("timeout", Duration::from_secs(10));
+    p.finish();
+    let cfg = PortalLoginConfig {
+        form_url: form_url.unwrap_or_default(),
+        post_url: post_url.unwrap_or_default(),
+        username_field,
+        password_field,
+        success: success.unwrap_or_default(),
+        session_cookies,
+        logout_url: logout_url.unwrap_or_default(),
+        forgot_url,
+        timeout,
+    };
+    (ff, Some(cfg))
 }
 
 /// What is allowed but unwise in a valid configuration.
@@ -1787,5 +1974,70 @@ mail: { from: "Portal <portal@example.at>", outbox: "/tmp/o", colour: red }
             ["branding.timezone", "branding.contact.phone", "branding.contact.email", "branding.contact.fax", "totp.reenrol_proof"],
             "{errs:#?}"
         );
+    }
+
+    fn portal(extra: &str) -> Result<Config, Vec<ConfigError>> {
+        Config::parse(&format!("{MINIMAL}{extra}"), Path::new("/"), &env_with_keys()).map_err(|e| e.0)
+    }
+
+    #[test]
+    fn first_factor_defaults_to_local_and_portal_login_needs_portal() {
+        let c = portal("").expect("valid");
+        assert_eq!((c.first_factor, c.portal_login.is_none()), (FirstFactor::Local, true));
+        let errs = portal("portal_login: { form_url: /login }\n").expect_err("portal_login without portal");
+        assert!(errs.iter().any(|e| e.path == "portal_login" && e.message.contains("first_factor: portal")), "{errs:?}");
+        let errs = portal("first_factor: portal\n").expect_err("portal without portal_login");
+        assert!(errs.iter().any(|e| e.path == "portal_login" && e.message == "missing"), "{errs:?}");
+        let errs = portal("first_factor: ldap\n").expect_err("unknown");
+        assert!(errs.iter().any(|e| e.path == "first_factor"), "{errs:?}");
+    }
+
+    #[test]
+    fn a_full_portal_login_section_parses() {
+        let c = portal(
+            "first_factor: portal\npublic_paths: [/favicon.ico, /password-reset]\nportal_login:\n  form_url: /login\n  post_url: /login?do=1\n  \
+             username_field: user\n  password_field: pass\n  success: { redirect_not_to: [/login], set_cookie: SESSIONID }\n  \
+             session_cookies: [SESSIONID, XSRF-TOKEN]\n  logout_url: /logout\n  forgot_url: /password-reset\n  timeout: 5s\n",
+        )
+        .expect("valid");
+        assert_eq!(c.first_factor, FirstFactor::Portal);
+        let p = c.portal_login.expect("section");
+        assert_eq!((p.form_url.as_str(), p.post_url.as_str(), p.logout_url.as_str()), ("/login", "/login?do=1", "/logout"));
+        assert_eq!((p.username_field.as_str(), p.password_field.as_str()), ("user", "pass"));
+        assert_eq!(p.success.redirect_not_to, Some(vec!["/login".to_string()]));
+        assert_eq!(p.success.set_cookie.as_deref(), Some("SESSIONID"));
+        assert_eq!(p.session_cookies, vec!["SESSIONID", "XSRF-TOKEN"]);
+        assert_eq!(p.forgot_url.as_deref(), Some("/password-reset"));
+        assert_eq!(p.timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn every_portal_login_mistake_is_reported_with_its_key_path() {
+        let errs = portal(
+            "first_factor: portal\nportal_login:\n  form_url: http://evil.example/login\n  post_url: //evil.example/login\n  \
+             username_field: pw\n  password_field: pw\n  success: { set_cookie: OTHER }\n  session_cookies: [riegel_session, 'a b']\n  \
+             forgot_url: /reset\n  colour: red\n",
+        )
+        .expect_err("invalid");
+        for path in [
+            "portal_login.form_url",
+            "portal_login.post_url",
+            "portal_login.logout_url",
+            "portal_login.password_field",
+            "portal_login.success.set_cookie",
+            "portal_login.session_cookies[0]",
+            "portal_login.session_cookies[1]",
+            "portal_login.forgot_url",
+            "portal_login.colour",
+        ] {
+            assert!(errs.iter().any(|e| e.path == path), "{path} not in {errs:?}");
+        }
+        let errs = portal("first_factor: portal\nportal_login: { form_url: /l, post_url: /l, logout_url: /o, success: {}, session_cookies: [] }\n")
+            .expect_err("no rule, no cookies");
+        assert!(errs.iter().any(|e| e.path == "portal_login.success.redirect_not_to" && e.message.contains("at least one rule")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.path == "portal_login.session_cookies"), "{errs:?}");
+        let errs = portal("first_factor: portal\nportal_login: { form_url: /l, post_url: /l, logout_url: /o, session_cookies: [S] }\n")
+            .expect_err("no success");
+        assert!(errs.iter().any(|e| e.path == "portal_login.success"), "{errs:?}");
     }
 }

@@ -8,6 +8,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod login_portal;
+pub use login_portal::{start_login_portal, LoginPortal, PORTAL_COOKIE, PORTAL_LOGIN_YAML, PORTAL_USER};
+
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
@@ -216,4 +219,13 @@ totp:
     );
     std::fs::write(&config, text)?;
     Ok(DemoFiles { dir: dir.to_path_buf(), config, outbox })
+}
+
+/// [`write_demo_config`] in portal login mode, for [`start_login_portal`].
+pub fn write_portal_demo_config(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> std::io::Result<DemoFiles> {
+    let files = write_demo_config(dir, listen, upstream)?;
+    let mut text = std::fs::read_to_string(&files.config)?;
+    text.push_str(PORTAL_LOGIN_YAML);
+    std::fs::write(&files.config, text)?;
+    Ok(files)
 }

@@ -47,6 +47,10 @@ enum Cmd {
         /// Data directory (default: a new one under the system temp dir).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// A demo portal with its own login form, users and session cookie;
+        /// riegel in portal login mode adds the second factor.
+        #[arg(long)]
+        portal_login: bool,
     },
     /// Check a configuration file; prints every problem and exits 2 if there are any.
     CheckConfig {
@@ -166,7 +170,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             serve(cfg, &config)
         }
-        Cmd::Demo { listen, dir } => demo(listen, dir),
+        Cmd::Demo { listen, dir, portal_login: false } => demo(listen, dir),
+        Cmd::Demo { listen, dir, portal_login: true } => demo_portal_login(listen, dir),
         Cmd::HashPassword { config } => {
             let params = match config {
                 Some(c) => load_config(&c)?.password.argon2,
@@ -242,6 +247,34 @@ fn serve(cfg: Config, path: &Path) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `riegel demo --portal-login`: the login portal, riegel in portal login
+/// mode in front; the portal's user is the one to log in with.
+fn demo_portal_login(listen: SocketAddr, dir: Option<PathBuf>) -> Result<ExitCode> {
+    init_logging("info", false);
+    let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("riegel-demo-{}-{}", std::process::id(), SystemClock.now())));
+    if dir.join("riegel.yaml").exists() {
+        bail!("{} already holds a demo; pass another --dir", dir.display());
+    }
+    let portal = riegel::demo::start_login_portal("127.0.0.1:0".parse()?).context("demo portal")?;
+    let files = riegel::demo::write_portal_demo_config(&dir, listen, portal.addr)?;
+    let cfg = load_config(&files.config)?;
+    let (user, password, _) = riegel::demo::PORTAL_USER;
+    println!();
+    println!("  riegel demo (portal login mode) is running.");
+    println!("  The portal behind riegel has its own login form, users and session cookie;");
+    println!("  riegel replays your login to it and adds the second factor.");
+    println!();
+    println!("  Open:       http://{listen}/");
+    println!("  Username:   {user}   (the portal's own account)");
+    println!("  Password:   {password}");
+    println!("  Data and config: {}", files.dir.display());
+    println!();
+    println!("  You need an authenticator app (or: oathtool --totp -b KEY). Ctrl-C stops.");
+    println!();
+    std::io::stdout().flush()?;
+    serve(cfg, &files.config)
 }
 
 fn demo(listen: SocketAddr, dir: Option<PathBuf>) -> Result<ExitCode> {

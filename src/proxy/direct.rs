@@ -70,6 +70,9 @@ pub(super) struct Direct {
     /// Per thread, so that a connection is taken and given back without a
     /// lock; with one shard per thread it never changes threads.
     pool: ThreadLocal<RefCell<Vec<Upstream>>>,
+    /// Portal login mode: the portal's session cookie names, whose
+    /// `Set-Cookie` never reaches the browser.
+    portal_cookies: Vec<String>,
 }
 
 /// A connection to the portal with its own timer for reads.
@@ -88,8 +91,18 @@ fn io_failure(e: std::io::Error, started: bool) -> Failure {
 }
 
 impl Direct {
-    pub(super) fn new(peer: HttpPeer, write_timeout: Duration) -> Self {
-        Self { connector: TransportConnector::new(None), write_timeout, peer, pool: ThreadLocal::new() }
+    pub(super) fn new(peer: HttpPeer, write_timeout: Duration, portal_cookies: Vec<String>) -> Self {
+        Self { connector: TransportConnector::new(None), write_timeout, peer, pool: ThreadLocal::new(), portal_cookies }
+    }
+
+    /// The portal's session cookie names it holds back.
+    pub(super) fn portal_cookies(&self) -> &[String] {
+        &self.portal_cookies
+    }
+
+    /// Whether a `Set-Cookie` value sets one of the portal's session cookies.
+    fn holds(&self, value: &[u8]) -> bool {
+        super::policy::sets_one_of(&self.portal_cookies, value)
     }
 
     /// A live pooled connection (`true`), or a new one.
@@ -150,7 +163,17 @@ impl Direct {
     /// the first byte of an answer (the portal closed it meanwhile), the
     /// request is sent once more, on a new connection: it is a GET or HEAD.
     /// `close_client`: the client connection ends after this answer.
-    pub(super) async fn forward(&self, client: &mut Stream, head: &[u8], head_only: bool, close_client: bool) -> Result<Answered, Failure> {
+    /// In portal login mode the session cookies the portal sets go to
+    /// `jar` (the services and the request's identity) before the answer
+    /// is relayed, never to the client.
+    pub(super) async fn forward(
+        &self,
+        client: &mut Stream,
+        head: &[u8],
+        head_only: bool,
+        close_client: bool,
+        jar: (&crate::web::Services, Option<&crate::web::Identity>),
+    ) -> Result<Answered, Failure> {
         let now = Instant::now();
         let (mut up, reused) = self.checkout(now).await?;
         let mut buf = BytesMut::with_capacity(READ_BUFFER);
@@ -164,6 +187,9 @@ impl Direct {
             Err(e) => return Err(e),
         };
         crate::metrics::upstream_duration(now.elapsed());
+        if !response.held_cookies.is_empty() {
+            crate::web::portal::take_set_cookies(jar.0, jar.1, &response.held_cookies).await;
+        }
         self.relay(up, client, response, buf, close_client, now).await
     }
 
@@ -180,7 +206,7 @@ impl Direct {
         let mut informational = 0;
         loop {
             if !buf.is_empty() {
-                match h1::response(buf, head_only).map_err(|e| Failure::portal(502, e.to_string()))? {
+                match h1::response_holding(buf, head_only, &|v| self.holds(v)).map_err(|e| Failure::portal(502, e.to_string()))? {
                     Response::Final(h) => return Ok(h),
                     Response::Informational(len) if informational < MAX_INFORMATIONAL => {
                         informational += 1;

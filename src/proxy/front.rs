@@ -269,8 +269,12 @@ impl Front {
                     }
                     let Ok(()) = core.policy.write_identity(id, &mut up);
                 }
+                if core.policy.portal_mode() {
+                    let jar = identity.as_ref().and_then(|id| web::portal::cookie_for(&core.services, id));
+                    let Ok(()) = core.policy.write_cookie(req.cookie, jar.as_deref(), &mut up);
+                }
                 up.extend_from_slice(b"\r\n");
-                match core.direct.forward(stream, &up, head.head_only, close).await {
+                match core.direct.forward(stream, &up, head.head_only, close, (&core.services, identity.as_ref())).await {
                     Ok(a) => (a.status, !a.close_client),
                     Err(Failure::Portal { status, reason, started }) => {
                         tracing::warn!(status, error = %reason, "portal request failed");

@@ -200,6 +200,9 @@ pub(super) struct ResponseHead {
     /// The head for the client so far: status line and headers minus
     /// hop-by-hop ones. No blank line yet.
     pub downstream: Vec<u8>,
+    /// `Set-Cookie` values kept from the client (portal login mode: the
+    /// portal's session cookies, for the session's jar).
+    pub held_cookies: Vec<Vec<u8>>,
 }
 
 /// What a portal's bytes hold so far.
@@ -217,6 +220,12 @@ pub(super) struct BadResponse(pub &'static str);
 
 /// Parses the portal's answer to a GET (`head_only`: HEAD).
 pub(super) fn response(buf: &[u8], head_only: bool) -> Result<Response, BadResponse> {
+    response_holding(buf, head_only, &|_| false)
+}
+
+/// [`response`], holding back the `Set-Cookie` fields `hold` picks
+/// (into [`ResponseHead::held_cookies`]).
+pub(super) fn response_holding(buf: &[u8], head_only: bool, hold: &dyn Fn(&[u8]) -> bool) -> Result<Response, BadResponse> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut res = httparse::Response::new(&mut headers);
     let len = match res.parse(buf) {
@@ -292,6 +301,7 @@ pub(super) fn response(buf: &[u8], head_only: bool) -> Result<Response, BadRespo
     let upstream_close = close || head_only || framing == Framing::UntilClose || (length.is_some() && (chunked || other_coding));
     // Room for `Connection: close` and the blank line the relay appends.
     let mut out = Vec::with_capacity(len + 64);
+    let mut held_cookies = Vec::new();
     out.extend_from_slice(b"HTTP/1.1 ");
     // httparse reads the status as exactly three digits.
     out.extend_from_slice(&[b'0' + (status / 100 % 10) as u8, b'0' + (status / 10 % 10) as u8, b'0' + (status % 10) as u8]);
@@ -306,9 +316,13 @@ pub(super) fn response(buf: &[u8], head_only: bool) -> Result<Response, BadRespo
         {
             continue;
         }
+        if is(n, "set-cookie") && hold(hd.value) {
+            held_cookies.push(hd.value.to_vec());
+            continue;
+        }
         push_header(&mut out, n, hd.value);
     }
-    Ok(Response::Final(ResponseHead { len, status, framing, upstream_close, downstream: out }))
+    Ok(Response::Final(ResponseHead { len, status, framing, upstream_close, downstream: out, held_cookies }))
 }
 
 /// Finds the end of a chunked body in the bytes it is fed, without

@@ -39,6 +39,7 @@ pub mod fuzzing;
 mod h1;
 mod moved;
 mod policy;
+mod portal;
 mod wait;
 
 use crate::sched::{self, Policy};
@@ -208,6 +209,8 @@ struct Prepare<'a> {
     core: &'a Core,
     peer: IpAddr,
     identity: Option<&'a Identity>,
+    /// Portal login mode: the client's cookies and the session's jar.
+    cookie: (Option<&'a [u8]>, Option<&'a str>),
     websocket: bool,
     out: &'a mut RequestHeader,
 }
@@ -215,7 +218,7 @@ struct Prepare<'a> {
 impl WithFields for Prepare<'_> {
     type Out = Result<()>;
     fn with<N: Clone + IntoCaseHeaderName>(self, fields: &[PingoraField<'_, N>]) -> Self::Out {
-        self.core.prepare(self.peer, fields, self.identity, self.websocket, self.out)
+        self.core.prepare(self.peer, fields, self.identity, self.cookie, self.websocket, self.out)
     }
 }
 
@@ -255,13 +258,25 @@ impl Core {
             [services.cookie_name.clone(), services.csrf_cookie_name.clone()],
             cfg.server.trusted_proxies.clone(),
             cfg.tls.is_some(),
-        );
+        )
+        .with_portal_cookies(cfg.portal_login.as_ref().map(|p| p.session_cookies.clone()).unwrap_or_default());
         let peer = upstream_peer(&cfg.upstream)?;
         let write_timeout = cfg.server.write_timeout;
+        let portal_cookies = cfg.portal_login.as_ref().map(|p| p.session_cookies.clone()).unwrap_or_default();
         let direct = match previous {
-            Some(p) if p.services.cfg.upstream == cfg.upstream && p.services.cfg.server.write_timeout == write_timeout => p.direct.clone(),
-            _ => Arc::new(direct::Direct::new(peer.clone(), write_timeout)),
+            Some(p)
+                if p.services.cfg.upstream == cfg.upstream
+                    && p.services.cfg.server.write_timeout == write_timeout
+                    && p.direct.portal_cookies() == portal_cookies.as_slice() =>
+            {
+                p.direct.clone()
+            }
+            _ => Arc::new(direct::Direct::new(peer.clone(), write_timeout, portal_cookies)),
         };
+        if cfg.portal_login.is_some() {
+            // The login replay and logout calls go to the same upstream.
+            let _ = services.portal.set(Arc::new(portal::PortalHttp::new(peer.clone(), &cfg.public_url)));
+        }
         Ok(Self { policy, peer, services, direct })
     }
 
@@ -275,6 +290,7 @@ impl Core {
         peer: IpAddr,
         fields: &[PingoraField<'_, N>],
         identity: Option<&Identity>,
+        cookie: (Option<&[u8]>, Option<&str>),
         websocket: bool,
         out: &mut RequestHeader,
     ) -> Result<()> {
@@ -288,6 +304,7 @@ impl Core {
             }
             self.policy.write_identity(id, &mut sink)?;
         }
+        self.policy.write_cookie(cookie.0, cookie.1, &mut sink)?;
         for f in fields {
             if f.name.eq_ignore_ascii_case(b"content-length") || f.name.eq_ignore_ascii_case(b"transfer-encoding") {
                 sink.keep(f)?;
@@ -407,6 +424,8 @@ pub struct Ctx {
     /// The configuration this request is served with, from its start.
     core: Arc<Core>,
     identity: Option<Identity>,
+    /// Portal login mode: the session's portal cookies (`Cookie` value).
+    jar: Option<String>,
     /// When a forwarded body must have arrived whole.
     body_deadline: Option<Instant>,
     /// When the portal request began (for `riegel_upstream_duration_seconds`).
@@ -483,7 +502,7 @@ impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx { core: self.0.core(), identity: None, body_deadline: None, upstream_start: None }
+        Ctx { core: self.0.core(), identity: None, jar: None, body_deadline: None, upstream_start: None }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -546,6 +565,9 @@ impl ProxyHttp for Gateway {
                 Ok(true)
             }
             Outcome::Forward(identity) => {
+                if core.policy.portal_mode() {
+                    ctx.jar = identity.as_ref().and_then(|id| web::portal::cookie_for(&core.services, id));
+                }
                 ctx.identity = identity;
                 if !session.is_body_empty() {
                     // The whole body within the body timeout: each read
@@ -596,7 +618,9 @@ impl ProxyHttp for Gateway {
             && original.headers.get("upgrade").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
         let mut fresh = RequestHeader::build(req.method.clone(), req.raw_path(), Some(original.headers.len() + 6))?;
         fresh.set_version(http::Version::HTTP_11);
-        with_fields(original, Prepare { core: &ctx.core, peer, identity: ctx.identity.as_ref(), websocket, out: &mut fresh })?;
+        let mut joined = Vec::new();
+        let cookie = (cookie_bytes(original, &mut joined), ctx.jar.as_deref());
+        with_fields(original, Prepare { core: &ctx.core, peer, identity: ctx.identity.as_ref(), cookie, websocket, out: &mut fresh })?;
         // HTTP/2 names the host in `:authority`, often without a Host
         // field: the portal (HTTP/1.1) gets it as Host.
         if original.version == http::Version::HTTP_2 && fresh.headers.get(http::header::HOST).is_none() {
@@ -605,6 +629,30 @@ impl ProxyHttp for Gateway {
             }
         }
         *req = fresh;
+        Ok(())
+    }
+
+    /// Portal login mode: the portal's session cookies in an answer go to
+    /// the session's sealed jar, never to the browser; other cookies pass.
+    async fn response_filter(&self, _session: &mut Session, upstream_response: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        let policy = &ctx.core.policy;
+        if !policy.portal_mode() {
+            return Ok(());
+        }
+        let all: Vec<http::HeaderValue> = upstream_response.headers.get_all("set-cookie").iter().cloned().collect();
+        if !all.iter().any(|v| policy.is_portal_set_cookie(v.as_bytes())) {
+            return Ok(());
+        }
+        upstream_response.remove_header("set-cookie");
+        let mut held = Vec::new();
+        for v in all {
+            if policy.is_portal_set_cookie(v.as_bytes()) {
+                held.push(v.as_bytes().to_vec());
+            } else {
+                upstream_response.append_header("set-cookie", v)?;
+            }
+        }
+        web::portal::take_set_cookies(&ctx.core.services, ctx.identity.as_ref(), &held).await;
         Ok(())
     }
 

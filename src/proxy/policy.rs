@@ -236,6 +236,13 @@ pub(crate) fn valid_value(value: &[u8]) -> bool {
     value.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
+/// Whether a `Set-Cookie` value sets a cookie called one of `names` (in
+/// any case: held back rather than let through).
+pub(crate) fn sets_one_of(names: &[String], value: &[u8]) -> bool {
+    let name = value.split(|&b| b == b'=').next().unwrap_or(value).trim_ascii();
+    names.iter().any(|c| c.as_bytes().eq_ignore_ascii_case(name))
+}
+
 /// The policy with its configuration: identity field names, riegel's
 /// cookie names, the trusted proxies.
 pub(crate) struct HeaderPolicy {
@@ -243,6 +250,11 @@ pub(crate) struct HeaderPolicy {
     cookies: [String; 2],
     trusted: Vec<ipnet::IpNet>,
     tls_listener: bool,
+    /// Portal login mode: the portal's session cookie names. A client's
+    /// copies are cut out; the session's sealed jar supplies them. The
+    /// Cookie fields are then written last, as one field
+    /// ([`HeaderPolicy::write_cookie`]).
+    portal_cookies: Vec<String>,
 }
 
 /// What a request head says about itself, read once from the client's
@@ -311,7 +323,62 @@ impl HeaderPolicy {
     /// -Name by default), as they are to be sent; `cookies`: riegel's
     /// session and CSRF cookie names.
     pub(crate) fn new(identity: [&str; 3], cookies: [String; 2], trusted: Vec<ipnet::IpNet>, tls_listener: bool) -> Self {
-        Self { identity: identity.map(|n| n.as_bytes().into()), cookies, trusted, tls_listener }
+        Self { identity: identity.map(|n| n.as_bytes().into()), cookies, trusted, tls_listener, portal_cookies: Vec::new() }
+    }
+
+    /// Portal login mode with these session cookie names (none: off).
+    pub(crate) fn with_portal_cookies(mut self, names: Vec<String>) -> Self {
+        self.portal_cookies = names;
+        self
+    }
+
+    /// Portal login mode: Cookie goes last, merged with the jar.
+    pub(crate) fn portal_mode(&self) -> bool {
+        !self.portal_cookies.is_empty()
+    }
+
+    /// Whether an answer's `Set-Cookie` value sets one of the portal's
+    /// session cookies: it never reaches the browser (the jar takes it).
+    pub(crate) fn is_portal_set_cookie(&self, value: &[u8]) -> bool {
+        sets_one_of(&self.portal_cookies, value)
+    }
+
+    /// Portal login mode, after the identity: one Cookie field with the
+    /// client's cookies (`client`: all its Cookie fields joined by `; `)
+    /// without riegel's and without any copy of the portal's session
+    /// cookies, then the session's `jar`. Nothing when both are empty.
+    pub(crate) fn write_cookie<S: Put>(&self, client: Option<&[u8]>, jar: Option<&str>, sink: &mut S) -> Result<(), S::Error> {
+        if !self.portal_mode() {
+            return Ok(());
+        }
+        let ours = self.cookie_names();
+        sink.put(b"cookie", |out| {
+            let mut kept = false;
+            for part in client.unwrap_or_default().split(|&b| b == b';') {
+                let part = part.trim_ascii();
+                let key = part.split(|&b| b == b'=').next().unwrap_or(part).trim_ascii();
+                // The portal's names in any case: a portal that reads them
+                // case-insensitively gets no planted copy either.
+                if key.is_empty() || ours.iter().any(|n| key == n.as_bytes()) || self.portal_cookies.iter().any(|n| key.eq_ignore_ascii_case(n.as_bytes())) {
+                    continue;
+                }
+                if kept {
+                    out.extend_from_slice(b"; ");
+                }
+                out.extend_from_slice(part);
+                kept = true;
+            }
+            match jar.filter(|j| !j.is_empty() && valid_value(j.as_bytes())) {
+                Some(j) => {
+                    if kept {
+                        out.extend_from_slice(b"; ");
+                    }
+                    out.extend_from_slice(j.as_bytes());
+                    true
+                }
+                None => kept,
+            }
+        })
     }
 
     pub(crate) fn cookie_names(&self) -> [&str; 2] {
@@ -423,6 +490,10 @@ impl HeaderPolicy {
         {
             Class::Drop
         } else if name.eq_ignore_ascii_case(b"cookie") {
+            if self.portal_mode() {
+                // Written last, merged with the jar (`write_cookie`).
+                return Class::Drop;
+            }
             Class::Cookie
         } else {
             Class::Keep
@@ -817,5 +888,32 @@ mod tests {
         assert!(!same_header(b"X-A", b"X-AB"));
         assert!(starts_like(b"X_Forwarded_Port", b"x-forwarded-"));
         assert!(!starts_like(b"X-Forward", b"x-forwarded-"));
+    }
+
+    #[test]
+    fn portal_mode_one_cookie_field_last_client_copies_of_the_portal_cookie_cut_the_jar_added() {
+        let p = policy(&[]).with_portal_cookies(vec!["JSESSIONID".into()]);
+        let head = "Host: a\r\nCookie: theme=dark; JSESSIONID=planted; riegel_session=x\r\nCookie: jsessionid=other-case\r\nAccept: */*";
+        let f = fields(head);
+        let s = p.survey(ip("127.0.0.1"), &f).expect("ok");
+        let mut out = Vec::new();
+        let Ok(()) = p.write_fields(&f, &s, &mut out);
+        let joined = b"theme=dark; JSESSIONID=planted; riegel_session=x; jsessionid=other-case";
+        let Ok(()) = p.write_cookie(Some(joined), Some("JSESSIONID=real"), &mut out);
+        let text = String::from_utf8_lossy(&out);
+        assert_eq!(text, "Host: a\r\nAccept: */*\r\ncookie: theme=dark; JSESSIONID=real\r\n");
+        // Without a jar (a public path) the client's other cookies still go.
+        let mut out = Vec::new();
+        let Ok(()) = p.write_cookie(Some(b"JSESSIONID=planted"), None, &mut out);
+        assert!(out.is_empty());
+        let mut out = Vec::new();
+        let Ok(()) = p.write_cookie(None, Some("JSESSIONID=a\r\nX-Evil: 1"), &mut out);
+        assert!(out.is_empty(), "a jar with control characters is never written");
+        // Outside portal mode nothing changes.
+        let mut out = Vec::new();
+        let Ok(()) = policy(&[]).write_cookie(Some(b"a=1"), Some("J=1"), &mut out);
+        assert!(out.is_empty());
+        assert!(p.is_portal_set_cookie(b"JSESSIONID=1; Path=/") && p.is_portal_set_cookie(b" JSESSIONID =1"));
+        assert!(!p.is_portal_set_cookie(b"JSESSIONIDX=1") && !p.is_portal_set_cookie(b"theme=dark"));
     }
 }

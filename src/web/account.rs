@@ -170,7 +170,8 @@ async fn render_account(req: &Request<'_>, s: &Services, a: &Account, status: u1
         error => (!err.key.is_empty()).then_some(err.key),
         minutes => err.minutes,
         min_length => s.cfg.password.min_length,
-        password_action => s.route("account/password"),
+        // Portal login mode: the portal owns the password.
+        password_action => s.cfg.portal_login.is_none().then(|| s.route("account/password")),
         add_action => s.route("account/authenticators"),
         codes_action => s.route("account/recovery-codes"),
         end_others_action => s.route("account/sessions/end-others"),
@@ -573,6 +574,7 @@ pub(super) async fn end_post(req: &Request<'_>, s: &Services, id: &str) -> Resul
     let Some(sid) = target.sid() else { return Ok(done(s, "session_gone")) };
     s.store.delete_session(a.user.id, &sid).await?;
     s.flush().await?;
+    super::portal::end(s, target).await;
     s.audit(req, Event::new(Kind::SessionEnded).user(&a.user.username).field("own", if sid == a.claims.sid { "yes" } else { "no" }));
     if sid == a.claims.sid {
         let mut r = page(s, req, 200, "logged_out", context! { login_url => s.route("login") })?;

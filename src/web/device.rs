@@ -51,8 +51,14 @@ fn token_hash(token: &str) -> String {
 /// session that lives as long as the link, the link mailed to the user (if
 /// the user has an address and is not over the mail limit), and the page
 /// that says so.
-pub(super) async fn after_password(req: &Request<'_>, s: &Services, user: &User, rd: Option<String>) -> Result<Reply, WebError> {
-    let opts = NewSession { expires_at: Some(s.now() + lifetime(s)), device_proof: false };
+pub(super) async fn after_password(
+    req: &Request<'_>,
+    s: &Services,
+    user: &User,
+    rd: Option<String>,
+    portal_jar: Option<Vec<u8>>,
+) -> Result<Reply, WebError> {
+    let opts = NewSession { expires_at: Some(s.now() + lifetime(s)), device_proof: false, portal_jar };
     let (cookie, rec) = start_session_with(s, req, user, Stage::Password, rd, None, opts).await?;
     send_link(req, s, user, &rec).await?;
     let mut r = redirect(&s.route("new-device"));
@@ -255,7 +261,7 @@ pub(super) async fn link_post(req: &Request<'_>, s: &Services, token: &str) -> R
     let Some(claims) = super::session(req, s).await.map(|(c, _)| c) else {
         return Ok(link_refused(req, s, &Link::ElseWhere));
     };
-    let opts = NewSession { expires_at: None, device_proof: true };
+    let opts = NewSession { expires_at: None, device_proof: true, portal_jar: None };
     let (cookie, _) = start_session_with(s, req, &user, Stage::Password, rec.rd.clone(), Some(&claims), opts).await?;
     s.audit(req, Event::new(Kind::NewDeviceLink).result("opened").user(&user.username));
     let mut r = no_referrer(redirect(&s.route("setup")));

@@ -431,3 +431,91 @@ async fn an_operator_revocation_ends_sessions_at_once() {
     assert!(r.ok);
     assert_eq!(b.get("/mieter").await.reply().status, 303, "enabling again does not revive old sessions");
 }
+
+/// A portal with its own login form, as data: what riegel sent, and the
+/// answers of a form with a hidden token and a session cookie.
+#[derive(Default)]
+struct FakePortal(Mutex<Vec<portal::PortalRequest>>);
+
+#[async_trait]
+impl portal::PortalClient for FakePortal {
+    async fn send(&self, req: portal::PortalRequest) -> Result<portal::PortalResponse, portal::PortalError> {
+        let answer = match (req.method, req.target.as_str()) {
+            ("GET", "/login") => portal::PortalResponse {
+                status: 200,
+                set_cookies: vec!["SID=pre1; Path=/".into()],
+                body: br#"<form method=post action=/login><input type=hidden name=tok value="t&amp;1"><input name=username><input type=password name=password></form>"#.to_vec(),
+                ..Default::default()
+            },
+            ("POST", "/login") if req.form.as_deref().is_some_and(|f| f.contains("password=Portal-Geheim-9")) => portal::PortalResponse {
+                status: 302,
+                location: Some("/home".into()),
+                set_cookies: vec!["SID=sess42; Path=/; HttpOnly".into()],
+                ..Default::default()
+            },
+            ("POST", "/login") => portal::PortalResponse { status: 302, location: Some("/login?failed".into()), ..Default::default() },
+            _ => portal::PortalResponse { status: 200, ..Default::default() },
+        };
+        self.0.lock().map_err(|_| portal::PortalError::Timeout)?.push(req);
+        Ok(answer)
+    }
+}
+
+const PORTAL_YAML: &str = "first_factor: portal\nportal_login: { form_url: /login, post_url: /login, success: { redirect_not_to: [/login], set_cookie: SID }, session_cookies: [SID], logout_url: /logout }\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portal_login_replays_the_form_seals_the_jar_and_forwards_it_only_after_the_second_factor() {
+    let k = Kit::new(PORTAL_YAML);
+    let fake = Arc::new(FakePortal::default());
+    let _ = k.s.portal.set(fake.clone());
+    let mut b = k.browser();
+    let r = b.login("Hausmeister", "Portal-Geheim-9").await;
+    assert_eq!(location(&r), "/_riegel/setup", "{}", body(&r));
+    {
+        let sent = fake.0.lock().expect("sent");
+        assert_eq!(sent.len(), 2);
+        assert_eq!(sent[1].cookie.as_deref(), Some("SID=pre1"));
+        let form = sent[1].form.as_deref().unwrap_or("");
+        assert!(form.starts_with("tok=t%261&username=Hausmeister&password=Portal-Geheim-9"), "{form}");
+        assert_eq!(sent[1].client_ip, b.ip);
+    }
+    let user = k.s.store.find_user("hausmeister").await.expect("store").expect("created");
+    assert_eq!((user.username.as_str(), user.password_hash.is_none()), ("hausmeister", true));
+    // The password stage never reaches the portal.
+    assert!(matches!(b.get("/home").await, Got::Page(_)));
+    let sessions = k.s.store.sessions_of(user.id).await.expect("sessions");
+    let stored = serde_json::to_string(&sessions).expect("json");
+    for secret in ["sess42", "Portal-Geheim-9"] {
+        assert!(!stored.contains(secret), "{secret} in the session record");
+    }
+    // Enrol; the full session carries the jar on.
+    let page = body(&b.get("/_riegel/setup").await.reply());
+    let start = page.find("data-copy=\"").expect("key on the page") + "data-copy=\"".len();
+    let secret = data_encoding::BASE32_NOPAD.decode(&page.as_bytes()[start..start + page[start..].find('"').expect("end")]).expect("b32");
+    let code = totp::code_for_step(&secret, totp::step_of(k.clock.now()));
+    let done = b.submit("/_riegel/setup/confirm", "/_riegel/setup/confirm", &[("code", &code)]).await;
+    assert!(body(&done).contains("Erfolgreich aktiviert"), "{}", body(&done));
+    let Got::Forwarded(Some(id)) = b.get("/home").await else { panic!("not forwarded") };
+    assert_eq!(portal::cookie_for(&k.s, &id).as_deref(), Some("SID=sess42"));
+    // The portal's renewal goes into the jar; the portal's logout ends both.
+    portal::take_set_cookies(&k.s, Some(&id), &[b"SID=sess43; Path=/".to_vec()]).await;
+    let Got::Forwarded(Some(id)) = b.get("/home").await else { panic!("not forwarded") };
+    assert_eq!(portal::cookie_for(&k.s, &id).as_deref(), Some("SID=sess43"));
+    portal::take_set_cookies(&k.s, Some(&id), &[b"SID=; Max-Age=0".to_vec()]).await;
+    assert!(matches!(b.get("/home").await, Got::Page(_)), "the portal ended its session: riegel's ends too");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portal_login_refusal_counts_and_a_missing_portal_is_a_502_not_a_failure() {
+    let k = Kit::new(PORTAL_YAML);
+    let mut b = k.browser();
+    let r = b.login("hausmeister", "Portal-Geheim-9").await;
+    assert_eq!(r.status, 502, "no portal client: {}", body(&r));
+    assert_eq!(k.s.store.counter(&crate::store::CounterKey::login("hausmeister")).await.expect("counter").failures, 0);
+    let _ = k.s.portal.set(Arc::new(FakePortal::default()));
+    let r = b.login("hausmeister", "falsch").await;
+    assert_eq!(r.status, 200);
+    assert!(body(&r).contains("login-error"), "{}", body(&r));
+    assert_eq!(k.s.store.counter(&crate::store::CounterKey::login("hausmeister")).await.expect("counter").failures, 1);
+    assert!(k.s.store.find_user("hausmeister").await.expect("store").is_none());
+}

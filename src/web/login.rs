@@ -41,9 +41,14 @@ fn render_login(
     notice: Option<&str>,
     minutes: i64,
 ) -> Result<Reply, WebError> {
+    let forgot_url = match &s.cfg.portal_login {
+        // The portal owns the passwords: its own reset page, if any.
+        Some(p) => p.forgot_url.clone(),
+        None => Some(s.route("forgot")),
+    };
     let ctx = context! {
         action => s.route_rd("login", rd),
-        forgot_url => s.route("forgot"),
+        forgot_url => forgot_url,
         username => username,
         error => error,
         notice => notice,
@@ -67,6 +72,9 @@ pub(super) async fn post(req: &Request<'_>, s: &Services) -> Result<Reply, WebEr
     }
     if login.is_empty() || password.is_empty() {
         return render_login(req, s, 200, rd.as_deref(), &login, Some("err_required"), None, 0);
+    }
+    if let Some(cfg) = &s.cfg.portal_login {
+        return portal_post(req, s, cfg, rd, &login, &password).await;
     }
     let user = s.store.find_user(&login).await?;
     // The attempt is counted before the hash is computed: of any number of
@@ -113,15 +121,122 @@ pub(super) async fn post(req: &Request<'_>, s: &Services) -> Result<Reply, WebEr
         upgrade_hash(s, &user, password).await;
     }
     s.audit(req, password_step(LoginResult::Success));
-    if super::device::needs_proof(s, &user) {
+    after_first_factor(req, s, &user, rd, None).await
+}
+
+/// The first factor passed: the new-device proof where due, else a
+/// password-stage session (with the portal's sealed cookies in portal
+/// login mode) and on to the second factor.
+async fn after_first_factor(req: &Request<'_>, s: &Services, user: &User, rd: Option<String>, jar: Option<Vec<u8>>) -> Result<Reply, WebError> {
+    if super::device::needs_proof(s, user) {
         // A lost phone: the password alone shows no QR code.
-        return super::device::after_password(req, s, &user, rd).await;
+        return super::device::after_password(req, s, user, rd, jar).await;
     }
-    let (cookie, _) = start_session(s, req, &user, Stage::Password, rd.clone(), None).await?;
+    let opts = NewSession { portal_jar: jar, ..NewSession::default() };
+    let (cookie, _) = start_session_with(s, req, user, Stage::Password, rd, None, opts).await?;
     let next = if user.authenticators.is_empty() { "setup" } else { "verify" };
     let mut r = redirect(&s.route(next));
     r.headers.push(("set-cookie", cookie));
     Ok(r)
+}
+
+/// `first_factor: portal`: the password is replayed to the portal's own
+/// form (never stored), reserved in the regulation first exactly like a
+/// local one. On success the account is found or created (the name as
+/// the portal took it, case-folded, no password hash) and the portal's
+/// session cookies go sealed into the new session record.
+async fn portal_post(
+    req: &Request<'_>,
+    s: &Services,
+    cfg: &crate::config::PortalLoginConfig,
+    rd: Option<String>,
+    login: &str,
+    password: &str,
+) -> Result<Reply, WebError> {
+    use super::portal::{replay, seal, Replay};
+    let folded = login.to_lowercase();
+    let user = s.store.find_user(&folded).await?;
+    let attempt = Attempt::login(s, user.as_ref(), &folded, req.client_ip);
+    // As for a local login: only an existing account's name is audited.
+    let known = user.as_ref().map(|u| u.username.clone());
+    let step = |result, name: Option<&str>| {
+        let e = Event::login(LoginStage::Password, result).field("first_factor", "portal");
+        match name {
+            Some(n) => e.user(n),
+            None => e,
+        }
+    };
+    if let Err(refused) = attempt.reserve(s).await? {
+        s.audit(req, step(LoginResult::Banned, known.as_deref()));
+        return render_login(req, s, 429, rd.as_deref(), "", Some("err_banned"), None, refused.minutes);
+    }
+    let outcome = match tokio::time::timeout(cfg.timeout, replay(s, cfg, login, password, req.client_ip)).await {
+        Ok(r) => r,
+        Err(_) => Err(super::portal::PortalError::Timeout),
+    };
+    let jar = match outcome {
+        Ok(Replay::Accepted(jar)) => jar,
+        Ok(Replay::Refused) => {
+            s.audit(req, step(LoginResult::Failure, known.as_deref()));
+            attempt.failed(s, req).await?;
+            return render_login(req, s, 200, rd.as_deref(), "", Some("err_login_failed"), None, 0);
+        }
+        Err(e) => {
+            // Not the user's fault: the attempt is given back.
+            attempt.released(s).await?;
+            tracing::warn!(error = %e, "portal login could not be checked");
+            let status = if matches!(e, super::portal::PortalError::Timeout) { 504 } else { 502 };
+            return Ok(super::upstream_error_page(s, status));
+        }
+    };
+    let user = match user {
+        Some(u) => u,
+        None => match s
+            .store
+            .insert_user(crate::store::NewUser { username: folded.clone(), email: None, display_name: login.to_string(), password_hash: None }, s.now())
+            .await
+        {
+            Ok(u) => {
+                tracing::info!(user = %u.username, "account created at the first portal login");
+                u
+            }
+            // Created by a login racing this one.
+            Err(crate::store::StoreError::Conflict { .. }) => s.store.find_user(&folded).await?.ok_or(crate::store::StoreError::NoSuchUser)?,
+            Err(e) => return Err(e.into()),
+        },
+    };
+    let sealed = seal(s, user.id, &jar);
+    if user.disabled {
+        s.audit(req, step(LoginResult::Failure, Some(&user.username)));
+        attempt.failed(s, req).await?;
+        let rec = crate::store::SessionRecord { uid: user.id, portal_jar: Some(sealed), ..portal_only(&user) };
+        super::portal::end(s, &rec).await;
+        return render_login(req, s, 200, rd.as_deref(), "", Some("err_login_failed"), None, 0);
+    }
+    attempt.succeeded(s).await?;
+    s.audit(req, step(LoginResult::Success, Some(&user.username)));
+    after_first_factor(req, s, &user, rd, Some(sealed)).await
+}
+
+/// A record that only carries a jar to [`super::portal::end`].
+fn portal_only(user: &User) -> SessionRecord {
+    SessionRecord {
+        uid: user.id,
+        sid: Vec::new(),
+        stage: Stage::Password,
+        created_at: 0,
+        last_seen: 0,
+        expires_at: 0,
+        username: user.username.clone(),
+        email: None,
+        display_name: String::new(),
+        rd: None,
+        stamp: 0,
+        user_agent: None,
+        ip: None,
+        device_proof: false,
+        portal_jar: None,
+    }
 }
 
 /// Re-hashes an imported (bcrypt) or weaker hash with argon2id after a
@@ -165,12 +280,14 @@ pub(super) async fn start_session(
 }
 
 /// What [`start_session_with`] may set beyond the defaults.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct NewSession {
     /// Ends then instead of after the stage's lifetime.
     pub expires_at: Option<crate::clock::UnixTime>,
     /// The session opened the mailed new-device link.
     pub device_proof: bool,
+    /// The portal's session cookies, sealed (portal login mode).
+    pub portal_jar: Option<Vec<u8>>,
 }
 
 /// The most of a User-Agent kept with a session.
@@ -193,6 +310,12 @@ pub(super) async fn start_session_with(
         Stage::Full => s.cfg.session.max_lifetime,
     };
     let expires_at = opts.expires_at.unwrap_or(now + lifetime.as_secs() as i64);
+    // A new session id for the next stage carries the portal's cookies on.
+    let portal_jar = match (opts.portal_jar, replaces) {
+        (Some(j), _) => Some(j),
+        (None, Some(old)) if s.cfg.portal_login.is_some() => s.store.session(old.uid, &old.sid).await?.and_then(|r| r.portal_jar),
+        (None, _) => None,
+    };
     let rec = SessionRecord {
         uid: user.id,
         sid: sid.to_vec(),
@@ -208,7 +331,7 @@ pub(super) async fn start_session_with(
         user_agent: req.user_agent.map(|ua| cut(ua, MAX_USER_AGENT).to_string()),
         ip: Some(req.client_ip.to_string()),
         device_proof: opts.device_proof,
-        portal_jar: None,
+        portal_jar,
     };
     s.store.put_session(&rec).await?;
     if let Some(old) = replaces {
@@ -247,6 +370,8 @@ pub(super) async fn logout_post(req: &Request<'_>, s: &Services) -> Result<Reply
         s.store.delete_session(claims.uid, &claims.sid).await?;
         s.flush().await?;
         s.audit(req, Event::new(Kind::Logout).user(&rec.username));
+        // The portal's session ends with riegel's.
+        super::portal::end(s, &rec).await;
     }
     let mut r = page(s, req, 200, "logged_out", context! { login_url => s.route("login") })?;
     r.headers.push(("set-cookie", clear_session_cookie(s)));

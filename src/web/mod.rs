@@ -23,6 +23,7 @@ pub use forms::Form;
 mod journey_tests;
 mod lang;
 mod login;
+pub mod portal;
 mod regulation;
 mod reset;
 mod second;
@@ -165,6 +166,11 @@ pub struct Services {
     /// Where riegel's own routes live, e.g. `/_riegel`.
     pub prefix: String,
     origin: String,
+    /// The HTTP client to the portal for `first_factor: portal`, set by
+    /// the proxy when it knows the upstream ([`portal::PortalClient`]).
+    pub portal: std::sync::OnceLock<Arc<dyn portal::PortalClient>>,
+    /// Seals the portal's cookies in session records.
+    jar_box: SecretBox,
     /// Where security events go ([`Services::audit`]): `log.audit_file`
     /// or stderr.
     pub audit_log: crate::audit::Audit,
@@ -194,6 +200,8 @@ impl Services {
             codec: SessionCodec::new(&cfg.secrets.session_keys),
             secret_box: SecretBox::new(&cfg.secrets.storage_key),
             recovery_pepper: derive_key(&cfg.secrets.storage_key, "riegel/recovery-codes/v1"),
+            jar_box: SecretBox::for_purpose(&cfg.secrets.storage_key, "riegel/portal-jar/v1"),
+            portal: std::sync::OnceLock::new(),
             hash_pool,
             cookie_name: cfg.cookie_name(),
             csrf_cookie_name: cfg.csrf_cookie_name(),
@@ -312,6 +320,21 @@ async fn route(req: &Request<'_>, rest: &str, s: &Arc<Services>) -> Result<Reply
     // Each path once; a known path asked with a method it does not take
     // gets 405.
     let not_allowed = || Ok(error_reply(s, req, 405, "error_400"));
+    if let Some(p) = &s.cfg.portal_login {
+        // The portal owns the passwords: riegel's reset and password
+        // change are not there; "forgotten" leads to the portal's page.
+        match rest {
+            "/forgot" => {
+                return Ok(match &p.forgot_url {
+                    Some(u) if m == Get => redirect(u),
+                    _ => error_reply(s, req, 404, "error_404"),
+                })
+            }
+            "/account/password" => return Ok(error_reply(s, req, 404, "error_404")),
+            r if r.starts_with("/reset/") => return Ok(error_reply(s, req, 404, "error_404")),
+            _ => {}
+        }
+    }
     match rest {
         "/login" => match m {
             Get => login::get(req, s).await,
@@ -431,6 +454,11 @@ async fn route(req: &Request<'_>, rest: &str, s: &Arc<Services>) -> Result<Reply
 /// A request for the portal: forward it with an identity, pass it if
 /// public, or send the user to the login page.
 async fn portal_request(req: &Request<'_>, s: &Services) -> Outcome {
+    if let Some(p) = &s.cfg.portal_login {
+        if portal::is_portal_login(p, req.method == Method::Post, req.path) {
+            return Outcome::Reply(portal_login_elsewhere(req, s).await);
+        }
+    }
     if paths::is_public(&s.cfg.public_paths, req.path) {
         return Outcome::Forward(None);
     }
@@ -446,6 +474,22 @@ async fn portal_request(req: &Request<'_>, s: &Services) -> Outcome {
             Outcome::Reply(redirect(&s.route_rd("login", Some(rd))))
         }
     }
+}
+
+/// A POST to the portal's own login action (portal login mode): never
+/// forwarded. With a session it means the portal lost its session (it
+/// showed its form again): riegel's ends too, and the user logs in again on
+/// riegel's page, second factor included.
+async fn portal_login_elsewhere(req: &Request<'_>, s: &Services) -> Reply {
+    let mut r = redirect(&format!("{}?notice=login_expired", s.route("login")));
+    if let Some((_, rec)) = session(req, s).await {
+        tracing::info!(target: "audit", event = "logout", user = %rec.username, ip = %req.client_ip, "the portal's own login was asked for; session ended");
+        if let Err(e) = portal::end_session(s, &rec).await {
+            tracing::warn!(error = %e, "could not end the session");
+        }
+        r.headers.push(("set-cookie", clear_session_cookie(s)));
+    }
+    r
 }
 
 /// The path as it may be logged: reset and new-device tokens are secrets

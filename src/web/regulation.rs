@@ -135,6 +135,20 @@ impl Attempt {
         Ok(())
     }
 
+    /// The reserved attempt could not be checked (the portal did not
+    /// answer): every counter gets it back, nothing is forgiven.
+    pub(super) async fn released(&self, s: &Services) -> Result<(), WebError> {
+        s.store
+            .update_counters(&self.keys, &mut |counters: &mut [Counter]| {
+                for c in counters.iter_mut() {
+                    regulation::refund(c);
+                }
+                Update::Commit
+            })
+            .await?;
+        Ok(())
+    }
+
     /// One `ban` line for each counter this attempt banned.
     fn audit_bans(&self, s: &Services, req: &Request<'_>, banned: &[(usize, i64)]) {
         for &(i, until) in banned {

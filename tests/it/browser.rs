@@ -952,3 +952,53 @@ fn browser_processes_end_when_a_test_fails() {
     }
     assert!(!Path::new(&profile).exists(), "the profile directory is removed");
 }
+
+/// `riegel demo --portal-login` in German: the portal keeps its own login
+/// form, riegel's page takes the password, the guide's enrolment follows,
+/// and the portal's pages come with its own session (by number), whose
+/// cookie the browser never holds; logout ends the portal's session too.
+#[test]
+fn browser_portal_login_demo_in_german() {
+    with_driver(|d| {
+        let portal = riegel::demo::start_login_portal("127.0.0.1:0".parse().expect("addr")).expect("portal");
+        let r = Riegel::start_with(Options { upstream: Some(portal.addr), extra_yaml: riegel::demo::PORTAL_LOGIN_YAML.into(), ..Options::default() });
+        let (user, password, _) = riegel::demo::PORTAL_USER;
+        let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("artifacts/screenshots/de/portal-login");
+        let mut b = Session::open(d, 1280, 900, shots);
+        b.goto(&format!("{}/start", r.base));
+        b.wait_url("/_riegel/login?rd=%2Fstart");
+        let t = b.text();
+        for w in ["Benutzername oder E-Mail", "Ihr Passwort", "Jetzt anmelden!", "Sie können nicht auf Ihr Konto zugreifen?"] {
+            assert!(t.contains(w), "login page lacks {w:?}:\n{t}");
+        }
+        b.check_page("login");
+        b.sign_in(user, "falsch-falsch");
+        b.wait_source("login-error");
+        b.sign_in(user, password);
+        b.wait_url("/_riegel/setup");
+        assert!(b.text().contains("Zwei-Faktor-Authentifizierung aktivieren"));
+        b.check_page("setup");
+        let secret = secret_of_uri(&decode_qr_svg(&qr_svg_of(&b.source())));
+        b.click("a[href$='/_riegel/setup/confirm']");
+        b.wait_url("/_riegel/setup/confirm");
+        assert!(b.text().contains("Bestätigungscode eingeben"));
+        b.fill("input[name=code]", &totp_code(&secret, r.now()));
+        b.click("button[type=submit]");
+        b.wait_source("code-list");
+        assert!(b.text().contains("Erfolgreich aktiviert"));
+        b.click("a[href='/start']");
+        b.wait_url("/start");
+        b.wait_source("portal-session");
+        assert!(b.text().contains("Willkommen im Portal, mieterin!"), "{}", b.text());
+        b.screenshot("portal");
+        let cookies = b.run("cookies", b.client().get_all_cookies());
+        assert!(cookies.iter().all(|c| c.name() != "PORTALSID"), "{cookies:?}");
+        assert_eq!(portal.live_sessions().len(), 1);
+        // The portal's logout link points at riegel's.
+        b.click("#portal-logout");
+        b.wait_url("/_riegel/logout");
+        b.click("button[type=submit]");
+        b.wait_source("/_riegel/login\"");
+        assert!(portal.live_sessions().is_empty(), "the portal's session ended with riegel's");
+    });
+}

@@ -15,6 +15,7 @@ mod http2;
 mod login;
 mod mail;
 mod metrics;
+mod portal;
 mod postgres;
 mod reload;
 mod regulation;

@@ -1,0 +1,235 @@
+//! Portal login mode (`first_factor: portal`) against a legacy-style portal
+//! with its own login (riegel::demo::start_login_portal: hidden CSRF field
+//! bound to a pre-login cookie, its own session cookie PORTALSID, a
+//! redirect on success, the form again on failure, Remote-User ignored).
+
+use crate::harness::*;
+use riegel::demo::{start_login_portal, LoginPortal, PORTAL_COOKIE, PORTAL_LOGIN_YAML, PORTAL_USER};
+use riegel::store::CounterKey;
+
+fn start() -> (Riegel, LoginPortal) {
+    let portal = start_login_portal("127.0.0.1:0".parse().expect("addr")).expect("portal");
+    let r = Riegel::start_with(Options { upstream: Some(portal.addr), extra_yaml: PORTAL_LOGIN_YAML.into(), ..Options::default() });
+    (r, portal)
+}
+
+/// Every answer a browser got, head and body, as text.
+fn everything(answers: &[&Resp]) -> String {
+    answers.iter().map(|a| format!("{:?}\n{}", a.headers, a.body)).collect::<Vec<_>>().join("\n")
+}
+
+/// The portal's one live session id (what only riegel may hold).
+fn portal_sid(p: &LoginPortal) -> String {
+    let live = p.live_sessions();
+    assert_eq!(live.len(), 1, "{live:?}");
+    live[0].clone()
+}
+
+#[test]
+fn one_login_on_riegels_page_enrol_then_portal_pages_carry_the_portal_cookie_never_the_browser() {
+    let (r, portal) = start();
+    let (user, password, _) = PORTAL_USER;
+    let mut c = r.client();
+    // The guide's page, unchanged; the forgot link goes to the portal's page.
+    let form = c.get("/_riegel/login");
+    assert!(form.body.contains("Jetzt anmelden!"), "{}", form.body);
+    assert!(form.body.contains("href=\"/password-reset\""), "{}", form.body);
+    // The name as typed in another case: the account is the folded one.
+    let e = login_and_enrol(&r, &mut c, "Mieterin", password);
+    assert!(e.activated.body.contains("Erfolgreich aktiviert"), "{}", e.activated.body);
+    let u = r.user(user).expect("account created at the first portal login");
+    assert_eq!((u.username.as_str(), u.password_hash.is_none()), ("mieterin", true));
+
+    let sid = portal_sid(&portal);
+    let page = c.get("/start");
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("id=\"portal-user\">mieterin<"), "{}", page.body);
+    // The framework's way (a POST to a portal page) carries it too.
+    let posted = c.post("/start", &[("a", "1")]);
+    assert_eq!(posted.status, 200, "{}", posted.body);
+    let seen = portal.seen();
+    let with_cookie = |path: &str| seen.iter().any(|l| l.starts_with(path) && l.contains(&format!("{PORTAL_COOKIE}={sid}")));
+    assert!(with_cookie("GET /start "), "{seen:#?}");
+    assert!(with_cookie("POST /start "), "{seen:#?}");
+    // Replayed: GET form (pre-login cookie), POST with its CSRF field.
+    assert!(seen.iter().any(|l| l.starts_with("GET /login ")), "{seen:#?}");
+    assert!(seen.iter().any(|l| l.starts_with("POST /login | PORTALSID=pre-")), "{seen:#?}");
+    // The browser never holds the portal's cookie; other portal cookies pass.
+    assert!(!c.jar.contains_key(PORTAL_COOKIE), "{:?}", c.jar);
+    assert!(!everything(&[&form, &e.activated, &page, &posted]).contains(&sid));
+    assert!(!c.jar.values().any(|v| v.contains(&sid)));
+}
+
+#[test]
+fn a_wrong_password_gets_the_normal_failure_page_and_counts() {
+    let (r, portal) = start();
+    let mut c = r.client();
+    let resp = c.login("mieterin", "falsch-falsch");
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    assert!(resp.body.contains("Jetzt anmelden!"), "{}", resp.body);
+    assert!(resp.header("location").is_none());
+    assert!(c.session_cookie().is_none());
+    assert_eq!(r.counter(&CounterKey::login("mieterin")).failures, 1);
+    assert!(r.user("mieterin").is_none(), "no account for a refused login");
+    assert!(portal.live_sessions().is_empty());
+    // Once the account exists, failures count on it.
+    let (_, password, _) = PORTAL_USER;
+    let _ = login_and_enrol(&r, &mut r.client(), "mieterin", password);
+    let uid = r.user("mieterin").expect("user").id;
+    let resp = r.client().login("mieterin", "noch-falscher");
+    assert_eq!(resp.status, 200);
+    assert_eq!(r.counter(&CounterKey::Account(uid)).failures, 1);
+}
+
+#[test]
+fn regulation_bans_before_the_portal_is_asked() {
+    let (r, portal) = start();
+    for _ in 0..5 {
+        let _ = r.client().login("mieterin", "falsch-falsch");
+    }
+    let posts = || portal.seen().iter().filter(|l| l.starts_with("POST /login")).count();
+    let before = posts();
+    let (_, password, _) = PORTAL_USER;
+    let banned = r.client().login("mieterin", password);
+    assert_eq!(banned.status, 429, "{}", banned.body);
+    assert_eq!(posts(), before, "a banned attempt never reaches the portal");
+}
+
+#[test]
+fn logout_ends_the_portal_session_too() {
+    let (r, portal) = start();
+    let (_, password, _) = PORTAL_USER;
+    let mut c = r.client();
+    let _ = login_and_enrol(&r, &mut c, "mieterin", password);
+    let sid = portal_sid(&portal);
+    // The portal's own logout link points at riegel's logout.
+    let out = c.request("POST", "/_riegel/logout", &[("Origin", &r.base), ("Sec-Fetch-Site", "same-origin")], Some(""));
+    assert_eq!(out.status, 200, "{}", out.body);
+    let seen = portal.seen();
+    assert!(seen.iter().any(|l| l.starts_with("GET /logout ") && l.contains(&sid)), "{seen:#?}");
+    assert!(portal.live_sessions().is_empty());
+    assert_eq!(c.get("/start").status, 303, "riegel's session is gone too");
+}
+
+#[test]
+fn a_portal_that_is_down_gives_the_branded_502_at_login() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    let r = Riegel::start_with(Options { upstream: Some(closed), extra_yaml: PORTAL_LOGIN_YAML.into(), ..Options::default() });
+    let resp = r.client().login("mieterin", "whatever-it-is");
+    assert_eq!(resp.status, 502, "{}", resp.body);
+    assert!(resp.body.contains("IMMO PRO"), "branded: {}", resp.body);
+    assert_eq!(r.counter(&CounterKey::login("mieterin")).failures, 0, "not the user's failure");
+}
+
+#[test]
+fn the_browser_cannot_bring_its_own_portal_cookie_or_log_in_to_the_portal_past_riegel() {
+    let (r, portal) = start();
+    let (_, password, _) = PORTAL_USER;
+    let mut c = r.client();
+    let _ = login_and_enrol(&r, &mut c, "mieterin", password);
+    let sid = portal_sid(&portal);
+    // A planted copy (fixation) never reaches the portal: only the jar's.
+    c.jar.insert(PORTAL_COOKIE.into(), "s-attacker".into());
+    let page = c.get("/start");
+    assert_eq!(page.status, 200);
+    let last = portal.seen().last().cloned().unwrap_or_default();
+    assert!(last.contains(&format!("{PORTAL_COOKIE}={sid}")) && !last.contains("attacker"), "{last}");
+    c.jar.remove(PORTAL_COOKIE);
+    // Posting another person's password to the portal's own form through a
+    // full session would skip that person's second factor: never forwarded,
+    // and riegel's session ends.
+    let before = portal.seen().len();
+    let body = form_encode(&[("username", "someone-else"), ("password", "their-password")]);
+    let resp = c.request("POST", "/login", &[], Some(&body));
+    assert_eq!(resp.status, 303, "{}", resp.body);
+    assert!(resp.location().starts_with("/_riegel/login"), "{}", resp.location());
+    assert!(!portal.seen()[before..].iter().any(|l| l.starts_with("POST /login")), "{:#?}", portal.seen());
+    assert_eq!(c.get("/start").status, 303);
+}
+
+#[test]
+fn a_renewed_portal_session_updates_the_sealed_jar_not_the_browser() {
+    let (r, portal) = start();
+    let (_, password, _) = PORTAL_USER;
+    let mut c = r.client();
+    let _ = login_and_enrol(&r, &mut c, "mieterin", password);
+    let old = portal_sid(&portal);
+    let rotated = c.get("/rotate");
+    assert_eq!(rotated.status, 302, "{}", rotated.body);
+    assert!(rotated.headers_named("set-cookie").iter().all(|v| !v.starts_with(PORTAL_COOKIE)), "{:?}", rotated.headers);
+    let new = portal_sid(&portal);
+    assert_ne!(old, new);
+    let page = c.get("/start");
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(portal.seen().last().is_some_and(|l| l.contains(&new)));
+    assert!(!everything(&[&rotated, &page]).contains(&new));
+    // The same through Pingora's framework (a POST): held back, jar updated.
+    let posted = c.post("/rotate", &[("x", "1")]);
+    assert_eq!(posted.status, 302, "{}", posted.body);
+    assert!(posted.headers_named("set-cookie").iter().all(|v| !v.starts_with(PORTAL_COOKIE)), "{:?}", posted.headers);
+    let newer = portal_sid(&portal);
+    assert_ne!(new, newer);
+    assert_eq!(c.get("/start").status, 200);
+    assert!(portal.seen().last().is_some_and(|l| l.contains(&newer)), "{:#?}", portal.seen());
+    assert!(!everything(&[&posted]).contains(&newer));
+}
+
+#[test]
+fn riegels_reset_is_not_offered_the_portals_is() {
+    let (r, _portal) = start();
+    let mut c = r.client();
+    let forgot = c.get("/_riegel/forgot");
+    assert_eq!((forgot.status, forgot.location()), (303, "/password-reset"));
+    let page = c.get("/password-reset");
+    assert_eq!(page.status, 200, "a public portal page");
+    assert!(page.body.contains("portal-reset"));
+    // A public page's portal session cookie is held back; others pass.
+    assert!(page.headers_named("set-cookie").iter().all(|v| !v.starts_with(PORTAL_COOKIE)), "{:?}", page.headers);
+    assert!(page.headers_named("set-cookie").iter().any(|v| v.starts_with("portal_lang=de")), "{:?}", page.headers);
+    assert_eq!(c.get("/_riegel/reset/abc").status, 404);
+    // Mein Zugang offers no password change: the portal owns the password.
+    let (_, password, _) = PORTAL_USER;
+    let _ = login_and_enrol(&r, &mut c, "mieterin", password);
+    let account = c.get("/_riegel/account");
+    assert_eq!(account.status, 200, "{}", account.body);
+    assert!(!account.body.contains("change-password"), "{}", account.body);
+    assert!(account.body.contains("recovery-codes") || account.body.contains("authenticators"), "{}", account.body);
+    let changed = c.post("/_riegel/account/password", &[("current_password", password), ("password", "x"), ("password2", "x")]);
+    assert_eq!(changed.status, 404);
+}
+
+#[test]
+fn the_password_is_never_written_to_the_store_or_the_log() {
+    let portal = start_login_portal("127.0.0.1:0".parse().expect("addr")).expect("portal");
+    let dir = tempdir("portal-serve");
+    let p = ServeProcess::start(&dir, portal.addr, PORTAL_LOGIN_YAML);
+    let (_, password, _) = PORTAL_USER;
+    let mut c = Client::new(p.addr);
+    let wrong = c.login("mieterin", "Falsches-Kennwort-77");
+    assert_eq!(wrong.status, 200);
+    let resp = c.login("mieterin", password);
+    assert_eq!(resp.status, 303, "{}", resp.body);
+    let setup = c.get("/_riegel/setup");
+    assert_eq!(setup.status, 200);
+    let sid = portal_sid(&portal);
+    p.stop();
+    let mut files = vec![dir.join("stderr.log")];
+    let mut stack = vec![dir.join("data")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("dir").flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    assert!(files.len() > 2, "{files:?}");
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap_or_default();
+        for secret in [password, "Falsches-Kennwort-77", sid.as_str()] {
+            assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "{secret} in {}", f.display());
+        }
+    }
+}
