@@ -291,8 +291,9 @@ async fn second_factor(req: &Request<'_>, s: &Services, a: &Account, code: &str,
 
 /// Raises the user's stamp (done by the caller's update), then gives this
 /// browser a new session id under the new stamp, with the old session's
-/// start, end, return path and device, and removes every other session.
-/// Returns the cookie and how many sessions ended.
+/// start, end, return path, device and portal jar, and removes every other
+/// session (telling the portal to end theirs). Returns the cookie and how
+/// many sessions ended.
 async fn reissue(s: &Services, a: &Account, user: &User) -> Result<(String, usize), WebError> {
     let now = s.now();
     let sid = SessionCodec::new_session_id(s.rng.as_ref());
@@ -303,8 +304,13 @@ async fn reissue(s: &Services, a: &Account, user: &User) -> Result<(String, usiz
     rec.email = user.email.clone();
     rec.display_name = user.display_name.clone();
     s.store.put_session(&rec).await?;
-    let ended = s.store.delete_sessions_of(user.id, Some(&sid)).await?.len().saturating_sub(1);
+    let gone = s.store.delete_sessions_of(user.id, Some(&sid)).await?;
     s.flush().await?;
+    // The other sessions' portal logins end too (portal login mode); this
+    // browser's own jar lives on in the new record.
+    let others: Vec<SessionRecord> = gone.into_iter().filter(|r| r.sid != a.rec.sid).collect();
+    let ended = others.len();
+    super::portal::end_all(s, &others).await;
     let value = s.codec.encode(&SessionClaims { sid, uid: user.id, stage: Stage::Full, issued_at: now, expires_at: rec.expires_at });
     Ok((session_cookie(s, &value), ended))
 }

@@ -219,6 +219,20 @@ async fn enrol(k: &Kit, b: &mut Browser, user: &str) -> Vec<u8> {
     secret
 }
 
+/// The codes were shown once; instead of reading them back from the page,
+/// give the user a fresh set through the store. Returns codes and hashes.
+async fn known_recovery_codes(k: &Kit, uid: u64) -> (Vec<String>, Vec<String>) {
+    let (codes, hashes) = super::second::new_recovery_codes(&k.s, uid);
+    k.s.store
+        .update_user(uid, &mut |u| {
+            u.recovery_codes = hashes.clone();
+            crate::store::Update::Commit
+        })
+        .await
+        .expect("codes");
+    (codes, hashes)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn portal_requests_need_a_full_session_and_public_paths_do_not() {
     let k = Kit::new("");
@@ -330,16 +344,7 @@ async fn recovery_codes_work_once_and_mail_a_notice() {
     enrol(&k, &mut b, "dora").await;
     let u = k.s.store.find_user("dora").await.expect("store").expect("dora");
     assert_eq!(u.recovery_codes.len(), 10);
-    // The codes were shown once; read one back from the store's side: the
-    // tests know the RNG, but simpler is a fresh set through the store.
-    let (codes, hashes) = super::second::new_recovery_codes(&k.s, u.id);
-    k.s.store
-        .update_user(u.id, &mut |u| {
-            u.recovery_codes = hashes.clone();
-            crate::store::Update::Commit
-        })
-        .await
-        .expect("codes");
+    let (codes, _) = known_recovery_codes(&k, u.id).await;
     let mut c = k.browser();
     c.login("dora", PASSWORD).await;
     let r = c.submit("/_riegel/recovery", "/_riegel/recovery", &[("code", &codes[0])]).await;
@@ -432,10 +437,89 @@ async fn an_operator_revocation_ends_sessions_at_once() {
     assert_eq!(b.get("/mieter").await.reply().status, 303, "enabling again does not revive old sessions");
 }
 
+/// "Mein Zugang" at the `handle` boundary: it needs a full session; ending
+/// the other sessions, new recovery codes and a password change each take
+/// effect at once and mail a notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_pages_end_others_renew_codes_and_change_the_password() {
+    let k = Kit::new("");
+    k.add_user("ida", Some("ida@example.at")).await;
+    let mut stranger = k.browser();
+    let r = stranger.get("/_riegel/account").await.reply();
+    assert_eq!((r.status, location(&r)), (303, "/_riegel/login?rd=%2F%5Friegel%2Faccount"));
+    let mut a = k.browser();
+    let secret = enrol(&k, &mut a, "ida").await;
+    let page = body(&a.get("/_riegel/account").await.reply());
+    assert!(page.contains("ida@example.at") && page.contains("ida Muster"), "{page}");
+    // A password-only session of the same user does not get the page.
+    let mut half = k.browser();
+    half.login("ida", PASSWORD).await;
+    assert_eq!(half.get("/_riegel/account").await.reply().status, 303);
+
+    // A second device logs in fully.
+    k.advance(30);
+    let mut other = k.browser();
+    other.login("ida", PASSWORD).await;
+    let code = totp::code_for_step(&secret, totp::step_of(k.clock.now()));
+    assert_eq!(other.submit("/_riegel/verify", "/_riegel/verify", &[("code", &code)]).await.status, 303);
+    assert!(matches!(other.get("/mieter").await, Got::Forwarded(Some(_))));
+    let before = k.mails().len();
+    let r = a.submit("/_riegel/account", "/_riegel/account/sessions/end-others", &[]).await;
+    assert_eq!((r.status, location(&r)), (303, "/_riegel/account?notice=sessions_ended"), "{}", body(&r));
+    assert!(matches!(a.get("/mieter").await, Got::Forwarded(Some(_))), "this browser stays logged in");
+    assert_eq!(other.get("/mieter").await.reply().status, 303, "the other device is logged out");
+    assert_eq!(half.get("/_riegel/verify").await.reply().status, 303, "the half session ended too");
+    assert_eq!(k.mails().len(), before + 1, "a notice");
+
+    // New recovery codes: the old ones stop working.
+    let u = k.s.store.find_user("ida").await.expect("store").expect("ida");
+    let (old, hashes) = known_recovery_codes(&k, u.id).await;
+    let wrong = a.submit("/_riegel/account", "/_riegel/account/recovery-codes", &[("code", "000000")]).await;
+    assert_eq!(wrong.status, 200);
+    let kept = k.s.store.find_user("ida").await.expect("store").expect("ida").recovery_codes;
+    assert_eq!(kept, hashes, "a wrong code renews nothing");
+    k.advance(30);
+    let code = totp::code_for_step(&secret, totp::step_of(k.clock.now()));
+    let shown = a.submit("/_riegel/account", "/_riegel/account/recovery-codes", &[("code", &code)]).await;
+    assert_eq!(shown.status, 200, "{}", body(&shown));
+    let renewed = k.s.store.find_user("ida").await.expect("store").expect("ida").recovery_codes;
+    assert_eq!(renewed.len(), 10);
+    assert!(renewed.iter().all(|h| !hashes.contains(h)), "all codes are new");
+    let mut c = k.browser();
+    c.login("ida", PASSWORD).await;
+    let r = c.submit("/_riegel/recovery", "/_riegel/recovery", &[("code", &old[0])]).await;
+    assert!(matches!(c.get("/mieter").await, Got::Page(_)), "an old recovery code is dead: {}", body(&r));
+
+    // The password: the wrong current one changes nothing; the right one
+    // ends the other sessions, keeps this one, and the new password works.
+    k.advance(30);
+    let mut third = k.browser();
+    third.login("ida", PASSWORD).await;
+    let code = totp::code_for_step(&secret, totp::step_of(k.clock.now()));
+    assert_eq!(third.submit("/_riegel/verify", "/_riegel/verify", &[("code", &code)]).await.status, 303);
+    let new = "Ganz-Neu-Passwort-7";
+    let bad = a
+        .submit("/_riegel/account", "/_riegel/account/password", &[("current_password", "falsch-falsch-1"), ("password", new), ("password2", new)])
+        .await;
+    assert_eq!(bad.status, 200);
+    assert!(matches!(third.get("/mieter").await, Got::Forwarded(Some(_))), "a failed change ends nothing");
+    let before = k.mails().len();
+    let r = a
+        .submit("/_riegel/account", "/_riegel/account/password", &[("current_password", PASSWORD), ("password", new), ("password2", new)])
+        .await;
+    assert_eq!((r.status, location(&r)), (303, "/_riegel/account?notice=password_changed"), "{}", body(&r));
+    assert!(matches!(a.get("/mieter").await, Got::Forwarded(Some(_))), "this browser stays logged in");
+    assert_eq!(third.get("/mieter").await.reply().status, 303, "the other session ended");
+    assert_eq!(k.mails().len(), before + 1, "a notice");
+    assert_eq!(location(&k.browser().login("ida", new).await), "/_riegel/verify");
+    assert_eq!(k.browser().login("ida", PASSWORD).await.status, 200, "the old password is refused");
+}
+
 /// A portal with its own login form, as data: what riegel sent, and the
 /// answers of a form with a hidden token and a session cookie.
+/// Each successful login gets its own session: `sess42`, `sess43`, …
 #[derive(Default)]
-struct FakePortal(Mutex<Vec<portal::PortalRequest>>);
+struct FakePortal(Mutex<Vec<portal::PortalRequest>>, std::sync::atomic::AtomicU32);
 
 #[async_trait]
 impl portal::PortalClient for FakePortal {
@@ -450,7 +534,7 @@ impl portal::PortalClient for FakePortal {
             ("POST", "/login") if req.form.as_deref().is_some_and(|f| f.contains("password=Portal-Geheim-9")) => portal::PortalResponse {
                 status: 302,
                 location: Some("/home".into()),
-                set_cookies: vec!["SID=sess42; Path=/; HttpOnly".into()],
+                set_cookies: vec![format!("SID=sess{}; Path=/; HttpOnly", 42 + self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst))],
                 ..Default::default()
             },
             ("POST", "/login") => portal::PortalResponse { status: 302, location: Some("/login?failed".into()), ..Default::default() },
@@ -518,4 +602,37 @@ async fn portal_login_refusal_counts_and_a_missing_portal_is_a_502_not_a_failure
     assert!(body(&r).contains("login-error"), "{}", body(&r));
     assert_eq!(k.s.store.counter(&crate::store::CounterKey::login("hausmeister")).await.expect("counter").failures, 1);
     assert!(k.s.store.find_user("hausmeister").await.expect("store").is_none());
+}
+
+/// "Auf allen anderen Geräten abmelden" in portal login mode ends the
+/// portal sessions of the other devices, never this browser's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ending_the_other_sessions_logs_them_out_of_the_portal_too() {
+    let k = Kit::new(PORTAL_YAML);
+    let fake = Arc::new(FakePortal::default());
+    let _ = k.s.portal.set(fake.clone());
+    let mut a = k.browser();
+    assert_eq!(location(&a.login("hausmeister", "Portal-Geheim-9").await), "/_riegel/setup");
+    let page = body(&a.get("/_riegel/setup").await.reply());
+    let start = page.find("data-copy=\"").expect("key on the page") + "data-copy=\"".len();
+    let secret = data_encoding::BASE32_NOPAD.decode(&page.as_bytes()[start..start + page[start..].find('"').expect("end")]).expect("b32");
+    let code = totp::code_for_step(&secret, totp::step_of(k.clock.now()));
+    a.submit("/_riegel/setup/confirm", "/_riegel/setup/confirm", &[("code", &code)]).await;
+    k.advance(30);
+    let mut other = k.browser();
+    assert_eq!(location(&other.login("hausmeister", "Portal-Geheim-9").await), "/_riegel/verify");
+    let code = totp::code_for_step(&secret, totp::step_of(k.clock.now()));
+    other.submit("/_riegel/verify", "/_riegel/verify", &[("code", &code)]).await;
+    let Got::Forwarded(Some(id)) = other.get("/home").await else { panic!("not forwarded") };
+    assert_eq!(portal::cookie_for(&k.s, &id).as_deref(), Some("SID=sess43"));
+    let logouts = |fake: &FakePortal| {
+        fake.0.lock().expect("sent").iter().filter(|r| r.target == "/logout").map(|r| r.cookie.clone().unwrap_or_default()).collect::<Vec<_>>()
+    };
+    assert!(logouts(&fake).is_empty());
+    let r = a.submit("/_riegel/account", "/_riegel/account/sessions/end-others", &[]).await;
+    assert_eq!((r.status, location(&r)), (303, "/_riegel/account?notice=sessions_ended"), "{}", body(&r));
+    assert_eq!(logouts(&fake), ["SID=sess43"], "the other device's portal session, and only that");
+    let Got::Forwarded(Some(id)) = a.get("/home").await else { panic!("this browser stays logged in") };
+    assert_eq!(portal::cookie_for(&k.s, &id).as_deref(), Some("SID=sess42"), "with its portal session");
+    assert!(matches!(other.get("/home").await, Got::Page(_)));
 }
