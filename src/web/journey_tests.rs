@@ -202,16 +202,20 @@ fn location(r: &Reply) -> &str {
     r.header("location").unwrap_or("")
 }
 
+/// The key on the set-up page (the "copy" button's value).
+async fn setup_secret(b: &mut Browser) -> Vec<u8> {
+    let page = body(&b.get("/_riegel/setup").await.reply());
+    let start = page.find("data-copy=\"").expect("key on the page") + "data-copy=\"".len();
+    let b32 = &page[start..start + page[start..].find('"').expect("end")];
+    data_encoding::BASE32_NOPAD.decode(b32.as_bytes()).expect("base32 key")
+}
+
 /// Password, enrolment and first code: the browser ends with a full
 /// session; returns the secret.
 async fn enrol(k: &Kit, b: &mut Browser, user: &str) -> Vec<u8> {
     let r = b.login(user, PASSWORD).await;
     assert_eq!((r.status, location(&r)), (303, "/_riegel/setup"), "{}", body(&r));
-    let setup = b.get("/_riegel/setup").await.reply();
-    let page = body(&setup);
-    let start = page.find("data-copy=\"").expect("key on the page") + "data-copy=\"".len();
-    let b32 = &page[start..start + page[start..].find('"').expect("end")];
-    let secret = data_encoding::BASE32_NOPAD.decode(b32.as_bytes()).expect("base32 key");
+    let secret = setup_secret(b).await;
     let code = totp::code_for_step(&secret, totp::step_of(k.clock.now()));
     let done = b.submit("/_riegel/setup/confirm", "/_riegel/setup/confirm", &[("code", &code)]).await;
     assert_eq!(done.status, 200, "{}", body(&done));
@@ -547,11 +551,25 @@ impl portal::PortalClient for FakePortal {
 
 const PORTAL_YAML: &str = "first_factor: portal\nportal_login: { form_url: /login, post_url: /login, success: { redirect_not_to: [/login], set_cookie: SID }, session_cookies: [SID], logout_url: /logout }\n";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn portal_login_replays_the_form_seals_the_jar_and_forwards_it_only_after_the_second_factor() {
+impl FakePortal {
+    /// The cookies riegel sent with each call of the logout URL.
+    fn logouts(&self) -> Vec<String> {
+        self.0.lock().expect("sent").iter().filter(|r| r.target == "/logout").map(|r| r.cookie.clone().unwrap_or_default()).collect()
+    }
+}
+
+/// A kit in portal login mode in front of a [`FakePortal`].
+fn portal_kit() -> (Kit, Arc<FakePortal>) {
     let k = Kit::new(PORTAL_YAML);
     let fake = Arc::new(FakePortal::default());
     let _ = k.s.portal.set(fake.clone());
+    (k, fake)
+}
+
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portal_login_replays_the_form_seals_the_jar_and_forwards_it_only_after_the_second_factor() {
+    let (k, fake) = portal_kit();
     let mut b = k.browser();
     let r = b.login("Hausmeister", "Portal-Geheim-9").await;
     assert_eq!(location(&r), "/_riegel/setup", "{}", body(&r));
@@ -573,9 +591,7 @@ async fn portal_login_replays_the_form_seals_the_jar_and_forwards_it_only_after_
         assert!(!stored.contains(secret), "{secret} in the session record");
     }
     // Enrol; the full session carries the jar on.
-    let page = body(&b.get("/_riegel/setup").await.reply());
-    let start = page.find("data-copy=\"").expect("key on the page") + "data-copy=\"".len();
-    let secret = data_encoding::BASE32_NOPAD.decode(&page.as_bytes()[start..start + page[start..].find('"').expect("end")]).expect("b32");
+    let secret = setup_secret(&mut b).await;
     let code = totp::code_for_step(&secret, totp::step_of(k.clock.now()));
     let done = b.submit("/_riegel/setup/confirm", "/_riegel/setup/confirm", &[("code", &code)]).await;
     assert!(body(&done).contains("Erfolgreich aktiviert"), "{}", body(&done));
@@ -608,14 +624,10 @@ async fn portal_login_refusal_counts_and_a_missing_portal_is_a_502_not_a_failure
 /// portal sessions of the other devices, never this browser's own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ending_the_other_sessions_logs_them_out_of_the_portal_too() {
-    let k = Kit::new(PORTAL_YAML);
-    let fake = Arc::new(FakePortal::default());
-    let _ = k.s.portal.set(fake.clone());
+    let (k, fake) = portal_kit();
     let mut a = k.browser();
     assert_eq!(location(&a.login("hausmeister", "Portal-Geheim-9").await), "/_riegel/setup");
-    let page = body(&a.get("/_riegel/setup").await.reply());
-    let start = page.find("data-copy=\"").expect("key on the page") + "data-copy=\"".len();
-    let secret = data_encoding::BASE32_NOPAD.decode(&page.as_bytes()[start..start + page[start..].find('"').expect("end")]).expect("b32");
+    let secret = setup_secret(&mut a).await;
     let code = totp::code_for_step(&secret, totp::step_of(k.clock.now()));
     a.submit("/_riegel/setup/confirm", "/_riegel/setup/confirm", &[("code", &code)]).await;
     k.advance(30);
@@ -625,14 +637,30 @@ async fn ending_the_other_sessions_logs_them_out_of_the_portal_too() {
     other.submit("/_riegel/verify", "/_riegel/verify", &[("code", &code)]).await;
     let Got::Forwarded(Some(id)) = other.get("/home").await else { panic!("not forwarded") };
     assert_eq!(portal::cookie_for(&k.s, &id).as_deref(), Some("SID=sess43"));
-    let logouts = |fake: &FakePortal| {
-        fake.0.lock().expect("sent").iter().filter(|r| r.target == "/logout").map(|r| r.cookie.clone().unwrap_or_default()).collect::<Vec<_>>()
-    };
-    assert!(logouts(&fake).is_empty());
+    assert!(fake.logouts().is_empty());
     let r = a.submit("/_riegel/account", "/_riegel/account/sessions/end-others", &[]).await;
     assert_eq!((r.status, location(&r)), (303, "/_riegel/account?notice=sessions_ended"), "{}", body(&r));
-    assert_eq!(logouts(&fake), ["SID=sess43"], "the other device's portal session, and only that");
+    assert_eq!(fake.logouts(), ["SID=sess43"], "the other device's portal session, and only that");
     let Got::Forwarded(Some(id)) = a.get("/home").await else { panic!("this browser stays logged in") };
     assert_eq!(portal::cookie_for(&k.s, &id).as_deref(), Some("SID=sess42"), "with its portal session");
     assert!(matches!(other.get("/home").await, Got::Page(_)));
+}
+
+/// A new authenticator ends every other session of the user; in portal
+/// login mode their portal sessions are logged out too, never this one's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrolment_logs_the_other_sessions_out_of_the_portal_too() {
+    let (k, fake) = portal_kit();
+    let mut a = k.browser();
+    assert_eq!(location(&a.login("hausmeister", "Portal-Geheim-9").await), "/_riegel/setup");
+    let mut other = k.browser();
+    assert_eq!(location(&other.login("hausmeister", "Portal-Geheim-9").await), "/_riegel/setup");
+    let secret = setup_secret(&mut a).await;
+    let code = totp::code_for_step(&secret, totp::step_of(k.clock.now()));
+    let done = a.submit("/_riegel/setup/confirm", "/_riegel/setup/confirm", &[("code", &code)]).await;
+    assert!(body(&done).contains("Erfolgreich aktiviert"), "{}", body(&done));
+    assert_eq!(fake.logouts(), ["SID=sess43"], "the other browser's portal session, and only that");
+    let Got::Forwarded(Some(id)) = a.get("/home").await else { panic!("this browser is logged in") };
+    assert_eq!(portal::cookie_for(&k.s, &id).as_deref(), Some("SID=sess42"));
+    assert!(location(&other.get("/_riegel/setup").await.reply()).starts_with("/_riegel/login"), "the other session ended");
 }
