@@ -14,7 +14,29 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::{Audit, Event, Kind};
 use crate::clock::Clock;
-use crate::store::{CounterKey, NewUser, Store, StoreError, Update, User};
+use crate::store::{CounterKey, NewUser, SessionRecord, Store, StoreError, Update, User};
+
+/// What else ends with the sessions a command removed. In portal login
+/// mode each one's portal session ends too (the portal's `logout_url`,
+/// called with the session's sealed cookies): `app` implements it over the
+/// running server's services (the admin socket) or over a portal client of
+/// the command's own (when the command opens the store itself).
+#[async_trait::async_trait]
+pub trait SessionEnds: Send + Sync {
+    /// Called after `recs` are removed and flushed; how many portal
+    /// sessions ended and how many could not be ended.
+    async fn ended(&self, recs: &[SessionRecord]) -> (usize, usize);
+}
+
+/// Nothing else ends (`first_factor: local`).
+pub struct NothingElse;
+
+#[async_trait::async_trait]
+impl SessionEnds for NothingElse {
+    async fn ended(&self, _recs: &[SessionRecord]) -> (usize, usize) {
+        (0, 0)
+    }
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
@@ -139,9 +161,12 @@ impl AdminRequest {
 /// `list` and `show` is written to the audit log (`event: admin`), with
 /// `via` (`cli`: the command opened the store itself; `admin_socket`: a
 /// running server executed it).
-pub async fn execute(store: &dyn Store, clock: &dyn Clock, audit: &Audit, via: &'static str, req: AdminRequest) -> AdminResponse {
+///
+/// The sessions a command ends are removed and flushed, then handed to
+/// `ends` (in portal login mode: the portal's sessions end too).
+pub async fn execute(store: &dyn Store, clock: &dyn Clock, audit: &Audit, via: &'static str, ends: &dyn SessionEnds, req: AdminRequest) -> AdminResponse {
     let named = req.audit_name().map(|(c, u)| (c, u.map(str::to_string), import_size(&req)));
-    let resp = match run(store, clock, req).await {
+    let resp = match run(store, clock, ends, req).await {
         Ok(r) => r,
         Err(e) => AdminResponse::err(e.to_string()),
     };
@@ -187,9 +212,23 @@ async fn change(store: &dyn Store, login: &str, f: &mut (dyn FnMut(&mut User) + 
 }
 
 /// Ends the sessions a stamp change has made invalid (the stamp already
-/// refuses them; this removes the records).
-async fn end_sessions(store: &dyn Store, uid: u64) -> Result<usize, StoreError> {
-    Ok(store.delete_sessions_of(uid, None).await?.len())
+/// refuses them; this removes the records, durably) and what belongs to
+/// them ([`SessionEnds`]). What ended, for the command's answer.
+async fn end_sessions(store: &dyn Store, ends: &dyn SessionEnds, uid: u64) -> Result<String, StoreError> {
+    let gone = store.delete_sessions_of(uid, None).await?;
+    if gone.is_empty() {
+        return Ok("ended 0 sessions".into());
+    }
+    store.flush().await?;
+    let mut said = format!("ended {} sessions", gone.len());
+    match ends.ended(&gone).await {
+        (0, 0) => {}
+        (n, 0) => said.push_str(&format!(" (and {n} portal sessions)")),
+        (n, failed) => said.push_str(&format!(
+            " (and {n} portal sessions; {failed} could not be ended, the portal's logout_url failed: they last until the portal's own timeout)"
+        )),
+    }
+    Ok(said)
 }
 
 /// The counters that lock or slow down logins to `u`: its account counter,
@@ -201,7 +240,7 @@ fn login_counters(u: &User) -> Vec<CounterKey> {
     keys
 }
 
-async fn run(store: &dyn Store, clock: &dyn Clock, req: AdminRequest) -> Result<AdminResponse, StoreError> {
+async fn run(store: &dyn Store, clock: &dyn Clock, ends: &dyn SessionEnds, req: AdminRequest) -> Result<AdminResponse, StoreError> {
     let now = clock.now();
     let resp = match req {
         AdminRequest::Add { user } => {
@@ -274,8 +313,8 @@ async fn run(store: &dyn Store, clock: &dyn Clock, req: AdminRequest) -> Result<
                 u.updated_at = now;
             })
             .await?;
-            let n = end_sessions(store, u.id).await?;
-            AdminResponse::ok(format!("disabled {}; ended {n} sessions", u.username))
+            let n = end_sessions(store, ends, u.id).await?;
+            AdminResponse::ok(format!("disabled {}; {n}", u.username))
         }
         AdminRequest::Enable { user } => {
             let u = change(store, &user, &mut |u| {
@@ -293,9 +332,9 @@ async fn run(store: &dyn Store, clock: &dyn Clock, req: AdminRequest) -> Result<
                 u.set_password(password_hash.clone(), now);
             })
             .await?;
-            let n = end_sessions(store, u.id).await?;
+            let n = end_sessions(store, ends, u.id).await?;
             store.delete_counter(&CounterKey::Account(u.id)).await?;
-            AdminResponse::ok(format!("password of {} set; ended {n} sessions", u.username))
+            AdminResponse::ok(format!("password of {} set; {n}", u.username))
         }
         AdminRequest::SetEmail { user, email } => {
             let email = email.filter(|e| !e.is_empty());
@@ -312,8 +351,8 @@ async fn run(store: &dyn Store, clock: &dyn Clock, req: AdminRequest) -> Result<
                 u.updated_at = now;
             })
             .await?;
-            let n = end_sessions(store, u.id).await?;
-            AdminResponse::ok(format!("e-mail of {} set to {}; ended {n} sessions", u.username, u.email.as_deref().unwrap_or("-")))
+            let n = end_sessions(store, ends, u.id).await?;
+            AdminResponse::ok(format!("e-mail of {} set to {}; {n}", u.username, u.email.as_deref().unwrap_or("-")))
         }
         AdminRequest::ResetTotp { user } => {
             let mut old_link = None;
@@ -329,7 +368,7 @@ async fn run(store: &dyn Store, clock: &dyn Clock, req: AdminRequest) -> Result<
             if let Some(h) = old_link {
                 store.delete_token(&h).await?;
             }
-            let n = end_sessions(store, u.id).await?;
+            let n = end_sessions(store, ends, u.id).await?;
             // `enrolled_once` stays: the password alone no longer enrols
             // (web::device, with totp.reenrol_proof: email).
             let next = match (&u.email, u.enrolled_once) {
@@ -337,7 +376,7 @@ async fn run(store: &dyn Store, clock: &dyn Clock, req: AdminRequest) -> Result<
                 (Some(e), true) => format!("the next login mails a 'Neues Gerät einrichten' link to {e} (unless totp.reenrol_proof is none)"),
                 (None, true) => "no e-mail address: set one (riegel user set-email) so the next login can mail the new-device link, or the user is asked to contact you (unless totp.reenrol_proof is none)".to_string(),
             };
-            AdminResponse::ok(format!("authenticators of {} removed; {next}; ended {n} sessions", u.username))
+            AdminResponse::ok(format!("authenticators of {} removed; {next}; {n}", u.username))
         }
         AdminRequest::Unban { user } => {
             let u = find(store, &user).await?;
@@ -349,11 +388,13 @@ async fn run(store: &dyn Store, clock: &dyn Clock, req: AdminRequest) -> Result<
         }
         AdminRequest::Delete { user } => {
             let u = find(store, &user).await?;
+            // The sessions first, so their portal sessions end too.
+            let n = end_sessions(store, ends, u.id).await?;
             store.delete_user(u.id).await?;
             for k in login_counters(&u).into_iter().chain([CounterKey::ResetAccount(u.id)]) {
                 store.delete_counter(&k).await?;
             }
-            AdminResponse::ok(format!("deleted {}", u.username))
+            AdminResponse::ok(format!("deleted {}; {n}", u.username))
         }
     };
     store.flush().await?;
@@ -362,7 +403,7 @@ async fn run(store: &dyn Store, clock: &dyn Clock, req: AdminRequest) -> Result<
 
 /// Serves admin requests on a unix socket (mode 0600) in a background
 /// thread, one JSON line in, one JSON line out per connection.
-pub fn serve_socket(path: &Path, store: Arc<dyn Store>, clock: Arc<dyn Clock>, audit: Audit) -> Result<(), AdminError> {
+pub fn serve_socket(path: &Path, store: Arc<dyn Store>, clock: Arc<dyn Clock>, audit: Audit, ends: Arc<dyn SessionEnds>) -> Result<(), AdminError> {
     let sock_err = |source| AdminError::Socket { path: path.display().to_string(), source };
     if path.exists() {
         // A stale socket from an earlier run (we hold the store lock, so no
@@ -389,7 +430,7 @@ pub fn serve_socket(path: &Path, store: Arc<dyn Store>, clock: Arc<dyn Clock>, a
             };
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
-                if let Err(e) = rt.block_on(handle_conn(conn, store.as_ref(), clock.as_ref(), &audit)) {
+                if let Err(e) = rt.block_on(handle_conn(conn, store.as_ref(), clock.as_ref(), &audit, ends.as_ref())) {
                     tracing::warn!(error = %e, "admin socket request failed");
                 }
             }
@@ -403,13 +444,13 @@ fn unsafe_umask(mask: libc::mode_t) -> libc::mode_t {
     unsafe { libc::umask(mask) }
 }
 
-async fn handle_conn(conn: UnixStream, store: &dyn Store, clock: &dyn Clock, audit: &Audit) -> std::io::Result<()> {
+async fn handle_conn(conn: UnixStream, store: &dyn Store, clock: &dyn Clock, audit: &Audit, ends: &dyn SessionEnds) -> std::io::Result<()> {
     conn.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut line = String::new();
     reader.by_ref().take(64 * 1024 * 1024).read_line(&mut line)?;
     let resp = match serde_json::from_str::<AdminRequest>(&line) {
-        Ok(req) => execute(store, clock, audit, "admin_socket", req).await,
+        Ok(req) => execute(store, clock, audit, "admin_socket", ends, req).await,
         Err(e) => AdminResponse::err(format!("bad request: {e}")),
     };
     let mut w = conn;

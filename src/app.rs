@@ -2,7 +2,7 @@
 //! threads -> services -> proxy. Used by `riegel serve`, `riegel demo` and
 //! the test harness.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 mod probe;
 
@@ -16,6 +16,8 @@ use crate::mail::{MailQueue, Mailer, Sealer};
 use crate::config::StoreConfig;
 use crate::store::prelude::*;
 use crate::store::{Backend, CachedStore, Invalidate, PgOptions, PgStore, SledStore, StoreError};
+use crate::proxy::Live;
+use crate::store::SessionRecord;
 use crate::web::{Pages, Services};
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +106,12 @@ pub fn open_store(cfg: &Config) -> Result<Arc<CachedStore>, StartError> {
 /// A running gateway's parts. `mail` may be injected (tests).
 pub struct App {
     pub services: Arc<Services>,
+    /// What the proxy serves with ([`crate::proxy::run_live`]); a reload
+    /// replaces its services. The janitor and the admin socket follow it.
+    pub live: Arc<Live>,
+    /// What ends with the sessions a `riegel user ...` command ends, for
+    /// commands this process runs (the admin socket uses the same).
+    pub session_ends: Arc<dyn admin::SessionEnds>,
     /// The audit log (`log.audit_file`): [`crate::audit::Audit::reopen`]
     /// after a log rotation.
     pub audit: crate::audit::Audit,
@@ -134,20 +142,67 @@ pub fn build(cfg: Config, clock: Arc<dyn Clock>, mail: Option<Arc<dyn MailQueue>
     if cfg.metrics.listen.is_some() {
         crate::metrics::set_probe(Arc::new(probe::StoreProbe::start(store.clone(), clock.clone(), hashing.depth())));
     }
-    let services = Services::new(cfg.clone(), store.clone(), clock.clone(), rng, mail, pages, hashing, audit.clone())?;
+    let services = Arc::new(Services::new(cfg.clone(), store.clone(), clock.clone(), rng, mail, pages, hashing, audit.clone())?);
+    // The portal's address resolved, its client set (portal login mode).
+    let live = Arc::new(Live::new(services.clone())?);
+    let session_ends: Arc<dyn admin::SessionEnds> = Arc::new(LiveEnds(Arc::downgrade(&live)));
     if let StoreConfig::Sled { admin_socket, .. } = &cfg.store {
         // With PostgreSQL the command line talks to the database itself.
-        admin::serve_socket(admin_socket, store.clone(), clock.clone(), audit.clone())?;
+        admin::serve_socket(admin_socket, store.clone(), clock.clone(), audit.clone(), session_ends.clone())?;
     }
-    let services = Arc::new(services);
-    spawn_janitor(store, clock, cfg.session.idle_timeout.as_secs() as i64, services.clone());
-    Ok(App { services, audit, mailer })
+    spawn_janitor(Arc::downgrade(&live));
+    Ok(App { services, live, session_ends, audit, mailer })
 }
 
-/// Removes dead session records every few minutes.
+/// The sessions the running server's admin commands end: their portal
+/// sessions end through the services running now (after a reload, the new
+/// configuration's).
+struct LiveEnds(Weak<Live>);
+
+#[async_trait::async_trait]
+impl admin::SessionEnds for LiveEnds {
+    async fn ended(&self, recs: &[SessionRecord]) -> (usize, usize) {
+        let Some(live) = self.0.upgrade() else { return (0, 0) };
+        let e = crate::web::portal::end_all(&live.services(), recs).await;
+        (e.ended, e.failed)
+    }
+}
+
+/// The sessions a command that opened the store itself ends: in portal
+/// login mode their portal sessions end through a client of its own.
+struct CommandEnds {
+    cfg: Arc<Config>,
+    jar_box: SecretBox,
+    client: Arc<dyn crate::web::portal::PortalClient>,
+}
+
+#[async_trait::async_trait]
+impl admin::SessionEnds for CommandEnds {
+    async fn ended(&self, recs: &[SessionRecord]) -> (usize, usize) {
+        let Some(p) = self.cfg.portal_login.as_ref() else { return (0, 0) };
+        let e = crate::web::portal::Logouts::new(p, &self.jar_box, self.client.as_ref()).all(recs).await;
+        (e.ended, e.failed)
+    }
+}
+
+/// What ends with the sessions of a `riegel user ...` command that opens
+/// the store itself (no server holds it, or the store is PostgreSQL).
+pub fn command_session_ends(cfg: &Arc<Config>) -> Result<Arc<dyn admin::SessionEnds>, StartError> {
+    if cfg.portal_login.is_none() {
+        return Ok(Arc::new(admin::NothingElse));
+    }
+    Ok(Arc::new(CommandEnds {
+        cfg: cfg.clone(),
+        jar_box: crate::web::portal::jar_box(&cfg.secrets.storage_key),
+        client: crate::proxy::portal_client(cfg)?,
+    }))
+}
+
+/// Removes dead session records every few minutes, with the services
+/// running then (a reload's new ones), until the server is gone.
 /// In portal login mode the portal's sessions of idle and expired ones are
 /// ended too (`portal_login.logout_url`).
-fn spawn_janitor(store: Arc<CachedStore>, clock: Arc<dyn Clock>, idle: i64, services: Arc<Services>) {
+fn spawn_janitor(live: Weak<Live>) {
     let _ = std::thread::Builder::new().name("riegel-janitor".into()).spawn(move || {
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
@@ -158,7 +213,11 @@ fn spawn_janitor(store: Arc<CachedStore>, clock: Arc<dyn Clock>, idle: i64, serv
         };
         loop {
             std::thread::sleep(std::time::Duration::from_secs(300));
-            match rt.block_on(store.purge_sessions(clock.now(), idle)) {
+            let Some(live) = live.upgrade() else { return };
+            let services = live.services();
+            drop(live);
+            let idle = services.cfg.session.idle_timeout.as_secs() as i64;
+            match rt.block_on(services.store.purge_sessions(services.clock.now(), idle)) {
                 Ok(v) if v.is_empty() => {}
                 Ok(v) => {
                     tracing::debug!(removed = v.len(), "expired sessions removed");

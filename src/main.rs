@@ -234,7 +234,7 @@ fn serve(cfg: Config, path: &Path) -> Result<ExitCode> {
     let listen = cfg.listen;
     let upstream = cfg.upstream.clone();
     let app = riegel::app::build(cfg, Arc::new(SystemClock), None).context("cannot start")?;
-    let live = Arc::new(riegel::proxy::Live::new(app.services.clone()).context("cannot start")?);
+    let live = app.live.clone();
     // SIGHUP (`systemctl reload`) reads the configuration again.
     let reloader = Arc::new(riegel::reload::Reloader::new(path.to_path_buf(), live.clone(), app.mailer.clone()));
     riegel::reload::on_sighup(reloader.clone()).context("cannot listen for SIGHUP")?;
@@ -300,6 +300,7 @@ fn demo(listen: SocketAddr, dir: Option<PathBuf>) -> Result<ExitCode> {
             &SystemClock,
             &audit,
             "cli",
+            &admin::NothingElse,
             AdminRequest::Add {
                 user: NewUserSpec {
                     username: "demo".into(),
@@ -350,6 +351,17 @@ fn read_password(prompt: &str) -> Result<String> {
 }
 
 fn user(cfg: &Config, cmd: UserCmd) -> Result<ExitCode> {
+    if cfg.portal_login.is_some() {
+        // The portal checks the passwords; one riegel held would never be
+        // asked for.
+        match &cmd {
+            UserCmd::SetPassword { .. } => bail!("first_factor: portal: the portal owns the passwords, riegel holds none to set"),
+            UserCmd::Add { no_password: false, .. } => {
+                bail!("first_factor: portal: the portal owns the passwords; add the account with --no-password (for its e-mail and name), or let the first portal login create it")
+            }
+            _ => {}
+        }
+    }
     let hasher = Hasher::new(&cfg.password.argon2)?;
     let new_password = |username: &str, email: Option<&str>| -> Result<String> {
         let pw = read_password("New password: ")?;
@@ -391,9 +403,13 @@ fn user(cfg: &Config, cmd: UserCmd) -> Result<ExitCode> {
     // The command's own audit line, when it opens the store itself (a
     // running server writes it for the commands it executes).
     let audit = || riegel::audit::Audit::open(cfg.log.audit_file.as_deref()).context("log.audit_file");
+    // In portal login mode the portal's sessions of the sessions a command
+    // ends end too: through the server (the admin socket) or, when the
+    // command opens the store itself, through a portal client of its own.
+    let ends = || riegel::app::command_session_ends(&Arc::new(cfg.clone())).context("the portal (portal_login)");
     let resp = match &cfg.store {
         StoreConfig::Sled { path, admin_socket } => match SledStore::open(path) {
-            Ok(store) => runtime()?.block_on(admin::execute(&store, &SystemClock, &audit()?, "cli", req)),
+            Ok(store) => runtime()?.block_on(admin::execute(&store, &SystemClock, &audit()?, "cli", &*ends()?, req)),
             Err(StoreError::Locked { .. }) => admin::send(admin_socket, &req)
                 .with_context(|| format!("the store is in use; could not reach the running server at {}", admin_socket.display()))?,
             Err(e) => return Err(e.into()),
@@ -402,7 +418,7 @@ fn user(cfg: &Config, cmd: UserCmd) -> Result<ExitCode> {
         // reach their session caches through NOTIFY.
         StoreConfig::Postgres(_) => {
             let store = riegel::app::open_backend(cfg).context("cannot open the store")?;
-            runtime()?.block_on(admin::execute(&*store, &SystemClock, &audit()?, "cli", req))
+            runtime()?.block_on(admin::execute(&*store, &SystemClock, &audit()?, "cli", &*ends()?, req))
         }
     };
     if resp.ok {

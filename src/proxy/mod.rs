@@ -123,6 +123,13 @@ impl Live {
     }
 }
 
+/// A client to the portal itself for `first_factor: portal` (login
+/// replay, logout) outside a running proxy: the command line ends the
+/// portal's sessions with it when it opens the store itself.
+pub fn portal_client(cfg: &crate::config::Config) -> std::result::Result<Arc<dyn web::portal::PortalClient>, ProxyError> {
+    Ok(Arc::new(portal::PortalHttp::new(upstream_peer(&cfg.upstream)?, &cfg.public_url)))
+}
+
 /// The portal as Pingora's peer, with the configured timeouts. Pingora's
 /// own rules for the upstream request (hop-by-hop fields, names in
 /// Connection, upgrades) are off: riegel's policy sees the client's fields

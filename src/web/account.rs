@@ -304,13 +304,9 @@ async fn reissue(s: &Services, a: &Account, user: &User) -> Result<(String, usiz
     rec.email = user.email.clone();
     rec.display_name = user.display_name.clone();
     s.store.put_session(&rec).await?;
-    let gone = s.store.delete_sessions_of(user.id, Some(&sid)).await?;
-    s.flush().await?;
     // The other sessions' portal logins end too (portal login mode); this
     // browser's own jar lives on in the new record.
-    let others: Vec<SessionRecord> = gone.into_iter().filter(|r| r.sid != a.rec.sid).collect();
-    let ended = others.len();
-    super::portal::end_all(s, &others).await;
+    let ended = super::portal::end_others(s, user.id, &sid, Some(&a.rec.sid)).await?;
     let value = s.codec.encode(&SessionClaims { sid, uid: user.id, stage: Stage::Full, issued_at: now, expires_at: rec.expires_at });
     Ok((session_cookie(s, &value), ended))
 }

@@ -81,7 +81,7 @@ impl Kit {
     async fn add_user(&self, name: &str, email: Option<&str>) {
         let hash = self.s.hasher.hash(PASSWORD, &TestRandom::default()).expect("hash");
         let spec = NewUserSpec { username: name.into(), email: email.map(Into::into), display_name: format!("{name} Muster"), password_hash: Some(hash) };
-        let r = admin::execute(self.s.store.as_ref(), &self.clock, &self.s.audit_log, "cli", AdminRequest::Add { user: spec }).await;
+        let r = admin::execute(self.s.store.as_ref(), &self.clock, &self.s.audit_log, "cli", &admin::NothingElse, AdminRequest::Add { user: spec }).await;
         assert!(r.ok, "{}", r.message);
     }
 
@@ -309,7 +309,7 @@ async fn audit_lines_name_only_existing_accounts_and_mark_the_ban() {
     assert_eq!(bans[0]["minutes"], 15);
     assert!(all.iter().all(|v| v["user_agent"].as_str().is_some_and(|ua| ua.starts_with("Mozilla/5.0")) || v["event"] == "admin"));
     // The operator's unban is written too.
-    let r = admin::execute(k.s.store.as_ref(), &k.clock, &k.s.audit_log, "cli", AdminRequest::Unban { user: "bernd".into() }).await;
+    let r = admin::execute(k.s.store.as_ref(), &k.clock, &k.s.audit_log, "cli", &admin::NothingElse, AdminRequest::Unban { user: "bernd".into() }).await;
     assert!(r.ok);
     let last = k.audit().pop().expect("a line");
     assert_eq!((last["event"].as_str(), last["command"].as_str(), last["via"].as_str()), (Some("admin"), Some("unban"), Some("cli")));
@@ -433,10 +433,10 @@ async fn an_operator_revocation_ends_sessions_at_once() {
     let mut b = k.browser();
     enrol(&k, &mut b, "hanna").await;
     assert!(matches!(b.get("/mieter").await, Got::Forwarded(Some(_))));
-    let r = admin::execute(k.s.store.as_ref(), &k.clock, &k.s.audit_log, "cli", AdminRequest::Disable { user: "hanna".into() }).await;
+    let r = admin::execute(k.s.store.as_ref(), &k.clock, &k.s.audit_log, "cli", &admin::NothingElse, AdminRequest::Disable { user: "hanna".into() }).await;
     assert!(r.ok);
     assert_eq!(b.get("/mieter").await.reply().status, 303);
-    let r = admin::execute(k.s.store.as_ref(), &k.clock, &k.s.audit_log, "cli", AdminRequest::Enable { user: "hanna".into() }).await;
+    let r = admin::execute(k.s.store.as_ref(), &k.clock, &k.s.audit_log, "cli", &admin::NothingElse, AdminRequest::Enable { user: "hanna".into() }).await;
     assert!(r.ok);
     assert_eq!(b.get("/mieter").await.reply().status, 303, "enabling again does not revive old sessions");
 }

@@ -200,7 +200,7 @@ impl Services {
             codec: SessionCodec::new(&cfg.secrets.session_keys),
             secret_box: SecretBox::new(&cfg.secrets.storage_key),
             recovery_pepper: derive_key(&cfg.secrets.storage_key, "riegel/recovery-codes/v1"),
-            jar_box: SecretBox::for_purpose(&cfg.secrets.storage_key, "riegel/portal-jar/v1"),
+            jar_box: portal::jar_box(&cfg.secrets.storage_key),
             portal: std::sync::OnceLock::new(),
             hash_pool,
             cookie_name: cfg.cookie_name(),

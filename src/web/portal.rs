@@ -21,6 +21,7 @@ use std::net::IpAddr;
 use async_trait::async_trait;
 
 use super::{Identity, Services, WebError};
+use crate::auth::crypto::SecretBox;
 use crate::config::PortalLoginConfig;
 use crate::store::prelude::*;
 use crate::store::SessionRecord;
@@ -424,8 +425,12 @@ pub(super) fn seal(s: &Services, uid: u64, jar: &Jar) -> Vec<u8> {
 
 /// The jar of a session record, opened (`None`: none, or it does not open).
 pub fn open(s: &Services, rec: &SessionRecord) -> Option<Jar> {
+    open_with(&s.jar_box, rec)
+}
+
+fn open_with(jar_box: &SecretBox, rec: &SessionRecord) -> Option<Jar> {
     let sealed = rec.portal_jar.as_deref()?;
-    match s.jar_box.open(sealed, &binding(rec.uid)) {
+    match jar_box.open(sealed, &binding(rec.uid)) {
         Ok(plain) => Some(Jar::parse(&String::from_utf8_lossy(&plain))),
         Err(_) => {
             tracing::error!(user = %rec.username, "a session's portal cookies do not open (storage key changed?)");
@@ -473,25 +478,111 @@ pub async fn take_set_cookies(s: &Services, id: Option<&Identity>, values: &[Vec
     }
 }
 
+/// The key that seals the portal's cookies in session records, from the
+/// storage key.
+pub fn jar_box(storage_key: &[u8]) -> SecretBox {
+    SecretBox::for_purpose(storage_key, "riegel/portal-jar/v1")
+}
+
+/// Most portal logouts under way at once for one ending.
+const PARALLEL_LOGOUTS: usize = 8;
+
+/// What ending the portal's sessions of ended riegel sessions needs: the
+/// mode's settings, the jar's key and the client. The web layer takes it
+/// from [`Services`]; the command line (`riegel user disable`, ...) builds
+/// it from the configuration when it opens the store itself.
+pub struct Logouts<'a> {
+    cfg: &'a PortalLoginConfig,
+    jar_box: &'a SecretBox,
+    client: &'a dyn PortalClient,
+}
+
+/// How a [`Logouts`] run went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ended {
+    /// Portal sessions whose `logout_url` answered (any status below 500).
+    pub ended: usize,
+    /// Calls that failed (unreachable, too slow, a 5xx): the portal
+    /// session lasts until the portal's own timeout.
+    pub failed: usize,
+}
+
+impl<'a> Logouts<'a> {
+    pub fn new(cfg: &'a PortalLoginConfig, jar_box: &'a SecretBox, client: &'a dyn PortalClient) -> Self {
+        Self { cfg, jar_box, client }
+    }
+
+    /// `None` outside portal login mode (or before the proxy set the
+    /// client).
+    pub fn of(s: &'a Services) -> Option<Self> {
+        Some(Self::new(s.cfg.portal_login.as_ref()?, &s.jar_box, s.portal.get()?.as_ref()))
+    }
+
+    /// `GET logout_url` with `rec`'s jar, within `portal_login.timeout`;
+    /// `None` when the record has no portal session.
+    async fn one(&self, rec: &SessionRecord) -> Option<bool> {
+        let jar = open_with(self.jar_box, rec).filter(|j| !j.is_empty())?;
+        let ip = rec.ip.as_deref().and_then(|i| i.parse().ok()).unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        let req = PortalRequest { method: "GET", target: self.cfg.logout_url.clone(), cookie: Some(jar.header()), form: None, client_ip: ip };
+        let r = tokio::time::timeout(self.cfg.timeout, self.client.send(req)).await.unwrap_or(Err(PortalError::Timeout)).and_then(answered);
+        match r {
+            Ok(r) => {
+                tracing::debug!(status = r.status, "portal session ended");
+                Some(true)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, user = %rec.username, "could not end the portal's session; it lasts until the portal's own timeout");
+                Some(false)
+            }
+        }
+    }
+
+    /// Ends the portal session of each record that has one, at most
+    /// [`PARALLEL_LOGOUTS`] at once and all within twice
+    /// `portal_login.timeout`: a call not answered by then counts as
+    /// failed (so a reply that waits for this waits that long at most,
+    /// however many sessions a user has).
+    pub async fn all(&self, recs: &[SessionRecord]) -> Ended {
+        use futures_util::stream::{FuturesUnordered, StreamExt};
+        let recs: Vec<&SessionRecord> = recs.iter().filter(|r| r.portal_jar.is_some()).collect();
+        let mut e = Ended::default();
+        // Jars that do not open (logged by `open_with`).
+        let mut unopened = 0;
+        let run = async {
+            let mut waiting = recs.iter().copied();
+            let mut running: FuturesUnordered<_> = waiting.by_ref().take(PARALLEL_LOGOUTS).map(|r| self.one(r)).collect();
+            while let Some(r) = running.next().await {
+                match r {
+                    Some(true) => e.ended += 1,
+                    Some(false) => e.failed += 1,
+                    None => unopened += 1,
+                }
+                if let Some(next) = waiting.next() {
+                    running.push(self.one(next));
+                }
+            }
+        };
+        if tokio::time::timeout(self.cfg.timeout.saturating_mul(2), run).await.is_err() {
+            let late = recs.len().saturating_sub(e.ended + e.failed + unopened);
+            tracing::warn!(late, "portal logouts still waiting after twice portal_login.timeout; those portal sessions last until the portal's own timeout");
+            e.failed += late;
+        }
+        e
+    }
+}
+
 /// Ends the portal's session of a riegel session that ended: `GET
 /// logout_url` with its jar. Failures are logged; riegel's session is gone
 /// either way.
 pub async fn end(s: &Services, rec: &SessionRecord) {
-    let Some(cfg) = s.cfg.portal_login.as_ref() else { return };
-    let Some(jar) = open(s, rec).filter(|j| !j.is_empty()) else { return };
-    let Ok(c) = client(s) else { return };
-    let ip = rec.ip.as_deref().and_then(|i| i.parse().ok()).unwrap_or(IpAddr::from([127, 0, 0, 1]));
-    let req = PortalRequest { method: "GET", target: cfg.logout_url.clone(), cookie: Some(jar.header()), form: None, client_ip: ip };
-    match c.send(req).await {
-        Ok(r) => tracing::debug!(status = r.status, "portal session ended"),
-        Err(e) => tracing::warn!(error = %e, "could not end the portal's session"),
-    }
+    end_all(s, std::slice::from_ref(rec)).await;
 }
 
-/// [`end`] for each record.
-pub async fn end_all(s: &Services, recs: &[SessionRecord]) {
-    for r in recs {
-        end(s, r).await;
+/// [`end`] for each record, concurrently ([`Logouts::all`]).
+pub async fn end_all(s: &Services, recs: &[SessionRecord]) -> Ended {
+    match Logouts::of(s) {
+        Some(l) if !recs.is_empty() => l.all(recs).await,
+        _ => Ended::default(),
     }
 }
 
@@ -515,6 +606,18 @@ pub(super) async fn end_session(s: &Services, rec: &SessionRecord) -> Result<(),
     }
     end(s, rec).await;
     Ok(())
+}
+
+/// Removes every session of `uid` but `keep`, durably, then ends the
+/// portal sessions of those removed (portal login mode), except the one
+/// whose jar `moved` into another record. How many riegel sessions ended
+/// (not counting `moved`).
+pub(super) async fn end_others(s: &Services, uid: u64, keep: &crate::store::SessionId, moved: Option<&[u8]>) -> Result<usize, WebError> {
+    let gone = s.store.delete_sessions_of(uid, Some(keep)).await?;
+    s.flush().await?;
+    let others: Vec<SessionRecord> = gone.into_iter().filter(|r| Some(r.sid.as_slice()) != moved).collect();
+    end_all(s, &others).await;
+    Ok(others.len())
 }
 
 #[cfg(test)]
@@ -598,6 +701,101 @@ mod tests {
         assert!(accepted(&both, &r(302, Some("/home"), &["SESSIONID=x"]), 0));
         assert!(!accepted(&both, &r(302, Some("/home"), &[]), 0));
         assert!(!accepted(&both, &r(302, Some("/login"), &["SESSIONID=x"]), 0));
+    }
+
+    /// A portal whose logout answers after `delay`, or never (`None`).
+    struct SlowLogout {
+        delay: Option<std::time::Duration>,
+        calls: std::sync::Mutex<Vec<String>>,
+        at_once: std::sync::atomic::AtomicUsize,
+        most: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl PortalClient for SlowLogout {
+        async fn send(&self, req: PortalRequest) -> Result<PortalResponse, PortalError> {
+            use std::sync::atomic::Ordering::SeqCst;
+            assert_eq!((req.method, req.target.as_str(), req.form), ("GET", "/logout", None));
+            self.calls.lock().expect("calls").push(req.cookie.unwrap_or_default());
+            let n = self.at_once.fetch_add(1, SeqCst) + 1;
+            self.most.fetch_max(n, SeqCst);
+            match self.delay {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending::<()>().await,
+            }
+            self.at_once.fetch_sub(1, SeqCst);
+            Ok(PortalResponse { status: 302, ..PortalResponse::default() })
+        }
+    }
+
+    fn records(b: &SecretBox, n: usize) -> Vec<SessionRecord> {
+        (0..n)
+            .map(|i| SessionRecord {
+                uid: 7,
+                sid: vec![i as u8; 16],
+                stage: crate::store::Stage::Full,
+                created_at: 0,
+                last_seen: 0,
+                expires_at: 0,
+                username: "anna".into(),
+                email: None,
+                display_name: "Anna".into(),
+                rd: None,
+                stamp: 0,
+                user_agent: None,
+                ip: Some("192.0.2.9".into()),
+                device_proof: false,
+                // Every third without a portal session (a jar never set).
+                portal_jar: (i % 3 != 2).then(|| b.seal(&crate::auth::OsRandom, format!("SESSIONID=s{i}").as_bytes(), &binding(7))),
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn many_logouts_run_side_by_side_and_end_within_twice_the_timeout() {
+        let b = jar_box(&[9u8; 32]);
+        let c = cfg(PortalSuccess::default());
+        // 30 sessions, 20 with a portal session, each logout 3 s: eight at
+        // once, so three rounds (9 s), not 60 s one after the other.
+        let slow = SlowLogout { delay: Some(std::time::Duration::from_secs(3)), calls: Default::default(), at_once: Default::default(), most: Default::default() };
+        let recs = records(&b, 30);
+        let t = tokio::time::Instant::now();
+        let e = Logouts::new(&c, &b, &slow).all(&recs).await;
+        assert_eq!(e, Ended { ended: 20, failed: 0 });
+        assert_eq!(t.elapsed(), std::time::Duration::from_secs(9));
+        assert_eq!(slow.most.load(std::sync::atomic::Ordering::SeqCst), PARALLEL_LOGOUTS);
+        let mut calls = slow.calls.lock().expect("calls").clone();
+        calls.sort();
+        let mut want: Vec<String> = (0..30).filter(|i| i % 3 != 2).map(|i| format!("SESSIONID=s{i}")).collect();
+        want.sort();
+        assert_eq!(calls, want, "each session's own jar, once");
+        // A jar sealed for another user does not open: not sent.
+        let mut other = records(&b, 1);
+        other[0].uid = 8;
+        assert_eq!(Logouts::new(&c, &b, &slow).all(&other).await, Ended::default());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_portal_that_never_answers_holds_the_ending_up_for_twice_the_timeout_at_most() {
+        let b = jar_box(&[9u8; 32]);
+        let c = cfg(PortalSuccess::default());
+        let hung = SlowLogout { delay: None, calls: Default::default(), at_once: Default::default(), most: Default::default() };
+        let recs = records(&b, 60);
+        let t = tokio::time::Instant::now();
+        let e = Logouts::new(&c, &b, &hung).all(&recs).await;
+        // Each call gives up after the timeout (5 s): two rounds of eight
+        // fit into 10 s, the other 24 never started; all 40 failed.
+        assert_eq!(e, Ended { ended: 0, failed: 40 });
+        assert_eq!(t.elapsed(), c.timeout * 2);
+        // A 5xx is a failure too (its own short client).
+        struct Broken;
+        #[async_trait]
+        impl PortalClient for Broken {
+            async fn send(&self, _: PortalRequest) -> Result<PortalResponse, PortalError> {
+                Ok(PortalResponse { status: 503, ..PortalResponse::default() })
+            }
+        }
+        assert_eq!(Logouts::new(&c, &b, &Broken).all(&records(&b, 3)).await, Ended { ended: 0, failed: 2 });
     }
 
     #[test]

@@ -212,10 +212,14 @@ pub(super) async fn reset_post(req: &Request<'_>, s: &Services, token: &str) -> 
         return Ok(no_referrer(error_reply(s, req, 410, "error_reset_invalid")));
     };
     s.store.delete_token(&hash).await?;
-    let ended = s.store.delete_sessions_of(user.id, None).await?.len();
+    let gone = s.store.delete_sessions_of(user.id, None).await?;
+    let ended = gone.len();
     // A reset lifts a lock on this account (and only this one).
     s.store.delete_counter(&CounterKey::Account(user.id)).await?;
     s.flush().await?;
+    // (Resets are riegel's own, so never in portal login mode; should that
+    // change, the portal's sessions end with riegel's here too.)
+    super::portal::end_all(s, &gone).await;
     s.audit(req, Event::new(Kind::ResetCompleted).result("success").user(&user.username).field("sessions_ended", ended));
     notify(s, super::lang::choose(req, s), &updated, "password_changed", context! {}).await;
     Ok(no_referrer(page(s, req, 200, "reset_done", context! { login_url => s.route("login") })?))

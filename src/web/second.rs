@@ -290,9 +290,8 @@ pub(super) async fn confirm_post(req: &Request<'_>, s: &Services) -> Result<Repl
         return render_confirm(req, s, 200, Some("err_enrol_code_invalid"), 0);
     };
     attempt.succeeded(s).await?;
-    let others = s.store.delete_sessions_of(user.id, Some(&p.claims.sid)).await?;
     // In portal login mode their portal sessions end too.
-    super::portal::end_all(s, &others).await;
+    super::portal::end_others(s, user.id, &p.claims.sid, None).await?;
     let (cookie, rec) = start_session(s, req, &user, Stage::Full, p.rec.rd.clone(), Some(&p.claims)).await?;
     s.audit(req, Event::enrolment(LoginResult::Success).user(&user.username));
     let ctx = context! {

@@ -303,6 +303,8 @@ pub struct Riegel {
     pub base: String,
     pub clock: OffsetClock,
     pub services: Arc<Services>,
+    /// What the server's admin commands end besides the sessions.
+    session_ends: Arc<dyn riegel::admin::SessionEnds>,
     pub mailer: Option<Arc<riegel::mail::Mailer>>,
     pub upstream: SocketAddr,
     pub smtp: SmtpSink,
@@ -409,17 +411,17 @@ branding:
         let app = riegel::app::build(cfg, Arc::new(clock.clone()), None).expect("build services");
         let services = app.services.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let s2 = services.clone();
+        let live = app.live.clone();
         std::thread::spawn(move || {
             let sd = riegel::proxy::ChannelShutdown(tokio::sync::Mutex::new(rx));
-            riegel::proxy::run(s2, Some(Box::new(sd))).expect("proxy run");
+            riegel::proxy::run_live(live, Some(Box::new(sd))).expect("proxy run");
         });
         let start = Instant::now();
         while TcpStream::connect(addr).is_err() {
             assert!(start.elapsed() < Duration::from_secs(10), "riegel did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Riegel { base: format!("http://{addr}"), addr, clock, services, mailer: app.mailer, upstream, smtp, dir, config_path, shutdown: Some(tx), db }
+        Riegel { base: format!("http://{addr}"), addr, clock, services, session_ends: app.session_ends, mailer: app.mailer, upstream, smtp, dir, config_path, shutdown: Some(tx), db }
     }
 
     pub fn client(&self) -> Client {
@@ -441,7 +443,7 @@ branding:
     }
 
     pub fn admin(&self, req: riegel::admin::AdminRequest) -> riegel::admin::AdminResponse {
-        block_on(riegel::admin::execute(self.services.store.as_ref(), &self.clock, &self.services.audit_log, "cli", req))
+        block_on(riegel::admin::execute(self.services.store.as_ref(), &self.clock, &self.services.audit_log, "cli", self.session_ends.as_ref(), req))
     }
 
     /// The stored user record (from the store riegel runs on).
@@ -789,6 +791,12 @@ pub struct Enrolled {
 /// Password, then the enrolment page, QR decoded, first code confirmed.
 /// The client ends with a full session.
 pub fn login_and_enrol(r: &Riegel, c: &mut Client, user: &str, password: &str) -> Enrolled {
+    login_and_enrol_at(c, user, password, r.now())
+}
+
+/// [`login_and_enrol`] on a server whose clock is `now` (a `riegel serve`
+/// process runs on the real one).
+pub fn login_and_enrol_at(c: &mut Client, user: &str, password: &str, now: i64) -> Enrolled {
     let resp = c.login(user, password);
     assert_eq!(resp.status, 303, "login: {}", resp.body);
     assert_eq!(resp.location(), "/_riegel/setup");
@@ -796,7 +804,7 @@ pub fn login_and_enrol(r: &Riegel, c: &mut Client, user: &str, password: &str) -
     assert_eq!(setup.status, 200, "{}", setup.body);
     let uri = decode_qr_svg(&qr_svg_of(&setup.body));
     let secret = secret_of_uri(&uri);
-    let code = totp_code(&secret, r.now());
+    let code = totp_code(&secret, now);
     let activated = c.submit("/_riegel/setup/confirm", "/_riegel/setup/confirm", &[("code", &code)]);
     assert_eq!(activated.status, 200, "{}", activated.body);
     let recovery_codes = recovery_codes_of(&activated.body);

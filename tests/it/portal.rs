@@ -5,6 +5,7 @@
 
 use crate::harness::*;
 use riegel::demo::{start_login_portal, LoginPortal, PORTAL_COOKIE, PORTAL_LOGIN_YAML, PORTAL_USER};
+use riegel::admin::AdminRequest;
 use riegel::store::CounterKey;
 
 fn start() -> (Riegel, LoginPortal) {
@@ -232,4 +233,94 @@ fn the_password_is_never_written_to_the_store_or_the_log() {
             assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "{secret} in {}", f.display());
         }
     }
+}
+
+/// Whether the portal saw its logout URL with `sid`.
+fn logged_out(p: &LoginPortal, sid: &str) -> bool {
+    p.seen().iter().any(|l| l.starts_with("GET /logout ") && l.contains(&format!("{PORTAL_COOKIE}={sid}")))
+}
+
+#[test]
+fn the_operators_commands_end_the_portal_sessions_too() {
+    let (r, portal) = start();
+    let (user, password, _) = PORTAL_USER;
+    // Two devices; `user disable` ends both portal sessions.
+    let mut c = r.client();
+    let e = login_and_enrol(&r, &mut c, user, password);
+    let mut d = r.client();
+    assert_eq!(login_full(&r, &mut d, user, password, &e.secret).status, 303);
+    let two = portal.live_sessions();
+    assert_eq!(two.len(), 2, "{two:?}");
+    let out = r.admin(AdminRequest::Disable { user: user.into() });
+    assert!(out.ok, "{}", out.message);
+    assert!(out.message.contains("ended 2 sessions (and 2 portal sessions)"), "{}", out.message);
+    assert!(two.iter().all(|s| logged_out(&portal, s)), "{:#?}", portal.seen());
+    assert!(portal.live_sessions().is_empty(), "{:?}", portal.live_sessions());
+    assert_eq!(c.get("/start").status, 303);
+    assert_eq!(d.get("/start").status, 303);
+
+    // `user delete`: the portal session ends before the account goes.
+    assert!(r.admin(AdminRequest::Enable { user: user.into() }).ok);
+    assert_eq!(login_full(&r, &mut c, user, password, &e.secret).status, 303);
+    let sid = portal_sid(&portal);
+    let out = r.admin(AdminRequest::Delete { user: user.into() });
+    assert!(out.ok && out.message.contains("ended 1 sessions (and 1 portal sessions)"), "{}", out.message);
+    assert!(logged_out(&portal, &sid));
+    assert!(portal.live_sessions().is_empty());
+
+    // The next portal login makes the account again; `user reset-totp`
+    // ends that session and its portal session.
+    let mut c = r.client();
+    let _ = login_and_enrol(&r, &mut c, user, password);
+    let sid = portal_sid(&portal);
+    let out = r.admin(AdminRequest::ResetTotp { user: user.into() });
+    assert!(out.ok && out.message.contains("ended 1 sessions (and 1 portal sessions)"), "{}", out.message);
+    assert!(logged_out(&portal, &sid));
+    assert!(portal.live_sessions().is_empty());
+    assert_eq!(c.get("/start").status, 303);
+}
+
+#[test]
+fn the_command_line_ends_portal_sessions_through_the_server_and_on_its_own() {
+    let portal = start_login_portal("127.0.0.1:0".parse().expect("addr")).expect("portal");
+    let dir = tempdir("portal-cli");
+    let p = ServeProcess::start(&dir, portal.addr, PORTAL_LOGIN_YAML);
+    let (user, password, _) = PORTAL_USER;
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs() as i64;
+    let mut c = Client::new(p.addr);
+    let _ = login_and_enrol_at(&mut c, user, password, now());
+    let sid = portal_sid(&portal);
+    // While the server runs, the command goes through its admin socket.
+    let out = p.cli(&["user", "disable", user], None);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("ended 1 sessions (and 1 portal sessions)"), "{said}");
+    assert!(logged_out(&portal, &sid), "{:#?}", portal.seen());
+    assert_eq!(c.get("/start").status, 303);
+    // In portal login mode riegel holds no passwords to set.
+    let out = p.cli(&["user", "set-password", user], Some("Ein-neues-Kennwort-1\n"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("first_factor: portal"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = p.cli(&["user", "add", "neu"], Some("Ein-neues-Kennwort-1\n"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--no-password"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = p.cli(&["user", "add", "neu", "--no-password", "--email", "neu@example.at"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // With the server stopped, the command opens the store and asks the
+    // portal itself (a session left from before the stop).
+    assert!(p.cli(&["user", "enable", user], None).status.success());
+    let mut c = Client::new(p.addr);
+    let resp = c.login(user, password);
+    assert_eq!(resp.status, 303, "{}", resp.body);
+    assert_eq!(resp.location(), "/_riegel/verify", "{}", resp.body);
+    let sid = portal_sid(&portal);
+    let config = dir.join("riegel.yaml");
+    p.stop();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_riegel")).args(["user", "reset-totp", user, "--config"]).arg(&config).output().expect("cli");
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("ended 1 sessions (and 1 portal sessions)"), "{said}");
+    assert!(logged_out(&portal, &sid), "{:#?}", portal.seen());
+    assert!(portal.live_sessions().is_empty());
 }
