@@ -405,7 +405,7 @@ fn second_factor_checks_on_the_account_pages_are_regulated() {
 }
 
 /// The path of the new-device link in the newest such mail to `to`.
-fn new_device_path(r: &Riegel, to: &str, n: usize) -> String {
+pub(crate) fn new_device_path(r: &Riegel, to: &str, n: usize) -> String {
     let mails = mails_to(r, to, n);
     let m = mails.iter().rev().find(|m| m.subject().contains("Neues Gerät einrichten")).expect("new-device mail");
     let text = m.plain();

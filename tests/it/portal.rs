@@ -324,3 +324,46 @@ fn the_command_line_ends_portal_sessions_through_the_server_and_on_its_own() {
     assert!(logged_out(&portal, &sid), "{:#?}", portal.seen());
     assert!(portal.live_sessions().is_empty());
 }
+
+#[test]
+fn a_lost_phone_in_portal_mode_logs_in_at_the_portal_then_needs_the_mailed_link() {
+    let (r, portal) = start();
+    let (user, password, _) = PORTAL_USER;
+    let mut c = r.client();
+    let first = login_and_enrol(&r, &mut c, user, password);
+    // The operator has the tenant's address, then the phone is lost.
+    let out = r.admin(AdminRequest::SetEmail { user: user.into(), email: Some("maria@example.at".into()) });
+    assert!(out.ok && out.message.contains("(and 1 portal sessions)"), "{}", out.message);
+    let out = r.admin(AdminRequest::ResetTotp { user: user.into() });
+    assert!(out.ok && out.message.contains("mails a 'Neues Gerät einrichten' link to maria@example.at"), "{}", out.message);
+    assert!(portal.live_sessions().is_empty());
+    // The portal takes the password; riegel wants the mailed link before a
+    // QR code, and nothing reaches the portal's pages meanwhile.
+    r.clock.advance(30);
+    let mut d = r.client();
+    let login = d.login(user, password);
+    assert_eq!((login.status, login.location()), (303, "/_riegel/new-device"), "{}", login.body);
+    let sid = portal_sid(&portal);
+    let waiting = d.get("/_riegel/new-device");
+    assert!(waiting.body.contains("m…@example.at"), "{}", waiting.body);
+    assert!(!waiting.body.contains("<svg class=\"qr\""));
+    let seen = portal.seen().len();
+    assert_eq!(d.get("/start").status, 303);
+    assert!(portal.seen()[seen..].iter().all(|l| !l.starts_with("GET /start")), "{:#?}", portal.seen());
+    let link = crate::account::new_device_path(&r, "maria@example.at", 1);
+    assert_eq!(r.client().get(&link).status, 403, "another browser");
+    let opened = d.submit(&link, &link, &[]);
+    assert_eq!((opened.status, opened.location()), (303, "/_riegel/setup"), "{}", opened.body);
+    let setup = d.get("/_riegel/setup");
+    let secret = secret_of_uri(&decode_qr_svg(&qr_svg_of(&setup.body)));
+    assert_ne!(secret, first.secret);
+    let activated = d.submit("/_riegel/setup/confirm", "/_riegel/setup/confirm", &[("code", &totp_code(&secret, r.now()))]);
+    assert!(activated.body.contains("Erfolgreich aktiviert"), "{}", activated.body);
+    // The portal session of this login carried through the link and the
+    // enrolment; the browser never saw it.
+    let page = d.get("/start");
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(portal.seen().last().is_some_and(|l| l.contains(&format!("{PORTAL_COOKIE}={sid}"))), "{:#?}", portal.seen());
+    assert!(!everything(&[&login, &waiting, &opened, &setup, &activated, &page]).contains(&sid));
+    assert!(!d.jar.values().any(|v| v.contains(&sid)));
+}
