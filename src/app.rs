@@ -216,15 +216,26 @@ fn spawn_janitor(live: Weak<Live>) {
             let Some(live) = live.upgrade() else { return };
             let services = live.services();
             drop(live);
-            let idle = services.cfg.session.idle_timeout.as_secs() as i64;
-            match rt.block_on(services.store.purge_sessions(services.clock.now(), idle)) {
-                Ok(v) if v.is_empty() => {}
-                Ok(v) => {
-                    tracing::debug!(removed = v.len(), "expired sessions removed");
-                    rt.block_on(crate::web::portal::end_all(&services, &v));
-                }
-                Err(e) => tracing::warn!(error = %e, "session clean-up failed"),
-            }
+            rt.block_on(purge_once(&services));
         }
     });
+}
+
+/// One round of the janitor with `services` (the running ones: their
+/// session lifetimes and portal settings): dead sessions removed, their
+/// portal sessions ended. How many were removed.
+pub async fn purge_once(services: &Services) -> usize {
+    let idle = services.cfg.session.idle_timeout.as_secs() as i64;
+    match services.store.purge_sessions(services.clock.now(), idle).await {
+        Ok(v) if v.is_empty() => 0,
+        Ok(v) => {
+            tracing::debug!(removed = v.len(), "expired sessions removed");
+            crate::web::portal::end_all(services, &v).await;
+            v.len()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "session clean-up failed");
+            0
+        }
+    }
 }

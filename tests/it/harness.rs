@@ -305,6 +305,8 @@ pub struct Riegel {
     pub services: Arc<Services>,
     /// What the server's admin commands end besides the sessions.
     session_ends: Arc<dyn riegel::admin::SessionEnds>,
+    /// What the proxy serves with (a reload replaces its services).
+    pub live: Arc<riegel::proxy::Live>,
     pub mailer: Option<Arc<riegel::mail::Mailer>>,
     pub upstream: SocketAddr,
     pub smtp: SmtpSink,
@@ -412,6 +414,7 @@ branding:
         let services = app.services.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let live = app.live.clone();
+        let served = app.live.clone();
         std::thread::spawn(move || {
             let sd = riegel::proxy::ChannelShutdown(tokio::sync::Mutex::new(rx));
             riegel::proxy::run_live(live, Some(Box::new(sd))).expect("proxy run");
@@ -421,7 +424,7 @@ branding:
             assert!(start.elapsed() < Duration::from_secs(10), "riegel did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Riegel { base: format!("http://{addr}"), addr, clock, services, session_ends: app.session_ends, mailer: app.mailer, upstream, smtp, dir, config_path, shutdown: Some(tx), db }
+        Riegel { base: format!("http://{addr}"), addr, clock, services, session_ends: app.session_ends, live: served, mailer: app.mailer, upstream, smtp, dir, config_path, shutdown: Some(tx), db }
     }
 
     pub fn client(&self) -> Client {

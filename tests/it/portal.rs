@@ -367,3 +367,26 @@ fn a_lost_phone_in_portal_mode_logs_in_at_the_portal_then_needs_the_mailed_link(
     assert!(!everything(&[&login, &waiting, &opened, &setup, &activated, &page]).contains(&sid));
     assert!(!d.jar.values().any(|v| v.contains(&sid)));
 }
+
+#[test]
+fn the_janitor_ends_idle_portal_sessions_with_the_configuration_running_now() {
+    let (r, portal) = start();
+    let (user, password, _) = PORTAL_USER;
+    let mut c = r.client();
+    let _ = login_and_enrol(&r, &mut c, user, password);
+    let sid = portal_sid(&portal);
+    // A reload moves the portal's logout; the janitor follows it.
+    let yaml = std::fs::read_to_string(&r.config_path).expect("config");
+    assert!(yaml.contains("logout_url: \"/logout\""), "{yaml}");
+    std::fs::write(&r.config_path, yaml.replace("logout_url: \"/logout\"", "logout_url: \"/logout?after=reload\"")).expect("write");
+    let reloader = riegel::reload::Reloader::new(r.config_path.clone(), r.live.clone(), None);
+    assert_eq!(reloader.reload(), riegel::reload::Result::Success);
+    // Not idle yet: nothing goes.
+    assert_eq!(block_on(riegel::app::purge_once(&r.live.services())), 0);
+    r.clock.advance(31 * 60);
+    assert_eq!(block_on(riegel::app::purge_once(&r.live.services())), 1);
+    let seen = portal.seen();
+    assert!(seen.iter().any(|l| l.starts_with("GET /logout?after=reload ") && l.contains(&format!("{PORTAL_COOKIE}={sid}"))), "{seen:#?}");
+    assert!(portal.live_sessions().is_empty());
+    assert_eq!(c.get("/start").status, 303);
+}
