@@ -387,8 +387,15 @@ async fn run(store: &dyn Store, clock: &dyn Clock, ends: &dyn SessionEnds, req: 
             AdminResponse::ok(format!("unbanned {} ({n} counters cleared)", u.username))
         }
         AdminRequest::Delete { user } => {
-            let u = find(store, &user).await?;
-            // The sessions first, so their portal sessions end too.
+            // Refused and its sessions revoked first (no login slips in
+            // between), then the sessions removed (so their portal
+            // sessions end too), then the account.
+            let u = change(store, &user, &mut |u| {
+                u.disabled = true;
+                u.revoke_sessions();
+                u.updated_at = now;
+            })
+            .await?;
             let n = end_sessions(store, ends, u.id).await?;
             store.delete_user(u.id).await?;
             for k in login_counters(&u).into_iter().chain([CounterKey::ResetAccount(u.id)]) {

@@ -162,40 +162,56 @@ struct LiveEnds(Weak<Live>);
 #[async_trait::async_trait]
 impl admin::SessionEnds for LiveEnds {
     async fn ended(&self, recs: &[SessionRecord]) -> (usize, usize) {
-        let Some(live) = self.0.upgrade() else { return (0, 0) };
-        let e = crate::web::portal::end_all(&live.services(), recs).await;
+        let Some(live) = self.0.upgrade() else {
+            // The server is stopping: no portal client any more.
+            let n = recs.iter().filter(|r| r.portal_jar.is_some()).count();
+            return (0, n);
+        };
+        let services = live.services();
+        drop(live);
+        let e = crate::web::portal::end_all_patiently(&services, recs).await;
         (e.ended, e.failed)
     }
 }
 
 /// The sessions a command that opened the store itself ends: in portal
-/// login mode their portal sessions end through a client of its own.
+/// login mode their portal sessions end through a client of its own,
+/// made when a command first ends a session that has one (so `list` or
+/// `show` never needs the portal's address).
 struct CommandEnds {
     cfg: Arc<Config>,
     jar_box: SecretBox,
-    client: Arc<dyn crate::web::portal::PortalClient>,
+    client: std::sync::OnceLock<Option<Arc<dyn crate::web::portal::PortalClient>>>,
 }
 
 #[async_trait::async_trait]
 impl admin::SessionEnds for CommandEnds {
     async fn ended(&self, recs: &[SessionRecord]) -> (usize, usize) {
         let Some(p) = self.cfg.portal_login.as_ref() else { return (0, 0) };
-        let e = crate::web::portal::Logouts::new(p, &self.jar_box, self.client.as_ref()).all(recs).await;
+        let with_jar = recs.iter().filter(|r| r.portal_jar.is_some()).count();
+        if with_jar == 0 {
+            return (0, 0);
+        }
+        let client = self.client.get_or_init(|| match crate::proxy::portal_client(&self.cfg) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(error = %e, "no client to the portal (upstream.url)");
+                None
+            }
+        });
+        let Some(client) = client else { return (0, with_jar) };
+        let e = crate::web::portal::Logouts::new(p, &self.jar_box, client.as_ref()).all(recs, None).await;
         (e.ended, e.failed)
     }
 }
 
 /// What ends with the sessions of a `riegel user ...` command that opens
 /// the store itself (no server holds it, or the store is PostgreSQL).
-pub fn command_session_ends(cfg: &Arc<Config>) -> Result<Arc<dyn admin::SessionEnds>, StartError> {
+pub fn command_session_ends(cfg: &Arc<Config>) -> Arc<dyn admin::SessionEnds> {
     if cfg.portal_login.is_none() {
-        return Ok(Arc::new(admin::NothingElse));
+        return Arc::new(admin::NothingElse);
     }
-    Ok(Arc::new(CommandEnds {
-        cfg: cfg.clone(),
-        jar_box: crate::web::portal::jar_box(&cfg.secrets.storage_key),
-        client: crate::proxy::portal_client(cfg)?,
-    }))
+    Arc::new(CommandEnds { cfg: cfg.clone(), jar_box: crate::web::portal::jar_box(&cfg.secrets.storage_key), client: std::sync::OnceLock::new() })
 }
 
 /// Removes dead session records every few minutes, with the services
@@ -230,7 +246,11 @@ pub async fn purge_once(services: &Services) -> usize {
         Ok(v) if v.is_empty() => 0,
         Ok(v) => {
             tracing::debug!(removed = v.len(), "expired sessions removed");
-            crate::web::portal::end_all(services, &v).await;
+            // Gone for good before the portal hears of it.
+            if let Err(e) = services.store.flush().await {
+                tracing::warn!(error = %e, "session clean-up: flush failed");
+            }
+            crate::web::portal::end_all_patiently(services, &v).await;
             v.len()
         }
         Err(e) => {

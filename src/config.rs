@@ -266,7 +266,7 @@ pub enum FirstFactor {
 
 /// `portal_login.success`: how a successful portal login is told from a
 /// failed one. Every rule given must hold; at least one is given.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PortalSuccess {
     /// A redirect (3xx with Location) whose target path starts with none
     /// of these paths.
@@ -278,7 +278,7 @@ pub struct PortalSuccess {
 /// `portal_login`: the portal's own login form (with `first_factor: portal`).
 /// Every URL is a path on the upstream (`/login`, `/app/login?x=1`): the
 /// replay goes to `upstream.url` only, never to another host.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortalLoginConfig {
     pub form_url: String,
     pub post_url: String,
@@ -1105,6 +1105,9 @@ fn first_factor(s: &mut Section<'_, '_>, public_paths: &[String], riegel_cookie:
         }
     }
     let timeout = p.duration_or("timeout", Duration::from_secs(10));
+    if timeout.is_zero() {
+        p.error("timeout", "must be more than 0s (it bounds the login replay and each logout call)");
+    }
     p.finish();
     let cfg = PortalLoginConfig {
         form_url: form_url.unwrap_or_default(),
@@ -2016,7 +2019,7 @@ mail: { from: "Portal <portal@example.at>", outbox: "/tmp/o", colour: red }
         let errs = portal(
             "first_factor: portal\nportal_login:\n  form_url: http://evil.example/login\n  post_url: //evil.example/login\n  \
              username_field: pw\n  password_field: pw\n  success: { set_cookie: OTHER }\n  session_cookies: [riegel_session, 'a b']\n  \
-             forgot_url: /reset\n  colour: red\n",
+             forgot_url: /reset\n  colour: red\n  timeout: 0s\n",
         )
         .expect_err("invalid");
         for path in [
@@ -2029,6 +2032,7 @@ mail: { from: "Portal <portal@example.at>", outbox: "/tmp/o", colour: red }
             "portal_login.session_cookies[1]",
             "portal_login.forgot_url",
             "portal_login.colour",
+            "portal_login.timeout",
         ] {
             assert!(errs.iter().any(|e| e.path == path), "{path} not in {errs:?}");
         }

@@ -356,6 +356,14 @@ fn user(cfg: &Config, cmd: UserCmd) -> Result<ExitCode> {
         // asked for.
         match &cmd {
             UserCmd::SetPassword { .. } => bail!("first_factor: portal: the portal owns the passwords, riegel holds none to set"),
+            UserCmd::Import { file } => {
+                let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+                if let Ok(users) = admin::parse_csv(&text) {
+                    if let Some(u) = users.iter().find(|u| u.password_hash.is_some()) {
+                        bail!("first_factor: portal: the portal owns the passwords; {} has a password_hash: leave that column empty", u.username);
+                    }
+                }
+            }
             UserCmd::Add { no_password: false, .. } => {
                 bail!("first_factor: portal: the portal owns the passwords; add the account with --no-password (for its e-mail and name), or let the first portal login create it")
             }
@@ -406,7 +414,7 @@ fn user(cfg: &Config, cmd: UserCmd) -> Result<ExitCode> {
     // In portal login mode the portal's sessions of the sessions a command
     // ends end too: through the server (the admin socket) or, when the
     // command opens the store itself, through a portal client of its own.
-    let ends = || riegel::app::command_session_ends(&Arc::new(cfg.clone())).context("the portal (portal_login)");
+    let ends = || -> Result<_> { Ok(riegel::app::command_session_ends(&Arc::new(cfg.clone()))) };
     let resp = match &cfg.store {
         StoreConfig::Sled { path, admin_socket } => match SledStore::open(path) {
             Ok(store) => runtime()?.block_on(admin::execute(&store, &SystemClock, &audit()?, "cli", &*ends()?, req)),

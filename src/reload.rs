@@ -89,6 +89,14 @@ fn keep_fixed(running: &Config, new: &mut Config) -> Vec<&'static str> {
     keep("log.json", running.log.json != new.log.json);
     keep("log.audit_file", running.log.audit_file != new.log.audit_file);
     new.log = running.log.clone();
+    // Switching the first factor would strand the sealed portal sessions
+    // of running riegel sessions (no logout_url to end them) or leave
+    // sessions without the portal's cookies; its settings stay reloadable.
+    keep("first_factor", running.first_factor != new.first_factor);
+    if running.first_factor != new.first_factor {
+        new.first_factor = running.first_factor;
+        new.portal_login = running.portal_login.clone();
+    }
     // The metrics listener is bound once, at start.
     keep("metrics.listen", running.metrics.listen != new.metrics.listen);
     new.metrics = running.metrics.clone();
@@ -299,6 +307,22 @@ mod tests {
         assert_eq!(new.branding.company, "Neu");
         assert_eq!(new.upstream.port, 9001);
         assert_eq!(new.server.header_timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn the_first_factor_cannot_be_switched_but_the_portals_settings_can_change() {
+        let portal = "first_factor: portal\nportal_login: { form_url: /login, post_url: /login, username_field: u, password_field: p, success: { set_cookie: S }, session_cookies: [S], logout_url: /logout }\n";
+        let local = parse(&base(), 'b');
+        let mut to_portal = parse(&(base() + portal), 'b');
+        assert_eq!(keep_fixed(&local, &mut to_portal), vec!["first_factor"]);
+        assert_eq!((to_portal.first_factor, to_portal.portal_login.is_none()), (crate::config::FirstFactor::Local, true));
+        let running = parse(&(base() + portal), 'b');
+        let mut to_local = parse(&base(), 'b');
+        assert_eq!(keep_fixed(&running, &mut to_local), vec!["first_factor"]);
+        assert_eq!(to_local.portal_login, running.portal_login);
+        let mut moved = parse(&(base() + &portal.replace("logout_url: /logout", "logout_url: /abmelden")), 'b');
+        assert!(keep_fixed(&running, &mut moved).is_empty());
+        assert_eq!(moved.portal_login.map(|p| p.logout_url), Some("/abmelden".to_string()));
     }
 
     #[test]

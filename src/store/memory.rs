@@ -14,6 +14,9 @@ use super::{
 };
 use crate::clock::UnixTime;
 
+/// A change to one user record.
+type UserChange = Box<dyn FnOnce(&mut User) + Send>;
+
 #[derive(Default)]
 struct Inner {
     next_id: u64,
@@ -23,12 +26,23 @@ struct Inner {
     counters: HashMap<Vec<u8>, Counter>,
     tokens: HashMap<String, (TokenKind, u64)>,
     mail: BTreeMap<u64, QueuedMail>,
+    /// A change committed right before the next `update_user` runs.
+    before_update: Option<UserChange>,
 }
 
 #[derive(Default)]
 pub struct MemStore(Mutex<Inner>);
 
 impl MemStore {
+    /// `f` changes the user right before the next `update_user` reads it:
+    /// another writer (an operator's command) landing between a request's
+    /// check and its update.
+    pub fn before_next_update(&self, f: impl FnOnce(&mut User) + Send + 'static) {
+        if let Ok(mut g) = self.0.lock() {
+            g.before_update = Some(Box::new(f));
+        }
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> Result<T, StoreError> {
         let mut g = self.0.lock().map_err(|_| StoreError::Backend("poisoned".into()))?;
         Ok(f(&mut g))
@@ -86,6 +100,9 @@ impl Accounts for MemStore {
 
     async fn update_user(&self, id: u64, f: &mut UserFn<'_>) -> Result<Option<User>, StoreError> {
         self.with(|s| {
+            if let (Some(h), Some(u)) = (s.before_update.take(), s.users.get_mut(&id)) {
+                h(u);
+            }
             let old = s.users.get(&id).cloned().ok_or(StoreError::NoSuchUser)?;
             let mut new = old.clone();
             if f(&mut new) == Update::Abort {

@@ -289,6 +289,14 @@ async fn second_factor(req: &Request<'_>, s: &Services, a: &Account, code: &str,
     Ok(Ok(user))
 }
 
+/// Whether `u` (as read inside an update) no longer accepts `a`'s session:
+/// disabled, or its stamp moved since the request's check. An update that
+/// re-issues the session must then abort, or a revocation racing it (an
+/// operator's command) would be undone by a fresh session.
+fn revoked_since(u: &User, a: &Account) -> bool {
+    u.disabled || u.stamp != a.rec.stamp
+}
+
 /// Raises the user's stamp (done by the caller's update), then gives this
 /// browser a new session id under the new stamp, with the old session's
 /// start, end, return path, device and portal jar, and removes every other
@@ -351,10 +359,14 @@ pub(super) async fn password_post(req: &Request<'_>, s: &Services) -> Result<Rep
     let rng = s.rng.clone();
     let new_hash = s.blocking_hash(move |h| h.hash(&new, rng.as_ref())).await?.map_err(|e| WebError::Internal(e.to_string()))?;
     let now = s.now();
+    let mut revoked = false;
     let updated = s
         .store
         .update_user(a.user.id, &mut |u| {
-            if u.password_hash.as_deref() != Some(stored.as_str()) {
+            // Revoked meanwhile (an operator, another tab's "end others"):
+            // this session is over, never re-issued under a new stamp.
+            revoked = revoked_since(u, &a);
+            if revoked || u.password_hash.as_deref() != Some(stored.as_str()) {
                 return Update::Abort;
             }
             u.set_password(new_hash.clone(), now);
@@ -362,6 +374,9 @@ pub(super) async fn password_post(req: &Request<'_>, s: &Services) -> Result<Rep
         })
         .await?;
     let Some(user) = updated else {
+        if revoked {
+            return Ok(redirect(&s.route_rd("login", Some(&s.route("account")))));
+        }
         // Changed meanwhile (another tab, an operator): ask again.
         return render_account(req, s, &a, 409, None, fail("err_current_password")).await;
     };
@@ -574,9 +589,12 @@ pub(super) async fn end_post(req: &Request<'_>, s: &Services, id: &str) -> Resul
         return Ok(done(s, "session_gone"));
     };
     let Some(sid) = target.sid() else { return Ok(done(s, "session_gone")) };
-    s.store.delete_session(a.user.id, &sid).await?;
+    let gone = s.store.delete_session(a.user.id, &sid).await?;
     s.flush().await?;
-    super::portal::end(s, target).await;
+    // The record as removed (its jar as the portal last renewed it).
+    if let Some(gone) = gone {
+        super::portal::end(s, &gone).await;
+    }
     s.audit(req, Event::new(Kind::SessionEnded).user(&a.user.username).field("own", if sid == a.claims.sid { "yes" } else { "no" }));
     if sid == a.claims.sid {
         let mut r = page(s, req, 200, "logged_out", context! { login_url => s.route("login") })?;
@@ -592,15 +610,21 @@ pub(super) async fn end_others_post(req: &Request<'_>, s: &Services) -> Result<R
     let form = Form::parse(req.body);
     let a = checked_or_return!(req, s, &form, "sessions");
     let now = s.now();
-    let user = s
+    let updated = s
         .store
         .update_user(a.user.id, &mut |u| {
+            if revoked_since(u, &a) {
+                return Update::Abort;
+            }
             u.revoke_sessions();
             u.updated_at = now;
             Update::Commit
         })
-        .await?
-        .ok_or(crate::store::StoreError::NoSuchUser)?;
+        .await?;
+    let Some(user) = updated else {
+        // Revoked (or gone) since this request's check: nothing to keep.
+        return Ok(redirect(&s.route_rd("login", Some(&s.route("account")))));
+    };
     let (cookie, ended) = reissue(s, &a, &user).await?;
     s.audit(req, Event::new(Kind::SessionsEnded).user(&user.username).field("sessions_ended", ended));
     super::reset::notify(s, a.lang, &user, "sessions_ended", context! { count => ended }).await;

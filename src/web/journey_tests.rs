@@ -47,6 +47,8 @@ impl MailQueue for Recorded {
 
 struct Kit {
     s: Arc<Services>,
+    /// The backend under the session cache.
+    mem: Arc<MemStore>,
     clock: FixedClock,
     mails: Arc<Recorded>,
     audit: Arc<crate::audit::Memory>,
@@ -63,7 +65,8 @@ impl Kit {
         let cfg = Arc::new(Config::parse(&yaml, std::path::Path::new("/nonexistent"), &Keys).unwrap_or_else(|e| panic!("{e}")));
         let clock = FixedClock::at(T0);
         let mails = Arc::new(Recorded::default());
-        let store = Arc::new(CachedStore::new(Arc::new(MemStore::default())));
+        let mem = Arc::new(MemStore::default());
+        let store = Arc::new(CachedStore::new(mem.clone()));
         let pages = Pages::new(&cfg.branding, &cfg.prefix, Default::default()).unwrap_or_else(|e| panic!("{e:?}"));
         let pool = HashPool::start(hashpool::Settings {
             threads: 2,
@@ -75,7 +78,7 @@ impl Kit {
         let log = crate::audit::Audit::to_sink(audit.clone());
         let s = Services::new(cfg, store, Arc::new(clock.clone()), Arc::new(TestRandom::default()), mails.clone(), pages, pool, log)
             .expect("services");
-        Kit { s: Arc::new(s), clock, mails, audit }
+        Kit { s: Arc::new(s), mem, clock, mails, audit }
     }
 
     async fn add_user(&self, name: &str, email: Option<&str>) {
@@ -439,6 +442,53 @@ async fn an_operator_revocation_ends_sessions_at_once() {
     let r = admin::execute(k.s.store.as_ref(), &k.clock, &k.s.audit_log, "cli", &admin::NothingElse, AdminRequest::Enable { user: "hanna".into() }).await;
     assert!(r.ok);
     assert_eq!(b.get("/mieter").await.reply().status, 303, "enabling again does not revive old sessions");
+}
+
+/// POSTs `fields` to `action` with `page`'s CSRF token, `between` run
+/// after the page was read.
+async fn post_after(b: &mut Browser, page: &str, action: &str, fields: &[(&str, &str)], between: impl FnOnce()) -> Reply {
+    let form = b.get(page).await.reply();
+    let csrf = input(&body(&form), "csrf").expect("csrf");
+    between();
+    let mut all = fields.to_vec();
+    all.push(("csrf", &csrf));
+    let encoded = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(all).finish();
+    b.send(Method::Post, action, encoded.as_bytes()).await.reply()
+}
+
+/// An operator's revocation (`riegel user reset-totp`, `set-email`) that
+/// lands after a request's session check and before its update is never
+/// undone by the fresh session "end others" or a password change issues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_racing_end_others_or_a_password_change_is_never_undone() {
+    let k = Kit::new("");
+    k.add_user("rita", Some("rita@example.at")).await;
+    let mut a = k.browser();
+    let secret = enrol(&k, &mut a, "rita").await;
+    let uid = k.s.store.find_user("rita").await.expect("store").expect("rita").id;
+    let before = k.s.store.user(uid).await.expect("store").expect("rita");
+    let to_login = "/_riegel/login?rd=%2F%5Friegel%2Faccount";
+    let r = post_after(&mut a, "/_riegel/account", "/_riegel/account/sessions/end-others", &[], || k.mem.before_next_update(|u| u.revoke_sessions())).await;
+    assert_eq!((r.status, location(&r)), (303, to_login), "{}", body(&r));
+    assert!(r.headers.iter().all(|(n, _)| *n != "set-cookie"), "{:?}", r.headers);
+    let after = k.s.store.user(uid).await.expect("store").expect("rita");
+    assert_eq!(after.stamp, before.stamp + 1, "only the operator's revocation");
+    assert_eq!(a.get("/mieter").await.reply().status, 303, "revoked stays revoked");
+
+    // The same for a password change: nothing changes, no new session.
+    k.advance(30);
+    let mut b = k.browser();
+    b.login("rita", PASSWORD).await;
+    let code = totp::code_for_step(&secret, totp::step_of(k.clock.now()));
+    assert_eq!(b.submit("/_riegel/verify", "/_riegel/verify", &[("code", &code)]).await.status, 303);
+    assert!(matches!(b.get("/mieter").await, Got::Forwarded(Some(_))));
+    let new = "Ganz-Neu-Passwort-8";
+    let fields = [("current_password", PASSWORD), ("password", new), ("password2", new)];
+    let r = post_after(&mut b, "/_riegel/account", "/_riegel/account/password", &fields, || k.mem.before_next_update(|u| u.revoke_sessions())).await;
+    assert_eq!((r.status, location(&r)), (303, to_login), "{}", body(&r));
+    let now = k.s.store.user(uid).await.expect("store").expect("rita");
+    assert_eq!(now.password_hash, before.password_hash, "the password stays");
+    assert_eq!(b.get("/mieter").await.reply().status, 303);
 }
 
 /// "Mein Zugang" at the `handle` boundary: it needs a full session; ending

@@ -29,8 +29,9 @@ use crate::store::SessionRecord;
 /// Most redirects followed when fetching the login form.
 const MAX_FORM_REDIRECTS: usize = 3;
 
-/// One request riegel sends to the portal itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One request riegel sends to the portal itself. Its `Debug` shows
+/// neither the cookies nor the form (which holds the password).
+#[derive(Clone, PartialEq, Eq)]
 pub struct PortalRequest {
     /// `GET` or `POST`.
     pub method: &'static str,
@@ -42,6 +43,18 @@ pub struct PortalRequest {
     pub form: Option<String>,
     /// The client riegel acts for (sent as X-Forwarded-For).
     pub client_ip: IpAddr,
+}
+
+impl std::fmt::Debug for PortalRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PortalRequest")
+            .field("method", &self.method)
+            .field("target", &self.target)
+            .field("cookie", &self.cookie.as_ref().map(|_| "<hidden>"))
+            .field("form", &self.form.as_ref().map(|b| format!("<{} bytes hidden>", b.len())))
+            .field("client_ip", &self.client_ip)
+            .finish()
+    }
 }
 
 /// The portal's answer, as far as riegel reads it.
@@ -72,9 +85,16 @@ pub trait PortalClient: Send + Sync {
     async fn send(&self, req: PortalRequest) -> Result<PortalResponse, PortalError>;
 }
 
-/// The portal's cookies riegel holds: names and values, in order.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The portal's cookies riegel holds: names and values, in order. Its
+/// `Debug` shows the names only.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Jar(Vec<(String, String)>);
+
+impl std::fmt::Debug for Jar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Jar").field(&self.0.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>()).finish()
+    }
+}
 
 /// A `Set-Cookie` value's name, value and whether it removes the cookie
 /// (empty value, `Max-Age` of zero or less, or an `Expires` before `now`).
@@ -538,37 +558,44 @@ impl<'a> Logouts<'a> {
     }
 
     /// Ends the portal session of each record that has one, at most
-    /// [`PARALLEL_LOGOUTS`] at once and all within twice
-    /// `portal_login.timeout`: a call not answered by then counts as
-    /// failed (so a reply that waits for this waits that long at most,
-    /// however many sessions a user has).
-    pub async fn all(&self, recs: &[SessionRecord]) -> Ended {
+    /// [`PARALLEL_LOGOUTS`] at once, each call within
+    /// `portal_login.timeout`. With `budget` (a reply waits for this) no
+    /// call starts once less than one timeout of it is left: those count
+    /// as failed, and the whole takes `budget` at most however many
+    /// sessions a user has. Without (the janitor, the operator's
+    /// commands) every record gets its call.
+    pub async fn all(&self, recs: &[SessionRecord], budget: Option<std::time::Duration>) -> Ended {
         use futures_util::stream::{FuturesUnordered, StreamExt};
-        let recs: Vec<&SessionRecord> = recs.iter().filter(|r| r.portal_jar.is_some()).collect();
+        let last_start = budget.map(|b| tokio::time::Instant::now() + b.saturating_sub(self.cfg.timeout));
+        let may_start = || last_start.is_none_or(|t| tokio::time::Instant::now() <= t);
+        let mut waiting = recs.iter().filter(|r| r.portal_jar.is_some());
+        let mut running = FuturesUnordered::new();
         let mut e = Ended::default();
-        // Jars that do not open (logged by `open_with`).
-        let mut unopened = 0;
-        let run = async {
-            let mut waiting = recs.iter().copied();
-            let mut running: FuturesUnordered<_> = waiting.by_ref().take(PARALLEL_LOGOUTS).map(|r| self.one(r)).collect();
-            while let Some(r) = running.next().await {
-                match r {
-                    Some(true) => e.ended += 1,
-                    Some(false) => e.failed += 1,
-                    None => unopened += 1,
-                }
-                if let Some(next) = waiting.next() {
-                    running.push(self.one(next));
-                }
+        loop {
+            while running.len() < PARALLEL_LOGOUTS && may_start() {
+                let Some(r) = waiting.next() else { break };
+                running.push(self.one(r));
             }
-        };
-        if tokio::time::timeout(self.cfg.timeout.saturating_mul(2), run).await.is_err() {
-            let late = recs.len().saturating_sub(e.ended + e.failed + unopened);
-            tracing::warn!(late, "portal logouts still waiting after twice portal_login.timeout; those portal sessions last until the portal's own timeout");
+            match running.next().await {
+                Some(Some(true)) => e.ended += 1,
+                Some(Some(false)) => e.failed += 1,
+                // A jar that does not open (logged by `open_with`).
+                Some(None) => {}
+                None => break,
+            }
+        }
+        let late = waiting.count();
+        if late > 0 {
+            tracing::warn!(late, "portal logouts not started within the time a reply may wait; those portal sessions last until the portal's own timeout");
             e.failed += late;
         }
         e
     }
+}
+
+/// How long a reply waits at most for the portal logouts it causes.
+fn reply_budget(s: &Services) -> Option<std::time::Duration> {
+    s.cfg.portal_login.as_ref().map(|p| p.timeout.saturating_mul(2))
 }
 
 /// Ends the portal's session of a riegel session that ended: `GET
@@ -578,10 +605,20 @@ pub async fn end(s: &Services, rec: &SessionRecord) {
     end_all(s, std::slice::from_ref(rec)).await;
 }
 
-/// [`end`] for each record, concurrently ([`Logouts::all`]).
+/// [`end`] for each record, concurrently, within the time a reply may
+/// wait ([`Logouts::all`]: twice `portal_login.timeout`).
 pub async fn end_all(s: &Services, recs: &[SessionRecord]) -> Ended {
     match Logouts::of(s) {
-        Some(l) if !recs.is_empty() => l.all(recs).await,
+        Some(l) if !recs.is_empty() => l.all(recs, reply_budget(s)).await,
+        _ => Ended::default(),
+    }
+}
+
+/// [`end_all`] with no time limit but each call's: every record gets its
+/// call (the janitor, the operator's commands; nobody waits on a page).
+pub async fn end_all_patiently(s: &Services, recs: &[SessionRecord]) -> Ended {
+    match Logouts::of(s) {
+        Some(l) if !recs.is_empty() => l.all(recs, None).await,
         _ => Ended::default(),
     }
 }
@@ -599,12 +636,16 @@ pub(super) fn is_portal_login(cfg: &PortalLoginConfig, post: bool, path: &str) -
 }
 
 /// A session whose portal login ended: deleted, and the portal told.
+/// The jar logged out is the one removed (the portal may have renewed it
+/// since `rec` was read); a session another request removed first was
+/// logged out there.
 pub(super) async fn end_session(s: &Services, rec: &SessionRecord) -> Result<(), WebError> {
-    if let Some(sid) = rec.sid() {
-        s.store.delete_session(rec.uid, &sid).await?;
-        s.flush().await?;
+    let Some(sid) = rec.sid() else { return Ok(()) };
+    let gone = s.store.delete_session(rec.uid, &sid).await?;
+    s.flush().await?;
+    if let Some(gone) = gone {
+        end(s, &gone).await;
     }
-    end(s, rec).await;
     Ok(())
 }
 
@@ -657,6 +698,23 @@ mod tests {
         for bad in ["<form", "<form><input name='x", "<input type=hidden name=a value=&#xZZ;>", "<form><input name=a value=\"é&#99999999;\">"] {
             let _ = form_fields(bad, "password", "username");
         }
+    }
+
+    #[test]
+    fn debug_output_never_shows_cookie_values_or_the_form() {
+        let jar = Jar::parse("SESSIONID=geheim-123; XSRF=auch-geheim");
+        assert_eq!(format!("{jar:?}"), r#"Jar(["SESSIONID", "XSRF"])"#);
+        assert!(!format!("{:?}", Replay::Accepted(jar.clone())).contains("geheim"));
+        let req = PortalRequest {
+            method: "POST",
+            target: "/login".into(),
+            cookie: Some(jar.header()),
+            form: Some("username=anna&password=Kennwort-geheim".into()),
+            client_ip: IpAddr::from([192, 0, 2, 1]),
+        };
+        let shown = format!("{req:?}");
+        assert!(!shown.contains("geheim") && !shown.contains("anna"), "{shown}");
+        assert!(shown.contains("/login") && shown.contains("bytes hidden"), "{shown}");
     }
 
     #[test]
@@ -717,13 +775,20 @@ mod tests {
             use std::sync::atomic::Ordering::SeqCst;
             assert_eq!((req.method, req.target.as_str(), req.form), ("GET", "/logout", None));
             self.calls.lock().expect("calls").push(req.cookie.unwrap_or_default());
+            // Under way until answered or given up (dropped).
+            struct Busy<'a>(&'a std::sync::atomic::AtomicUsize);
+            impl Drop for Busy<'_> {
+                fn drop(&mut self) {
+                    self.0.fetch_sub(1, SeqCst);
+                }
+            }
             let n = self.at_once.fetch_add(1, SeqCst) + 1;
+            let _busy = Busy(&self.at_once);
             self.most.fetch_max(n, SeqCst);
             match self.delay {
                 Some(d) => tokio::time::sleep(d).await,
                 None => std::future::pending::<()>().await,
             }
-            self.at_once.fetch_sub(1, SeqCst);
             Ok(PortalResponse { status: 302, ..PortalResponse::default() })
         }
     }
@@ -751,42 +816,68 @@ mod tests {
             .collect()
     }
 
+    fn slow(delay: Option<u64>) -> SlowLogout {
+        SlowLogout { delay: delay.map(std::time::Duration::from_secs), calls: Default::default(), at_once: Default::default(), most: Default::default() }
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn many_logouts_run_side_by_side_and_end_within_twice_the_timeout() {
+    async fn many_logouts_run_side_by_side_and_a_reply_waits_twice_the_timeout_at_most() {
+        use std::sync::atomic::Ordering::SeqCst;
         let b = jar_box(&[9u8; 32]);
         let c = cfg(PortalSuccess::default());
         // 30 sessions, 20 with a portal session, each logout 3 s: eight at
         // once, so three rounds (9 s), not 60 s one after the other.
-        let slow = SlowLogout { delay: Some(std::time::Duration::from_secs(3)), calls: Default::default(), at_once: Default::default(), most: Default::default() };
+        let p = slow(Some(3));
         let recs = records(&b, 30);
         let t = tokio::time::Instant::now();
-        let e = Logouts::new(&c, &b, &slow).all(&recs).await;
+        let e = Logouts::new(&c, &b, &p).all(&recs, None).await;
         assert_eq!(e, Ended { ended: 20, failed: 0 });
         assert_eq!(t.elapsed(), std::time::Duration::from_secs(9));
-        assert_eq!(slow.most.load(std::sync::atomic::Ordering::SeqCst), PARALLEL_LOGOUTS);
-        let mut calls = slow.calls.lock().expect("calls").clone();
+        assert_eq!(p.most.load(SeqCst), PARALLEL_LOGOUTS);
+        let mut calls = p.calls.lock().expect("calls").clone();
         calls.sort();
         let mut want: Vec<String> = (0..30).filter(|i| i % 3 != 2).map(|i| format!("SESSIONID=s{i}")).collect();
         want.sort();
         assert_eq!(calls, want, "each session's own jar, once");
+        // A reply's budget (twice the 5 s timeout): no call starts after
+        // 5 s, so the third round never begins; its four count as failed.
+        let p = slow(Some(3));
+        let t = tokio::time::Instant::now();
+        let e = Logouts::new(&c, &b, &p).all(&recs, Some(c.timeout * 2)).await;
+        assert_eq!(e, Ended { ended: 16, failed: 4 });
+        assert_eq!(t.elapsed(), std::time::Duration::from_secs(6));
+        assert_eq!(p.calls.lock().expect("calls").len(), 16);
         // A jar sealed for another user does not open: not sent.
         let mut other = records(&b, 1);
         other[0].uid = 8;
-        assert_eq!(Logouts::new(&c, &b, &slow).all(&other).await, Ended::default());
+        assert_eq!(Logouts::new(&c, &b, &p).all(&other, None).await, Ended::default());
+        assert_eq!(p.calls.lock().expect("calls").len(), 16);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_portal_that_never_answers_holds_the_ending_up_for_twice_the_timeout_at_most() {
+    async fn a_portal_that_never_answers_holds_a_reply_up_for_twice_the_timeout_at_most() {
+        use std::sync::atomic::Ordering::SeqCst;
         let b = jar_box(&[9u8; 32]);
         let c = cfg(PortalSuccess::default());
-        let hung = SlowLogout { delay: None, calls: Default::default(), at_once: Default::default(), most: Default::default() };
         let recs = records(&b, 60);
-        let t = tokio::time::Instant::now();
-        let e = Logouts::new(&c, &b, &hung).all(&recs).await;
         // Each call gives up after the timeout (5 s): two rounds of eight
-        // fit into 10 s, the other 24 never started; all 40 failed.
+        // start within the budget of 10 s; the other 24 never start (no
+        // connection opened only to be dropped); all 40 failed.
+        let hung = slow(None);
+        let t = tokio::time::Instant::now();
+        let e = Logouts::new(&c, &b, &hung).all(&recs, Some(c.timeout * 2)).await;
         assert_eq!(e, Ended { ended: 0, failed: 40 });
         assert_eq!(t.elapsed(), c.timeout * 2);
+        assert_eq!(hung.calls.lock().expect("calls").len(), 16);
+        assert_eq!((hung.at_once.load(SeqCst), hung.most.load(SeqCst)), (0, PARALLEL_LOGOUTS));
+        // Without a budget (the janitor, a command) every one gets its
+        // call: five rounds of one timeout.
+        let hung = slow(None);
+        let t = tokio::time::Instant::now();
+        let e = Logouts::new(&c, &b, &hung).all(&recs, None).await;
+        assert_eq!(e, Ended { ended: 0, failed: 40 });
+        assert_eq!(t.elapsed(), c.timeout * 5);
+        assert_eq!(hung.calls.lock().expect("calls").len(), 40);
         // A 5xx is a failure too (its own short client).
         struct Broken;
         #[async_trait]
@@ -795,7 +886,7 @@ mod tests {
                 Ok(PortalResponse { status: 503, ..PortalResponse::default() })
             }
         }
-        assert_eq!(Logouts::new(&c, &b, &Broken).all(&records(&b, 3)).await, Ended { ended: 0, failed: 2 });
+        assert_eq!(Logouts::new(&c, &b, &Broken).all(&records(&b, 3), None).await, Ended { ended: 0, failed: 2 });
     }
 
     #[test]

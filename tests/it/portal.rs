@@ -390,3 +390,23 @@ fn the_janitor_ends_idle_portal_sessions_with_the_configuration_running_now() {
     assert!(portal.live_sessions().is_empty());
     assert_eq!(c.get("/start").status, 303);
 }
+
+#[test]
+fn logging_out_of_an_idle_session_ends_its_portal_session_at_once() {
+    let (r, portal) = start();
+    let (user, password, _) = PORTAL_USER;
+    let mut c = r.client();
+    let _ = login_and_enrol(&r, &mut c, user, password);
+    let sid = portal_sid(&portal);
+    // Past the idle timeout the session no longer serves requests, but its
+    // record (and the portal's session) wait for the janitor; "Abmelden"
+    // ends both now.
+    r.clock.advance(31 * 60);
+    assert_eq!(c.get("/start").status, 303);
+    assert!(!logged_out(&portal, &sid));
+    let out = c.request("POST", "/_riegel/logout", &[("Origin", &r.base), ("Sec-Fetch-Site", "same-origin")], Some(""));
+    assert_eq!(out.status, 200, "{}", out.body);
+    assert!(logged_out(&portal, &sid), "{:#?}", portal.seen());
+    assert!(portal.live_sessions().is_empty());
+    assert_eq!(block_on(riegel::app::purge_once(&r.live.services())), 0, "nothing left for the janitor");
+}
