@@ -270,6 +270,10 @@ fn demo_portal_login(listen: SocketAddr, dir: Option<PathBuf>) -> Result<ExitCod
     println!("  Username:   {user}   (the portal's own account)");
     println!("  Password:   {password}");
     println!("  Data and config: {}", files.dir.display());
+    // The binary as it was started (`cargo run` does not put it on the PATH).
+    let me = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "riegel".into());
+    println!("  Admin:      {me} user list --config {}", files.config.display());
+    println!("              (after your first login, `user disable {user}` there ends the portal's session too)");
     println!();
     println!("  You need an authenticator app (or: oathtool --totp -b KEY). Ctrl-C stops.");
     println!();
