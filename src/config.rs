@@ -1105,8 +1105,8 @@ fn first_factor(s: &mut Section<'_, '_>, public_paths: &[String], riegel_cookie:
         }
     }
     let timeout = p.duration_or("timeout", Duration::from_secs(10));
-    if timeout.is_zero() {
-        p.error("timeout", "must be more than 0s (it bounds the login replay and each logout call)");
+    if timeout > Duration::from_secs(300) {
+        p.error("timeout", "must be at most 5m (a tenant waits that long for the login page's answer)");
     }
     p.finish();
     let cfg = PortalLoginConfig {
@@ -2019,7 +2019,7 @@ mail: { from: "Portal <portal@example.at>", outbox: "/tmp/o", colour: red }
         let errs = portal(
             "first_factor: portal\nportal_login:\n  form_url: http://evil.example/login\n  post_url: //evil.example/login\n  \
              username_field: pw\n  password_field: pw\n  success: { set_cookie: OTHER }\n  session_cookies: [riegel_session, 'a b']\n  \
-             forgot_url: /reset\n  colour: red\n  timeout: 0s\n",
+             forgot_url: /reset\n  colour: red\n  timeout: 1h\n",
         )
         .expect_err("invalid");
         for path in [
@@ -2040,6 +2040,9 @@ mail: { from: "Portal <portal@example.at>", outbox: "/tmp/o", colour: red }
             .expect_err("no rule, no cookies");
         assert!(errs.iter().any(|e| e.path == "portal_login.success.redirect_not_to" && e.message.contains("at least one rule")), "{errs:?}");
         assert!(errs.iter().any(|e| e.path == "portal_login.session_cookies"), "{errs:?}");
+        let errs = portal("first_factor: portal\nportal_login: { form_url: /l, post_url: /l, logout_url: /o, success: { set_cookie: S }, session_cookies: [S], timeout: 0s }\n")
+            .expect_err("no time at all");
+        assert!(errs.iter().any(|e| e.path == "portal_login.timeout"), "{errs:?}");
         let errs = portal("first_factor: portal\nportal_login: { form_url: /l, post_url: /l, logout_url: /o, session_cookies: [S] }\n")
             .expect_err("no success");
         assert!(errs.iter().any(|e| e.path == "portal_login.success"), "{errs:?}");

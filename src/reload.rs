@@ -89,18 +89,21 @@ fn keep_fixed(running: &Config, new: &mut Config) -> Vec<&'static str> {
     keep("log.json", running.log.json != new.log.json);
     keep("log.audit_file", running.log.audit_file != new.log.audit_file);
     new.log = running.log.clone();
-    // Switching the first factor would strand the sealed portal sessions
-    // of running riegel sessions (no logout_url to end them) or leave
-    // sessions without the portal's cookies; its settings stay reloadable.
-    keep("first_factor", running.first_factor != new.first_factor);
-    if running.first_factor != new.first_factor {
-        new.first_factor = running.first_factor;
-        new.portal_login = running.portal_login.clone();
-    }
     // The metrics listener is bound once, at start.
     keep("metrics.listen", running.metrics.listen != new.metrics.listen);
     new.metrics = running.metrics.clone();
     kept
+}
+
+/// A reload that switches `first_factor` is refused whole: it would
+/// strand the sealed portal sessions of running sessions (no logout_url
+/// to end them) or leave sessions without the portal's cookies, and the
+/// rest of the file was checked against the other mode. The
+/// `portal_login` settings themselves reload.
+fn switches_first_factor(running: &Config, new: &Config) -> Option<(String, String)> {
+    (running.first_factor != new.first_factor).then(|| {
+        ("first_factor".to_string(), format!("switching between local and portal needs a restart (running: {:?})", running.first_factor).to_lowercase())
+    })
 }
 
 fn same_store(a: &StoreConfig, b: &StoreConfig) -> bool {
@@ -175,6 +178,9 @@ impl Reloader {
     fn try_reload(&self) -> std::result::Result<Vec<&'static str>, Vec<(String, String)>> {
         let mut cfg = Config::load(&self.path).map_err(|errs| errs.0.into_iter().map(|e| (e.path, e.message)).collect::<Vec<_>>())?;
         let running = self.live.services();
+        if let Some(problem) = switches_first_factor(&running.cfg, &cfg) {
+            return Err(vec![problem]);
+        }
         let kept = keep_fixed(&running.cfg, &mut cfg);
         for w in &cfg.warnings {
             tracing::warn!(warning = %w, "configuration");
@@ -313,14 +319,13 @@ mod tests {
     fn the_first_factor_cannot_be_switched_but_the_portals_settings_can_change() {
         let portal = "first_factor: portal\nportal_login: { form_url: /login, post_url: /login, username_field: u, password_field: p, success: { set_cookie: S }, session_cookies: [S], logout_url: /logout }\n";
         let local = parse(&base(), 'b');
-        let mut to_portal = parse(&(base() + portal), 'b');
-        assert_eq!(keep_fixed(&local, &mut to_portal), vec!["first_factor"]);
-        assert_eq!((to_portal.first_factor, to_portal.portal_login.is_none()), (crate::config::FirstFactor::Local, true));
         let running = parse(&(base() + portal), 'b');
-        let mut to_local = parse(&base(), 'b');
-        assert_eq!(keep_fixed(&running, &mut to_local), vec!["first_factor"]);
-        assert_eq!(to_local.portal_login, running.portal_login);
+        let (key, problem) = switches_first_factor(&local, &running).expect("refused");
+        assert_eq!(key, "first_factor");
+        assert!(problem.contains("needs a restart") && problem.contains("running: local"), "{problem}");
+        assert!(switches_first_factor(&running, &local).is_some_and(|(_, p)| p.contains("running: portal")));
         let mut moved = parse(&(base() + &portal.replace("logout_url: /logout", "logout_url: /abmelden")), 'b');
+        assert!(switches_first_factor(&running, &moved).is_none());
         assert!(keep_fixed(&running, &mut moved).is_empty());
         assert_eq!(moved.portal_login.map(|p| p.logout_url), Some("/abmelden".to_string()));
     }

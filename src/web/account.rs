@@ -375,6 +375,7 @@ pub(super) async fn password_post(req: &Request<'_>, s: &Services) -> Result<Rep
         .await?;
     let Some(user) = updated else {
         if revoked {
+            s.audit(req, Event::new(Kind::PasswordChanged).result("failure").user(&a.user.username).field("reason", "session_revoked"));
             return Ok(redirect(&s.route_rd("login", Some(&s.route("account")))));
         }
         // Changed meanwhile (another tab, an operator): ask again.
@@ -622,7 +623,7 @@ pub(super) async fn end_others_post(req: &Request<'_>, s: &Services) -> Result<R
         })
         .await?;
     let Some(user) = updated else {
-        // Revoked (or gone) since this request's check: nothing to keep.
+        // Revoked since this request's check: nothing to keep.
         return Ok(redirect(&s.route_rd("login", Some(&s.route("account")))));
     };
     let (cookie, ended) = reissue(s, &a, &user).await?;

@@ -456,6 +456,52 @@ async fn post_after(b: &mut Browser, page: &str, action: &str, fields: &[(&str, 
     b.send(Method::Post, action, encoded.as_bytes()).await.reply()
 }
 
+/// An operator's command that lands inside a login step's code check
+/// (after the pending session was checked, before the code is recorded)
+/// never gets a full session issued past it, nor one that enabling the
+/// account again would revive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_racing_a_code_check_issues_no_full_session() {
+    let k = Kit::new("");
+    k.add_user("sara", Some("sara@example.at")).await;
+    let expired = "/_riegel/login?notice=login_expired";
+    let revoke = || k.mem.before_next_update(|u| u.revoke_sessions());
+    // The enrolment's confirmation.
+    let mut a = k.browser();
+    let r = a.login("sara", PASSWORD).await;
+    assert_eq!(location(&r), "/_riegel/setup");
+    let secret = setup_secret(&mut a).await;
+    let code = totp::code_for_step(&secret, totp::step_of(k.clock.now()));
+    let r = post_after(&mut a, "/_riegel/setup/confirm", "/_riegel/setup/confirm", &[("code", &code)], revoke).await;
+    assert_eq!((r.status, location(&r)), (303, expired), "{}", body(&r));
+    assert_eq!(a.get("/mieter").await.reply().status, 303);
+    // The code check of a login.
+    k.advance(30);
+    let mut b = k.browser();
+    assert_eq!(location(&b.login("sara", PASSWORD).await), "/_riegel/verify");
+    let code = totp::code_for_step(&secret, totp::step_of(k.clock.now()));
+    let r = post_after(&mut b, "/_riegel/verify", "/_riegel/verify", &[("code", &code)], revoke).await;
+    assert_eq!((r.status, location(&r)), (303, expired), "{}", body(&r));
+    assert_eq!(b.get("/mieter").await.reply().status, 303);
+    // A recovery code while the account is disabled; enabling it again
+    // revives nothing.
+    let uid = k.s.store.find_user("sara").await.expect("store").expect("sara").id;
+    let (codes, _) = known_recovery_codes(&k, uid).await;
+    let mut c = k.browser();
+    assert_eq!(location(&c.login("sara", PASSWORD).await), "/_riegel/verify");
+    let r = post_after(&mut c, "/_riegel/recovery", "/_riegel/recovery", &[("code", &codes[0])], || k.mem.before_next_update(|u| u.disabled = true)).await;
+    assert_eq!((r.status, location(&r)), (303, expired), "{}", body(&r));
+    k.s.store
+        .update_user(uid, &mut |u| {
+            u.disabled = false;
+            crate::store::Update::Commit
+        })
+        .await
+        .expect("enable");
+    assert_eq!(c.get("/mieter").await.reply().status, 303);
+    assert!(k.s.store.sessions_of(uid).await.expect("sessions").iter().all(|r| r.stage != Stage::Full), "no full session was written");
+}
+
 /// An operator's revocation (`riegel user reset-totp`, `set-email`) that
 /// lands after a request's session check and before its update is never
 /// undone by the fresh session "end others" or a password change issues.

@@ -57,8 +57,9 @@ impl std::fmt::Debug for PortalRequest {
     }
 }
 
-/// The portal's answer, as far as riegel reads it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The portal's answer, as far as riegel reads it. Its `Debug` shows the
+/// cookies' names only and the body's length.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct PortalResponse {
     pub status: u16,
     pub location: Option<String>,
@@ -66,6 +67,18 @@ pub struct PortalResponse {
     pub set_cookies: Vec<String>,
     /// The body (bounded by the client), for the form's hidden fields.
     pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for PortalResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.set_cookies.iter().map(|c| c.split('=').next().unwrap_or("").trim()).collect();
+        f.debug_struct("PortalResponse")
+            .field("status", &self.status)
+            .field("location", &self.location)
+            .field("set_cookies", &names)
+            .field("body", &format!("<{} bytes>", self.body.len()))
+            .finish()
+    }
 }
 
 /// Why the portal could not be asked.
@@ -504,6 +517,10 @@ pub fn jar_box(storage_key: &[u8]) -> SecretBox {
     SecretBox::for_purpose(storage_key, "riegel/portal-jar/v1")
 }
 
+/// How many `portal_login.timeout`s the janitor and the operator's
+/// commands wait for their logouts at most.
+pub const PATIENCE: u32 = 10;
+
 /// Most portal logouts under way at once for one ending.
 const PARALLEL_LOGOUTS: usize = 8;
 
@@ -538,21 +555,20 @@ impl<'a> Logouts<'a> {
         Some(Self::new(s.cfg.portal_login.as_ref()?, &s.jar_box, s.portal.get()?.as_ref()))
     }
 
-    /// `GET logout_url` with `rec`'s jar, within `portal_login.timeout`;
-    /// `None` when the record has no portal session.
-    async fn one(&self, rec: &SessionRecord) -> Option<bool> {
-        let jar = open_with(self.jar_box, rec).filter(|j| !j.is_empty())?;
+    /// `GET logout_url` with `rec`'s `jar`, within `portal_login.timeout`;
+    /// whether the portal answered.
+    async fn one(&self, rec: &SessionRecord, jar: Jar) -> bool {
         let ip = rec.ip.as_deref().and_then(|i| i.parse().ok()).unwrap_or(IpAddr::from([127, 0, 0, 1]));
         let req = PortalRequest { method: "GET", target: self.cfg.logout_url.clone(), cookie: Some(jar.header()), form: None, client_ip: ip };
         let r = tokio::time::timeout(self.cfg.timeout, self.client.send(req)).await.unwrap_or(Err(PortalError::Timeout)).and_then(answered);
         match r {
             Ok(r) => {
                 tracing::debug!(status = r.status, "portal session ended");
-                Some(true)
+                true
             }
             Err(e) => {
                 tracing::warn!(error = %e, user = %rec.username, "could not end the portal's session; it lasts until the portal's own timeout");
-                Some(false)
+                false
             }
         }
     }
@@ -566,21 +582,22 @@ impl<'a> Logouts<'a> {
     /// commands) every record gets its call.
     pub async fn all(&self, recs: &[SessionRecord], budget: Option<std::time::Duration>) -> Ended {
         use futures_util::stream::{FuturesUnordered, StreamExt};
-        let last_start = budget.map(|b| tokio::time::Instant::now() + b.saturating_sub(self.cfg.timeout));
+        // A budget too large to add is no budget.
+        let last_start = budget.and_then(|b| tokio::time::Instant::now().checked_add(b.saturating_sub(self.cfg.timeout)));
         let may_start = || last_start.is_none_or(|t| tokio::time::Instant::now() <= t);
-        let mut waiting = recs.iter().filter(|r| r.portal_jar.is_some());
+        // Only portal sessions there are: a jar that does not open (logged
+        // by `open_with`) or holds nothing is no call and no failure.
+        let mut waiting = recs.iter().filter_map(|r| Some((r, open_with(self.jar_box, r).filter(|j| !j.is_empty())?)));
         let mut running = FuturesUnordered::new();
         let mut e = Ended::default();
         loop {
             while running.len() < PARALLEL_LOGOUTS && may_start() {
-                let Some(r) = waiting.next() else { break };
-                running.push(self.one(r));
+                let Some((r, jar)) = waiting.next() else { break };
+                running.push(self.one(r, jar));
             }
             match running.next().await {
-                Some(Some(true)) => e.ended += 1,
-                Some(Some(false)) => e.failed += 1,
-                // A jar that does not open (logged by `open_with`).
-                Some(None) => {}
+                Some(true) => e.ended += 1,
+                Some(false) => e.failed += 1,
                 None => break,
             }
         }
@@ -614,11 +631,13 @@ pub async fn end_all(s: &Services, recs: &[SessionRecord]) -> Ended {
     }
 }
 
-/// [`end_all`] with no time limit but each call's: every record gets its
-/// call (the janitor, the operator's commands; nobody waits on a page).
+/// [`end_all`] for the janitor and the operator's commands (nobody waits
+/// on a page): up to ten times `portal_login.timeout`, so a portal that
+/// answers gets a call for every record, and a hung one holds a command
+/// (and the admin socket, one command at a time) that long at most.
 pub async fn end_all_patiently(s: &Services, recs: &[SessionRecord]) -> Ended {
     match Logouts::of(s) {
-        Some(l) if !recs.is_empty() => l.all(recs, None).await,
+        Some(l) if !recs.is_empty() => l.all(recs, s.cfg.portal_login.as_ref().map(|p| p.timeout.saturating_mul(PATIENCE))).await,
         _ => Ended::default(),
     }
 }
@@ -715,6 +734,9 @@ mod tests {
         let shown = format!("{req:?}");
         assert!(!shown.contains("geheim") && !shown.contains("anna"), "{shown}");
         assert!(shown.contains("/login") && shown.contains("bytes hidden"), "{shown}");
+        let answer = PortalResponse { status: 302, location: Some("/home".into()), set_cookies: vec!["SESSIONID=geheim-9; Path=/".into()], body: b"geheim".to_vec() };
+        let shown = format!("{answer:?}");
+        assert!(!shown.contains("geheim") && shown.contains("SESSIONID") && shown.contains("<6 bytes>"), "{shown}");
     }
 
     #[test]
@@ -887,6 +909,8 @@ mod tests {
             }
         }
         assert_eq!(Logouts::new(&c, &b, &Broken).all(&records(&b, 3), None).await, Ended { ended: 0, failed: 2 });
+        // A budget too large for the clock is none (no overflow panic).
+        assert_eq!(Logouts::new(&c, &b, &Broken).all(&records(&b, 3), Some(std::time::Duration::MAX)).await, Ended { ended: 0, failed: 2 });
     }
 
     #[test]

@@ -36,6 +36,24 @@ async fn pending(req: &Request<'_>, s: &Services) -> Result<Result<Pending, Repl
     }
 }
 
+impl Pending {
+    /// Whether this session was revoked (or its user disabled) since the
+    /// request's check, as the committed `user` shows; `bumped`: the
+    /// update raised the stamp itself (an enrolment ends the others). A
+    /// full session must then not be issued: an operator's command racing
+    /// the code check would be undone.
+    fn revoked_in(&self, user: &User, bumped: bool) -> bool {
+        user.disabled || user.stamp != self.rec.stamp.wrapping_add(u64::from(bumped))
+    }
+
+    /// The way back to login for a session revoked meanwhile.
+    fn revoked(&self, s: &Services) -> Reply {
+        let mut r = redirect(&format!("{}?notice=login_expired", s.route("login")));
+        r.headers.push(("set-cookie", super::clear_session_cookie(s)));
+        r
+    }
+}
+
 macro_rules! pending_or_return {
     ($req:expr, $s:expr) => {
         match pending($req, $s).await? {
@@ -290,6 +308,9 @@ pub(super) async fn confirm_post(req: &Request<'_>, s: &Services) -> Result<Repl
         return render_confirm(req, s, 200, Some("err_enrol_code_invalid"), 0);
     };
     attempt.succeeded(s).await?;
+    if p.revoked_in(&user, true) {
+        return Ok(p.revoked(s));
+    }
     // In portal login mode their portal sessions end too.
     super::portal::end_others(s, user.id, &p.claims.sid, None).await?;
     let (cookie, rec) = start_session(s, req, &user, Stage::Full, p.rec.rd.clone(), Some(&p.claims)).await?;
@@ -353,6 +374,9 @@ pub(super) async fn verify_post(req: &Request<'_>, s: &Services) -> Result<Reply
         return render_verify(req, s, 200, Some("err_code_invalid"), 0);
     };
     attempt.succeeded(s).await?;
+    if p.revoked_in(&user, false) {
+        return Ok(p.revoked(s));
+    }
     let (cookie, rec) = start_session(s, req, &user, Stage::Full, p.rec.rd.clone(), Some(&p.claims)).await?;
     s.audit(req, Event::login(LoginStage::SecondFactor, LoginResult::Success).user(&user.username));
     let mut r = redirect(rec.rd.as_deref().unwrap_or("/"));
@@ -423,6 +447,9 @@ pub(super) async fn recovery_post(req: &Request<'_>, s: &Services) -> Result<Rep
         return render_recovery(req, s, 200, Some("err_recovery_invalid"), 0);
     };
     attempt.succeeded(s).await?;
+    if p.revoked_in(&updated, false) {
+        return Ok(p.revoked(s));
+    }
     let (cookie, rec) = start_session(s, req, &updated, Stage::Full, p.rec.rd.clone(), Some(&p.claims)).await?;
     let remaining = updated.recovery_codes.len();
     s.audit(req, Event::login(LoginStage::RecoveryCode, LoginResult::Success).user(&p.user.username).field("remaining", remaining));
