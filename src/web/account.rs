@@ -268,11 +268,11 @@ async fn second_factor(req: &Request<'_>, s: &Services, a: &Account, code: &str,
     }
     let committed = if is_totp {
         match matching_authenticator(s, &a.user, code)? {
-            Some((id, step)) => use_step(s, &a.user, id, step).await?,
+            Some((id, step)) => use_step(s, &a.user, id, step, a.rec.stamp).await?,
             None => None,
         }
     } else {
-        use_recovery_code(s, &a.user, code).await?
+        use_recovery_code(s, &a.user, code, a.rec.stamp).await?
     };
     let Some(user) = committed else {
         s.audit(req, code_event("failure"));
@@ -294,7 +294,7 @@ async fn second_factor(req: &Request<'_>, s: &Services, a: &Account, code: &str,
 /// re-issues the session must then abort, or a revocation racing it (an
 /// operator's command) would be undone by a fresh session.
 fn revoked_since(u: &User, a: &Account) -> bool {
-    u.disabled || u.stamp != a.rec.stamp
+    super::second::revoked_since(u, a.rec.stamp)
 }
 
 /// Raises the user's stamp (done by the caller's update), then gives this
@@ -494,7 +494,7 @@ pub(super) async fn confirm_post(req: &Request<'_>, s: &Services) -> Result<Repl
         s.audit(req, Event::new(Kind::AuthenticatorAdded).result("banned").user(&a.user.username));
         return render_add(req, s, &a.user, &p, 429, Some("err_banned"), refused.minutes);
     }
-    let Some(user) = confirm_enrolment(s, &a.user, &p, code, &mut |u| u.new_device = None).await? else {
+    let Some(user) = confirm_enrolment(s, &a.user, &p, code, a.rec.stamp, &mut |u| u.new_device = None).await? else {
         s.audit(req, Event::new(Kind::AuthenticatorAdded).result("failure").user(&a.user.username));
         attempt.failed(s, req).await?;
         return render_add(req, s, &a.user, &p, 200, Some("err_enrol_code_invalid"), 0);

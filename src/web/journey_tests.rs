@@ -475,6 +475,11 @@ async fn a_revocation_racing_a_code_check_issues_no_full_session() {
     let r = post_after(&mut a, "/_riegel/setup/confirm", "/_riegel/setup/confirm", &[("code", &code)], revoke).await;
     assert_eq!((r.status, location(&r)), (303, expired), "{}", body(&r));
     assert_eq!(a.get("/mieter").await.reply().status, 303);
+    // Nothing of the enrolment was kept (no authenticator, no codes).
+    let u = k.s.store.find_user("sara").await.expect("store").expect("sara");
+    assert!(u.authenticators.is_empty() && u.recovery_codes.is_empty() && !u.enrolled_once, "{:?}", u.authenticators);
+    k.advance(30);
+    let secret = enrol(&k, &mut k.browser(), "sara").await;
     // The code check of a login.
     k.advance(30);
     let mut b = k.browser();
@@ -499,7 +504,8 @@ async fn a_revocation_racing_a_code_check_issues_no_full_session() {
         .await
         .expect("enable");
     assert_eq!(c.get("/mieter").await.reply().status, 303);
-    assert!(k.s.store.sessions_of(uid).await.expect("sessions").iter().all(|r| r.stage != Stage::Full), "no full session was written");
+    let full = k.s.store.sessions_of(uid).await.expect("sessions").iter().filter(|r| r.stage == Stage::Full).count();
+    assert_eq!(full, 1, "only the one enrolment that ran undisturbed wrote a full session");
 }
 
 /// An operator's revocation (`riegel user reset-totp`, `set-email`) that

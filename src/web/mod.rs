@@ -136,6 +136,10 @@ pub enum WebError {
     /// the 503 page ("please try again").
     #[error("busy: {0}")]
     Busy(String),
+    /// The request's session was revoked (or its user disabled) while it
+    /// ran: its update aborted, and the browser goes back to the login.
+    #[error("the session was revoked meanwhile")]
+    Revoked,
     #[error("{0}")]
     Internal(String),
 }
@@ -289,6 +293,11 @@ pub async fn handle(req: &Request<'_>, s: &Arc<Services>) -> Outcome {
     let result = route(req, rest, s).await;
     Outcome::Reply(match result {
         Ok(r) => r,
+        Err(WebError::Revoked) => {
+            let mut r = redirect(&format!("{}?notice=login_expired", s.route("login")));
+            r.headers.push(("set-cookie", clear_session_cookie(s)));
+            r
+        }
         Err(e @ (WebError::Busy(_) | WebError::Store(StoreError::Unavailable(_)))) => {
             tracing::warn!(error = %e, path = %loggable_path(&s.prefix, req.path), "request turned away");
             error_reply(s, req, 503, "error_503")

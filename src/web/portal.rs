@@ -71,10 +71,16 @@ pub struct PortalResponse {
 
 impl std::fmt::Debug for PortalResponse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = self.set_cookies.iter().map(|c| c.split('=').next().unwrap_or("").trim()).collect();
+        let names: Vec<&str> = self
+            .set_cookies
+            .iter()
+            .map(|c| c.split(';').next().and_then(|p| p.split_once('=')).map_or("<nameless>", |(n, _)| n.trim()))
+            .collect();
+        // A location may carry a session id (`;jsessionid=`) or a token.
+        let location = self.location.as_deref().map(|l| l.split(['?', ';', '#']).next().unwrap_or(""));
         f.debug_struct("PortalResponse")
             .field("status", &self.status)
-            .field("location", &self.location)
+            .field("location", &location)
             .field("set_cookies", &names)
             .field("body", &format!("<{} bytes>", self.body.len()))
             .finish()
@@ -734,9 +740,15 @@ mod tests {
         let shown = format!("{req:?}");
         assert!(!shown.contains("geheim") && !shown.contains("anna"), "{shown}");
         assert!(shown.contains("/login") && shown.contains("bytes hidden"), "{shown}");
-        let answer = PortalResponse { status: 302, location: Some("/home".into()), set_cookies: vec!["SESSIONID=geheim-9; Path=/".into()], body: b"geheim".to_vec() };
+        let answer = PortalResponse {
+            status: 302,
+            location: Some("/home;jsessionid=geheim-1?t=geheim-2".into()),
+            set_cookies: vec!["SESSIONID=geheim-9; Path=/".into(), "geheim-3; Path=/".into()],
+            body: b"geheim".to_vec(),
+        };
         let shown = format!("{answer:?}");
-        assert!(!shown.contains("geheim") && shown.contains("SESSIONID") && shown.contains("<6 bytes>"), "{shown}");
+        assert!(!shown.contains("geheim") && shown.contains("SESSIONID") && shown.contains("<nameless>"), "{shown}");
+        assert!(shown.contains("\"/home\"") && shown.contains("<6 bytes>"), "{shown}");
     }
 
     #[test]

@@ -36,24 +36,6 @@ async fn pending(req: &Request<'_>, s: &Services) -> Result<Result<Pending, Repl
     }
 }
 
-impl Pending {
-    /// Whether this session was revoked (or its user disabled) since the
-    /// request's check, as the committed `user` shows; `bumped`: the
-    /// update raised the stamp itself (an enrolment ends the others). A
-    /// full session must then not be issued: an operator's command racing
-    /// the code check would be undone.
-    fn revoked_in(&self, user: &User, bumped: bool) -> bool {
-        user.disabled || user.stamp != self.rec.stamp.wrapping_add(u64::from(bumped))
-    }
-
-    /// The way back to login for a session revoked meanwhile.
-    fn revoked(&self, s: &Services) -> Reply {
-        let mut r = redirect(&format!("{}?notice=login_expired", s.route("login")));
-        r.headers.push(("set-cookie", super::clear_session_cookie(s)));
-        r
-    }
-}
-
 macro_rules! pending_or_return {
     ($req:expr, $s:expr) => {
         match pending($req, $s).await? {
@@ -94,11 +76,22 @@ pub(super) fn matching_authenticator(s: &Services, user: &User, code: &str) -> R
 /// Records `step` as used on authenticator `id`, atomically: of many
 /// concurrent submissions of one code exactly one commits. The sealed
 /// secret must still be the one that was checked.
-pub(super) async fn use_step(s: &Services, user: &User, id: u32, step: i64) -> Result<Option<User>, WebError> {
+///
+/// `stamp` is the stamp the request's session was checked with: when the
+/// user's moved meanwhile (a revocation) or the user was disabled, nothing
+/// is recorded and the answer is [`WebError::Revoked`], in the same
+/// transaction, so an operator's command racing the check is never undone.
+pub(super) async fn use_step(s: &Services, user: &User, id: u32, step: i64, stamp: u64) -> Result<Option<User>, WebError> {
     let Some(checked) = user.authenticator(id).map(|a| a.sealed.clone()) else { return Ok(None) };
     let now = s.now();
-    Ok(s.store
+    let mut revoked = false;
+    let r = s
+        .store
         .update_user(user.id, &mut |u| {
+            revoked = revoked_since(u, stamp);
+            if revoked {
+                return Update::Abort;
+            }
             let Some(a) = u.authenticators.iter_mut().find(|a| a.id == id) else { return Update::Abort };
             if a.sealed != checked || a.last_step.is_some_and(|l| l >= step) {
                 return Update::Abort;
@@ -107,7 +100,21 @@ pub(super) async fn use_step(s: &Services, user: &User, id: u32, step: i64) -> R
             a.last_used_at = Some(now);
             Update::Commit
         })
-        .await?)
+        .await?;
+    revoked_or(revoked, r)
+}
+
+/// Whether `u` (read inside an update) no longer accepts a session issued
+/// under `stamp`.
+pub(super) fn revoked_since(u: &User, stamp: u64) -> bool {
+    u.disabled || u.stamp != stamp
+}
+
+fn revoked_or(revoked: bool, r: Option<User>) -> Result<Option<User>, WebError> {
+    if revoked {
+        return Err(WebError::Revoked);
+    }
+    Ok(r)
 }
 
 /// A fresh enrolment secret for `user`, or the one in progress (so a
@@ -172,13 +179,21 @@ pub(super) async fn confirm_enrolment(
     user: &User,
     pending: &PendingAuthenticator,
     code: &str,
+    stamp: u64,
     extra: &mut (dyn FnMut(&mut User) + Send),
 ) -> Result<Option<User>, WebError> {
     let secret = open_secret(s, user.id, &pending.sealed)?;
     let Ok(step) = totp::verify(&secret, code, s.now(), None) else { return Ok(None) };
     let now = s.now();
-    Ok(s.store
+    let mut revoked = false;
+    let r = s
+        .store
         .update_user(user.id, &mut |u| {
+            // Before `extra` (which may raise the stamp itself).
+            revoked = revoked_since(u, stamp);
+            if revoked {
+                return Update::Abort;
+            }
             if u.pending_authenticator.as_ref() != Some(pending) {
                 return Update::Abort;
             }
@@ -198,7 +213,8 @@ pub(super) async fn confirm_enrolment(
             extra(u);
             Update::Commit
         })
-        .await?)
+        .await?;
+    revoked_or(revoked, r)
 }
 
 /// Ten new recovery codes, and their keyed hashes for the store.
@@ -293,7 +309,7 @@ pub(super) async fn confirm_post(req: &Request<'_>, s: &Services) -> Result<Repl
         return render_confirm(req, s, 429, Some("err_banned"), refused.minutes);
     }
     let (codes, hashes) = new_recovery_codes(s, p.user.id);
-    let committed = confirm_enrolment(s, &p.user, &enrolment, code, &mut |u| {
+    let committed = confirm_enrolment(s, &p.user, &enrolment, code, p.rec.stamp, &mut |u| {
         u.recovery_codes = hashes.clone();
         u.new_device = None;
         // A new authenticator ends every other session of the user.
@@ -308,9 +324,6 @@ pub(super) async fn confirm_post(req: &Request<'_>, s: &Services) -> Result<Repl
         return render_confirm(req, s, 200, Some("err_enrol_code_invalid"), 0);
     };
     attempt.succeeded(s).await?;
-    if p.revoked_in(&user, true) {
-        return Ok(p.revoked(s));
-    }
     // In portal login mode their portal sessions end too.
     super::portal::end_others(s, user.id, &p.claims.sid, None).await?;
     let (cookie, rec) = start_session(s, req, &user, Stage::Full, p.rec.rd.clone(), Some(&p.claims)).await?;
@@ -365,7 +378,7 @@ pub(super) async fn verify_post(req: &Request<'_>, s: &Services) -> Result<Reply
         return render_verify(req, s, 429, Some("err_banned"), refused.minutes);
     }
     let committed = match matching_authenticator(s, &p.user, code)? {
-        Some((id, step)) => use_step(s, &p.user, id, step).await?,
+        Some((id, step)) => use_step(s, &p.user, id, step, p.rec.stamp).await?,
         None => None,
     };
     let Some(user) = committed else {
@@ -374,9 +387,6 @@ pub(super) async fn verify_post(req: &Request<'_>, s: &Services) -> Result<Reply
         return render_verify(req, s, 200, Some("err_code_invalid"), 0);
     };
     attempt.succeeded(s).await?;
-    if p.revoked_in(&user, false) {
-        return Ok(p.revoked(s));
-    }
     let (cookie, rec) = start_session(s, req, &user, Stage::Full, p.rec.rd.clone(), Some(&p.claims)).await?;
     s.audit(req, Event::login(LoginStage::SecondFactor, LoginResult::Success).user(&user.username));
     let mut r = redirect(rec.rd.as_deref().unwrap_or("/"));
@@ -406,10 +416,17 @@ pub(super) async fn recovery_get(req: &Request<'_>, s: &Services) -> Result<Repl
 }
 
 /// Uses up recovery code `code` of `user`, atomically (each code once).
-pub(super) async fn use_recovery_code(s: &Services, user: &User, code: &str) -> Result<Option<User>, WebError> {
+/// `stamp` as for [`use_step`].
+pub(super) async fn use_recovery_code(s: &Services, user: &User, code: &str, stamp: u64) -> Result<Option<User>, WebError> {
     let hash = recovery_hash(s, user.id, code);
-    Ok(s.store
+    let mut revoked = false;
+    let r = s
+        .store
         .update_user(user.id, &mut |u| {
+            revoked = revoked_since(u, stamp);
+            if revoked {
+                return Update::Abort;
+            }
             let before = u.recovery_codes.len();
             u.recovery_codes.retain(|h| !crate::auth::crypto::ct_eq(h.as_bytes(), hash.as_bytes()));
             if u.recovery_codes.len() == before {
@@ -418,7 +435,8 @@ pub(super) async fn use_recovery_code(s: &Services, user: &User, code: &str) -> 
                 Update::Commit
             }
         })
-        .await?)
+        .await?;
+    revoked_or(revoked, r)
 }
 
 pub(super) async fn recovery_post(req: &Request<'_>, s: &Services) -> Result<Reply, WebError> {
@@ -441,15 +459,12 @@ pub(super) async fn recovery_post(req: &Request<'_>, s: &Services) -> Result<Rep
         s.audit(req, Event::login(LoginStage::RecoveryCode, LoginResult::Banned).user(&p.user.username));
         return render_recovery(req, s, 429, Some("err_banned"), refused.minutes);
     }
-    let Some(updated) = use_recovery_code(s, &p.user, code).await? else {
+    let Some(updated) = use_recovery_code(s, &p.user, code, p.rec.stamp).await? else {
         s.audit(req, Event::login(LoginStage::RecoveryCode, LoginResult::Failure).user(&p.user.username));
         attempt.failed(s, req).await?;
         return render_recovery(req, s, 200, Some("err_recovery_invalid"), 0);
     };
     attempt.succeeded(s).await?;
-    if p.revoked_in(&updated, false) {
-        return Ok(p.revoked(s));
-    }
     let (cookie, rec) = start_session(s, req, &updated, Stage::Full, p.rec.rd.clone(), Some(&p.claims)).await?;
     let remaining = updated.recovery_codes.len();
     s.audit(req, Event::login(LoginStage::RecoveryCode, LoginResult::Success).user(&p.user.username).field("remaining", remaining));
