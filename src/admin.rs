@@ -231,6 +231,14 @@ async fn end_sessions(store: &dyn Store, ends: &dyn SessionEnds, uid: u64) -> Re
     Ok(said)
 }
 
+/// `u` refuses logins and every session issued so far (`disable`, and
+/// `delete` before the account goes).
+fn disable(u: &mut User, now: crate::clock::UnixTime) {
+    u.disabled = true;
+    u.revoke_sessions();
+    u.updated_at = now;
+}
+
 /// The counters that lock or slow down logins to `u`: its account counter,
 /// and the unknown-login counters of its name and address (from before the
 /// account existed). Exact keys: no other account's counter is touched.
@@ -307,12 +315,7 @@ async fn run(store: &dyn Store, clock: &dyn Clock, ends: &dyn SessionEnds, req: 
             )));
         }
         AdminRequest::Disable { user } => {
-            let u = change(store, &user, &mut |u| {
-                u.disabled = true;
-                u.revoke_sessions();
-                u.updated_at = now;
-            })
-            .await?;
+            let u = change(store, &user, &mut |u| disable(u, now)).await?;
             let n = end_sessions(store, ends, u.id).await?;
             AdminResponse::ok(format!("disabled {}; {n}", u.username))
         }
@@ -390,12 +393,7 @@ async fn run(store: &dyn Store, clock: &dyn Clock, ends: &dyn SessionEnds, req: 
             // Refused and its sessions revoked first (no login slips in
             // between), then the sessions removed (so their portal
             // sessions end too), then the account.
-            let u = change(store, &user, &mut |u| {
-                u.disabled = true;
-                u.revoke_sessions();
-                u.updated_at = now;
-            })
-            .await?;
+            let u = change(store, &user, &mut |u| disable(u, now)).await?;
             let n = end_sessions(store, ends, u.id).await?;
             store.delete_user(u.id).await?;
             for k in login_counters(&u).into_iter().chain([CounterKey::ResetAccount(u.id)]) {

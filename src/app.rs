@@ -200,7 +200,7 @@ impl admin::SessionEnds for CommandEnds {
             }
         });
         let Some(client) = client else { return (0, with_jar) };
-        let e = crate::web::portal::Logouts::new(p, &self.jar_box, client.as_ref()).all(recs, None).await;
+        let e = crate::web::portal::Logouts::new(p, &self.jar_box, client.as_ref()).patiently(recs).await;
         (e.ended, e.failed)
     }
 }

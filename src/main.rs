@@ -360,14 +360,6 @@ fn user(cfg: &Config, cmd: UserCmd) -> Result<ExitCode> {
         // asked for.
         match &cmd {
             UserCmd::SetPassword { .. } => bail!("first_factor: portal: the portal owns the passwords, riegel holds none to set"),
-            UserCmd::Import { file } => {
-                let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-                if let Ok(users) = admin::parse_csv(&text) {
-                    if let Some(u) = users.iter().find(|u| u.password_hash.is_some()) {
-                        bail!("first_factor: portal: the portal owns the passwords; {} has a password_hash: leave that column empty", u.username);
-                    }
-                }
-            }
             UserCmd::Add { no_password: false, .. } => {
                 bail!("first_factor: portal: the portal owns the passwords; add the account with --no-password (for its e-mail and name), or let the first portal login create it")
             }
@@ -392,7 +384,14 @@ fn user(cfg: &Config, cmd: UserCmd) -> Result<ExitCode> {
         UserCmd::Import { file } => {
             let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
             match admin::parse_csv(&text) {
-                Ok(users) => AdminRequest::Import { users },
+                Ok(users) => {
+                    // In portal login mode, as for add and set-password above.
+                    let hashed = users.iter().find(|u| u.password_hash.is_some());
+                    if let (Some(_), Some(u)) = (&cfg.portal_login, hashed) {
+                        bail!("first_factor: portal: the portal owns the passwords; {} has a password_hash: leave that column empty", u.username);
+                    }
+                    AdminRequest::Import { users }
+                }
                 Err(errs) => {
                     eprintln!("{}: nothing imported, {} problem(s):", file.display(), errs.len());
                     for e in errs {
@@ -418,10 +417,10 @@ fn user(cfg: &Config, cmd: UserCmd) -> Result<ExitCode> {
     // In portal login mode the portal's sessions of the sessions a command
     // ends end too: through the server (the admin socket) or, when the
     // command opens the store itself, through a portal client of its own.
-    let ends = || -> Result<_> { Ok(riegel::app::command_session_ends(&Arc::new(cfg.clone()))) };
+    let ends = || riegel::app::command_session_ends(&Arc::new(cfg.clone()));
     let resp = match &cfg.store {
         StoreConfig::Sled { path, admin_socket } => match SledStore::open(path) {
-            Ok(store) => runtime()?.block_on(admin::execute(&store, &SystemClock, &audit()?, "cli", &*ends()?, req)),
+            Ok(store) => runtime()?.block_on(admin::execute(&store, &SystemClock, &audit()?, "cli", &*ends(), req)),
             Err(StoreError::Locked { .. }) => admin::send(admin_socket, &req)
                 .with_context(|| format!("the store is in use; could not reach the running server at {}", admin_socket.display()))?,
             Err(e) => return Err(e.into()),
@@ -430,7 +429,7 @@ fn user(cfg: &Config, cmd: UserCmd) -> Result<ExitCode> {
         // reach their session caches through NOTIFY.
         StoreConfig::Postgres(_) => {
             let store = riegel::app::open_backend(cfg).context("cannot open the store")?;
-            runtime()?.block_on(admin::execute(&*store, &SystemClock, &audit()?, "cli", &*ends()?, req))
+            runtime()?.block_on(admin::execute(&*store, &SystemClock, &audit()?, "cli", &*ends(), req))
         }
     };
     if resp.ok {

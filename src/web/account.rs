@@ -31,7 +31,7 @@ use super::regulation::Attempt;
 use crate::audit::{Event, Kind};
 use super::second::{
     confirm_enrolment, enrolment_context, enrolment_secret, matching_authenticator, new_recovery_codes, open_secret,
-    pending_is_fresh, use_recovery_code, use_step,
+    pending_is_fresh, update_unrevoked, use_recovery_code, use_step,
 };
 use super::{clear_session_cookie, error_reply, page, redirect, session, session_cookie, Reply, Request, Services, WebError};
 use crate::auth::crypto::sha256;
@@ -289,14 +289,6 @@ async fn second_factor(req: &Request<'_>, s: &Services, a: &Account, code: &str,
     Ok(Ok(user))
 }
 
-/// Whether `u` (as read inside an update) no longer accepts `a`'s session:
-/// disabled, or its stamp moved since the request's check. An update that
-/// re-issues the session must then abort, or a revocation racing it (an
-/// operator's command) would be undone by a fresh session.
-fn revoked_since(u: &User, a: &Account) -> bool {
-    super::second::revoked_since(u, a.rec.stamp)
-}
-
 /// Raises the user's stamp (done by the caller's update), then gives this
 /// browser a new session id under the new stamp, with the old session's
 /// start, end, return path, device and portal jar, and removes every other
@@ -359,25 +351,24 @@ pub(super) async fn password_post(req: &Request<'_>, s: &Services) -> Result<Rep
     let rng = s.rng.clone();
     let new_hash = s.blocking_hash(move |h| h.hash(&new, rng.as_ref())).await?.map_err(|e| WebError::Internal(e.to_string()))?;
     let now = s.now();
-    let mut revoked = false;
-    let updated = s
-        .store
-        .update_user(a.user.id, &mut |u| {
-            // Revoked meanwhile (an operator, another tab's "end others"):
-            // this session is over, never re-issued under a new stamp.
-            revoked = revoked_since(u, &a);
-            if revoked || u.password_hash.as_deref() != Some(stored.as_str()) {
-                return Update::Abort;
-            }
-            u.set_password(new_hash.clone(), now);
-            Update::Commit
-        })
-        .await?;
-    let Some(user) = updated else {
-        if revoked {
+    // Revoked meanwhile (an operator, another tab's "end others"): this
+    // session is over, never re-issued under a new stamp.
+    let updated = update_unrevoked(s, a.user.id, a.rec.stamp, &mut |u| {
+        if u.password_hash.as_deref() != Some(stored.as_str()) {
+            return Update::Abort;
+        }
+        u.set_password(new_hash.clone(), now);
+        Update::Commit
+    })
+    .await;
+    let updated = match updated {
+        Err(WebError::Revoked) => {
             s.audit(req, Event::new(Kind::PasswordChanged).result("failure").user(&a.user.username).field("reason", "session_revoked"));
             return Ok(redirect(&s.route_rd("login", Some(&s.route("account")))));
         }
+        r => r?,
+    };
+    let Some(user) = updated else {
         // Changed meanwhile (another tab, an operator): ask again.
         return render_account(req, s, &a, 409, None, fail("err_current_password")).await;
     };
@@ -611,20 +602,18 @@ pub(super) async fn end_others_post(req: &Request<'_>, s: &Services) -> Result<R
     let form = Form::parse(req.body);
     let a = checked_or_return!(req, s, &form, "sessions");
     let now = s.now();
-    let updated = s
-        .store
-        .update_user(a.user.id, &mut |u| {
-            if revoked_since(u, &a) {
-                return Update::Abort;
-            }
-            u.revoke_sessions();
-            u.updated_at = now;
-            Update::Commit
-        })
-        .await?;
-    let Some(user) = updated else {
+    let updated = update_unrevoked(s, a.user.id, a.rec.stamp, &mut |u| {
+        u.revoke_sessions();
+        u.updated_at = now;
+        Update::Commit
+    })
+    .await;
+    let user = match updated {
+        Ok(Some(user)) => user,
         // Revoked since this request's check: nothing to keep.
-        return Ok(redirect(&s.route_rd("login", Some(&s.route("account")))));
+        Err(WebError::Revoked) => return Ok(redirect(&s.route_rd("login", Some(&s.route("account"))))),
+        Ok(None) => return Err(crate::store::StoreError::NoSuchUser.into()),
+        Err(e) => return Err(e),
     };
     let (cookie, ended) = reissue(s, &a, &user).await?;
     s.audit(req, Event::new(Kind::SessionsEnded).user(&user.username).field("sessions_ended", ended));

@@ -243,26 +243,16 @@ pub(super) async fn link_post(req: &Request<'_>, s: &Services, token: &str) -> R
     };
     let now = s.now();
     let sid = rec.sid();
-    let mut revoked = false;
-    let consumed = s
-        .store
-        .update_user(user.id, &mut |u| {
-            // An operator's command since this request's check wins.
-            revoked = super::second::revoked_since(u, rec.stamp);
-            if revoked {
-                return Update::Abort;
-            }
-            // Once: only while this token is still the current one.
-            if !u.new_device.as_ref().is_some_and(|t| t.token_hash == hash && now < t.expires_at && t.sid == sid) {
-                return Update::Abort;
-            }
-            u.new_device = None;
-            Update::Commit
-        })
-        .await?;
-    if revoked {
-        return Err(WebError::Revoked);
-    }
+    // An operator's command since this request's check wins.
+    let consumed = super::second::update_unrevoked(s, user.id, rec.stamp, &mut |u| {
+        // Once: only while this token is still the current one.
+        if !u.new_device.as_ref().is_some_and(|t| t.token_hash == hash && now < t.expires_at && t.sid == sid) {
+            return Update::Abort;
+        }
+        u.new_device = None;
+        Update::Commit
+    })
+    .await?;
     let Some(user) = consumed else {
         return Ok(link_refused(req, s, &Link::Invalid));
     };

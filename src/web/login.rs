@@ -369,8 +369,7 @@ pub(super) async fn logout_post(req: &Request<'_>, s: &Services) -> Result<Reply
     // The session the cookie names, also one that went idle (its record
     // waits for the janitor): removed now, and its portal session ended
     // now. A signed, unexpired cookie is proof enough to end it.
-    let claims = req.cookie.and_then(|c| crate::auth::session::find_cookie(c, &s.cookie_name)).and_then(|v| s.codec.decode(v, s.now()).ok());
-    if let Some(claims) = claims {
+    if let Some(claims) = super::claims_at(req, s, s.now()) {
         if let Some(rec) = s.store.delete_session(claims.uid, &claims.sid).await? {
             s.flush().await?;
             s.audit(req, Event::new(Kind::Logout).user(&rec.username));

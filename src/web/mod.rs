@@ -537,10 +537,16 @@ async fn session(req: &Request<'_>, s: &Services) -> Option<(SessionClaims, Arc<
     session_at(req, s, s.now()).await
 }
 
+/// What the request's session cookie says, when it verifies and has not
+/// expired at `now` (whether its record still exists and is valid is
+/// [`session_at`]'s question).
+fn claims_at(req: &Request<'_>, s: &Services, now: UnixTime) -> Option<SessionClaims> {
+    s.codec.decode(find_cookie(req.cookie?, &s.cookie_name)?, now).ok()
+}
+
 /// [`session`] at `now`. A cached session costs no I/O and no allocation.
 async fn session_at(req: &Request<'_>, s: &Services, now: UnixTime) -> Option<(SessionClaims, Arc<SessionRecord>)> {
-    let value = find_cookie(req.cookie?, &s.cookie_name)?;
-    let claims = s.codec.decode(value, now).ok()?;
+    let claims = claims_at(req, s, now)?;
     let rec = match s.store.cached_session(claims.uid, &claims.sid) {
         Some(r) => r,
         None => match s.store.valid_session(claims.uid, &claims.sid).await {

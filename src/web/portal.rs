@@ -523,9 +523,13 @@ pub fn jar_box(storage_key: &[u8]) -> SecretBox {
     SecretBox::for_purpose(storage_key, "riegel/portal-jar/v1")
 }
 
+/// How many `portal_login.timeout`s a reply waits for the logouts it
+/// causes at most.
+const REPLY_PATIENCE: u32 = 2;
+
 /// How many `portal_login.timeout`s the janitor and the operator's
 /// commands wait for their logouts at most.
-pub const PATIENCE: u32 = 10;
+const PATIENCE: u32 = 10;
 
 /// Most portal logouts under way at once for one ending.
 const PARALLEL_LOGOUTS: usize = 8;
@@ -614,11 +618,20 @@ impl<'a> Logouts<'a> {
         }
         e
     }
-}
 
-/// How long a reply waits at most for the portal logouts it causes.
-fn reply_budget(s: &Services) -> Option<std::time::Duration> {
-    s.cfg.portal_login.as_ref().map(|p| p.timeout.saturating_mul(2))
+    /// [`Logouts::all`] for a reply: twice `portal_login.timeout` at most.
+    pub async fn for_reply(&self, recs: &[SessionRecord]) -> Ended {
+        self.all(recs, Some(self.cfg.timeout.saturating_mul(REPLY_PATIENCE))).await
+    }
+
+    /// [`Logouts::all`] for the janitor and the operator's commands (nobody
+    /// waits on a page): ten times `portal_login.timeout` at most, so a
+    /// portal that answers gets a call for every record, and a hung one
+    /// holds a command (and the admin socket, one command at a time) that
+    /// long at most.
+    pub async fn patiently(&self, recs: &[SessionRecord]) -> Ended {
+        self.all(recs, Some(self.cfg.timeout.saturating_mul(PATIENCE))).await
+    }
 }
 
 /// Ends the portal's session of a riegel session that ended: `GET
@@ -629,21 +642,19 @@ pub async fn end(s: &Services, rec: &SessionRecord) {
 }
 
 /// [`end`] for each record, concurrently, within the time a reply may
-/// wait ([`Logouts::all`]: twice `portal_login.timeout`).
+/// wait ([`Logouts::for_reply`]).
 pub async fn end_all(s: &Services, recs: &[SessionRecord]) -> Ended {
     match Logouts::of(s) {
-        Some(l) if !recs.is_empty() => l.all(recs, reply_budget(s)).await,
+        Some(l) if !recs.is_empty() => l.for_reply(recs).await,
         _ => Ended::default(),
     }
 }
 
-/// [`end_all`] for the janitor and the operator's commands (nobody waits
-/// on a page): up to ten times `portal_login.timeout`, so a portal that
-/// answers gets a call for every record, and a hung one holds a command
-/// (and the admin socket, one command at a time) that long at most.
+/// [`end_all`] for the janitor and the operator's commands
+/// ([`Logouts::patiently`]).
 pub async fn end_all_patiently(s: &Services, recs: &[SessionRecord]) -> Ended {
     match Logouts::of(s) {
-        Some(l) if !recs.is_empty() => l.all(recs, s.cfg.portal_login.as_ref().map(|p| p.timeout.saturating_mul(PATIENCE))).await,
+        Some(l) if !recs.is_empty() => l.patiently(recs).await,
         _ => Ended::default(),
     }
 }

@@ -84,33 +84,36 @@ pub(super) fn matching_authenticator(s: &Services, user: &User, code: &str) -> R
 pub(super) async fn use_step(s: &Services, user: &User, id: u32, step: i64, stamp: u64) -> Result<Option<User>, WebError> {
     let Some(checked) = user.authenticator(id).map(|a| a.sealed.clone()) else { return Ok(None) };
     let now = s.now();
+    update_unrevoked(s, user.id, stamp, &mut |u| {
+        let Some(a) = u.authenticators.iter_mut().find(|a| a.id == id) else { return Update::Abort };
+        if a.sealed != checked || a.last_step.is_some_and(|l| l >= step) {
+            return Update::Abort;
+        }
+        a.last_step = Some(step);
+        a.last_used_at = Some(now);
+        Update::Commit
+    })
+    .await
+}
+
+/// `f` as one update of user `uid`, unless the user no longer accepts a
+/// session issued under `stamp` (the request's session was revoked or its
+/// user disabled since the request's check): then nothing changes and the
+/// answer is [`WebError::Revoked`], decided inside the same transaction.
+/// Every update that leads to a session, or acts for one, goes through
+/// here, so an operator's command racing the request is never undone.
+pub(super) async fn update_unrevoked(s: &Services, uid: u64, stamp: u64, f: &mut crate::store::UserFn<'_>) -> Result<Option<User>, WebError> {
     let mut revoked = false;
     let r = s
         .store
-        .update_user(user.id, &mut |u| {
-            revoked = revoked_since(u, stamp);
+        .update_user(uid, &mut |u| {
+            revoked = u.disabled || u.stamp != stamp;
             if revoked {
                 return Update::Abort;
             }
-            let Some(a) = u.authenticators.iter_mut().find(|a| a.id == id) else { return Update::Abort };
-            if a.sealed != checked || a.last_step.is_some_and(|l| l >= step) {
-                return Update::Abort;
-            }
-            a.last_step = Some(step);
-            a.last_used_at = Some(now);
-            Update::Commit
+            f(u)
         })
         .await?;
-    revoked_or(revoked, r)
-}
-
-/// Whether `u` (read inside an update) no longer accepts a session issued
-/// under `stamp`.
-pub(super) fn revoked_since(u: &User, stamp: u64) -> bool {
-    u.disabled || u.stamp != stamp
-}
-
-fn revoked_or(revoked: bool, r: Option<User>) -> Result<Option<User>, WebError> {
     if revoked {
         return Err(WebError::Revoked);
     }
@@ -185,36 +188,28 @@ pub(super) async fn confirm_enrolment(
     let secret = open_secret(s, user.id, &pending.sealed)?;
     let Ok(step) = totp::verify(&secret, code, s.now(), None) else { return Ok(None) };
     let now = s.now();
-    let mut revoked = false;
-    let r = s
-        .store
-        .update_user(user.id, &mut |u| {
-            // Before `extra` (which may raise the stamp itself).
-            revoked = revoked_since(u, stamp);
-            if revoked {
-                return Update::Abort;
-            }
-            if u.pending_authenticator.as_ref() != Some(pending) {
-                return Update::Abort;
-            }
-            let Some(p) = u.pending_authenticator.take() else { return Update::Abort };
-            let id = u.next_authenticator_id.max(1);
-            u.next_authenticator_id = id.saturating_add(1);
-            u.authenticators.push(Authenticator {
-                id,
-                name: p.name,
-                sealed: p.sealed,
-                created_at: now,
-                last_used_at: Some(now),
-                last_step: Some(step),
-            });
-            u.enrolled_once = true;
-            u.updated_at = now;
-            extra(u);
-            Update::Commit
-        })
-        .await?;
-    revoked_or(revoked, r)
+    // Checked before `extra` runs (it may raise the stamp itself).
+    update_unrevoked(s, user.id, stamp, &mut |u| {
+        if u.pending_authenticator.as_ref() != Some(pending) {
+            return Update::Abort;
+        }
+        let Some(p) = u.pending_authenticator.take() else { return Update::Abort };
+        let id = u.next_authenticator_id.max(1);
+        u.next_authenticator_id = id.saturating_add(1);
+        u.authenticators.push(Authenticator {
+            id,
+            name: p.name,
+            sealed: p.sealed,
+            created_at: now,
+            last_used_at: Some(now),
+            last_step: Some(step),
+        });
+        u.enrolled_once = true;
+        u.updated_at = now;
+        extra(u);
+        Update::Commit
+    })
+    .await
 }
 
 /// Ten new recovery codes, and their keyed hashes for the store.
@@ -419,24 +414,16 @@ pub(super) async fn recovery_get(req: &Request<'_>, s: &Services) -> Result<Repl
 /// `stamp` as for [`use_step`].
 pub(super) async fn use_recovery_code(s: &Services, user: &User, code: &str, stamp: u64) -> Result<Option<User>, WebError> {
     let hash = recovery_hash(s, user.id, code);
-    let mut revoked = false;
-    let r = s
-        .store
-        .update_user(user.id, &mut |u| {
-            revoked = revoked_since(u, stamp);
-            if revoked {
-                return Update::Abort;
-            }
-            let before = u.recovery_codes.len();
-            u.recovery_codes.retain(|h| !crate::auth::crypto::ct_eq(h.as_bytes(), hash.as_bytes()));
-            if u.recovery_codes.len() == before {
-                Update::Abort
-            } else {
-                Update::Commit
-            }
-        })
-        .await?;
-    revoked_or(revoked, r)
+    update_unrevoked(s, user.id, stamp, &mut |u| {
+        let before = u.recovery_codes.len();
+        u.recovery_codes.retain(|h| !crate::auth::crypto::ct_eq(h.as_bytes(), hash.as_bytes()));
+        if u.recovery_codes.len() == before {
+            Update::Abort
+        } else {
+            Update::Commit
+        }
+    })
+    .await
 }
 
 pub(super) async fn recovery_post(req: &Request<'_>, s: &Services) -> Result<Reply, WebError> {

@@ -306,6 +306,11 @@ fn the_command_line_ends_portal_sessions_through_the_server_and_on_its_own() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--no-password"), "{}", String::from_utf8_lossy(&out.stderr));
     let out = p.cli(&["user", "add", "neu", "--no-password", "--email", "neu@example.at"], None);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let csv = dir.join("import.csv");
+    std::fs::write(&csv, "username,email,display_name,password_hash\nzweite,,Zweite,$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA\n").expect("csv");
+    let out = p.cli(&["user", "import", csv.to_str().expect("path")], None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("zweite has a password_hash"), "{}", String::from_utf8_lossy(&out.stderr));
 
     // With the server stopped, the command opens the store and asks the
     // portal itself (a session left from before the stop).
